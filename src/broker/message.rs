@@ -1,0 +1,122 @@
+//! The message pool: a message is stored once and shared, by reference count, by every queue,
+//! in-flight window, retained slot and will that holds it.
+//!
+//! A slot's byte buffer is kept when the message is freed and handed to the next message, so
+//! once the pool has warmed up to the traffic's sizes, storing a message allocates nothing.
+//! The payload is copied out of the connection's read buffer into the slot exactly once; no
+//! stored message keeps a read buffer alive.
+
+use slab::Slab;
+
+pub type MsgId = u32;
+
+pub struct Message {
+    refs: u32,
+    pub qos: u8,
+    pub retain: bool,
+    topic_len: usize,
+    /// The topic's bytes, then the payload's.
+    data: Vec<u8>,
+}
+
+impl Message {
+    pub fn topic(&self) -> &[u8] {
+        &self.data[..self.topic_len]
+    }
+    pub fn topic_str(&self) -> &str {
+        // Stored topics come from decoded (valid UTF-8) topics only.
+        std::str::from_utf8(self.topic()).unwrap_or("")
+    }
+    pub fn payload(&self) -> &[u8] {
+        &self.data[self.topic_len..]
+    }
+}
+
+#[derive(Default)]
+pub struct MessagePool {
+    slots: Slab<Message>,
+    spare: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Spare buffers larger than this are freed rather than kept, so one huge message does not
+/// pin its memory for ever.
+const KEEP_SPARE_MAX: usize = 64 * 1024;
+/// At most this many spare buffers are kept.
+const SPARE_MAX: usize = 4096;
+
+impl MessagePool {
+    /// Store a message with one reference, which the caller owns.
+    pub fn store(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> MsgId {
+        let mut data = self.spare.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(topic.as_bytes());
+        data.extend_from_slice(payload);
+        self.bytes += data.len();
+        self.slots.insert(Message {
+            refs: 1,
+            qos,
+            retain,
+            topic_len: topic.len(),
+            data,
+        }) as MsgId
+    }
+
+    pub fn get(&self, id: MsgId) -> &Message {
+        &self.slots[id as usize]
+    }
+
+    /// Take one more reference.
+    pub fn retain(&mut self, id: MsgId) {
+        self.slots[id as usize].refs += 1;
+    }
+
+    /// Drop one reference; the message is freed with its last one.
+    pub fn release(&mut self, id: MsgId) {
+        let m = &mut self.slots[id as usize];
+        m.refs -= 1;
+        if m.refs == 0 {
+            let m = self.slots.remove(id as usize);
+            self.bytes -= m.data.len();
+            if m.data.capacity() <= KEEP_SPARE_MAX && self.spare.len() < SPARE_MAX {
+                self.spare.push(m.data);
+            }
+        }
+    }
+
+    /// Messages stored.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Topic and payload bytes of the messages stored.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refcount_and_reuse() {
+        let mut p = MessagePool::default();
+        let a = p.store("t", b"hello", 1, false);
+        p.retain(a);
+        assert_eq!(p.get(a).payload(), b"hello");
+        assert_eq!(p.get(a).topic_str(), "t");
+        p.release(a);
+        assert_eq!(p.len(), 1);
+        p.release(a);
+        assert!(p.is_empty());
+        assert_eq!(p.bytes(), 0);
+        let b = p.store("u", b"x", 0, true);
+        assert_eq!(p.get(b).payload(), b"x");
+        assert!(p.get(b).retain);
+    }
+}

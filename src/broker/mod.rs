@@ -1,0 +1,460 @@
+//! The broker core: sessions, the subscription table, retained messages, QoS state, wills and
+//! `$SYS`, with no sockets in it.
+//!
+//! The event loop (`net`) owns the sockets and drives this core: it opens a connection slot,
+//! hands in each whole packet, asks for the bytes to write, and closes the connections the
+//! core puts on its closing list. Tests drive the same calls without a socket. Time comes in
+//! as an argument, and [`Broker::next_timeout`] says when the core next needs to be woken.
+//!
+//! One file per packet family says what happens on it: `connect.rs`, `publish.rs`
+//! (routing and delivery), `ack.rs`, `subscribe.rs`, `disconnect.rs` (and wills), `sys.rs`.
+
+mod ack;
+mod connect;
+mod disconnect;
+mod fxhash;
+pub mod message;
+mod publish;
+pub mod retain;
+pub mod session;
+pub mod subs;
+mod subscribe;
+mod sys;
+pub mod topic;
+
+use crate::wire::{self, DecodeError, Packet};
+use fxhash::FxHashMap;
+use message::{MessagePool, MsgId};
+use retain::RetainedStore;
+use session::Session;
+use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use subs::SubscriptionTree;
+
+/// A connection's key: the same number as the event loop's slab key and mio token.
+pub type ConnId = usize;
+/// A session's key in the session slab; stable while the session lives.
+pub type SessionId = usize;
+
+/// The limits and switches the broker core runs by (the config file's broker options).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    pub allow_anonymous: bool,
+    /// Outgoing QoS 1/2 messages unacknowledged per client; 0 = no limit (65535).
+    pub max_inflight_messages: u16,
+    /// Messages queued per client beyond the in-flight window; 0 = no limit.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per client; 0 = no limit.
+    pub max_queued_bytes: usize,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0_messages: bool,
+    /// Largest whole packet accepted from a client.
+    pub max_packet_size: usize,
+    /// Largest PUBLISH payload; larger ones are dropped. 0 = only `max_packet_size` applies.
+    pub message_size_limit: usize,
+    /// 3.1.1 clients asking for a longer keep-alive are refused (there is no way to tell them).
+    pub max_keepalive: u16,
+    pub retain_available: bool,
+    /// Seconds between `$SYS` updates; 0 = none.
+    pub sys_interval: u32,
+    /// A connection that sends no CONNECT within this time is closed.
+    pub connect_timeout: Duration,
+    /// Stop writing queued messages into a connection's output buffer past this many bytes
+    /// (and stop reading from a connection whose unread output is this large).
+    pub output_buffer_soft: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            allow_anonymous: true,
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_qos0_messages: false,
+            max_packet_size: 1024 * 1024,
+            message_size_limit: 0,
+            max_keepalive: 65535,
+            retain_available: true,
+            sys_interval: 10,
+            connect_timeout: Duration::from_secs(10),
+            output_buffer_soft: 64 * 1024,
+        }
+    }
+}
+
+/// Counters for `$SYS` and the logs.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub clients_connected: usize,
+    pub clients_maximum: usize,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub publish_received: u64,
+    pub publish_sent: u64,
+    pub publish_dropped: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+/// One connection's protocol state. The socket itself lives in the event loop.
+struct Conn {
+    peer: Option<SocketAddr>,
+    session: Option<SessionId>,
+    /// The client id, kept for log lines after the session is gone.
+    client_id: Box<str>,
+    level: u8,
+    keep_alive: u16,
+    opened: Instant,
+    last_rx: Instant,
+    will: Option<MsgId>,
+    out: Vec<u8>,
+    dirty: bool,
+    closing: bool,
+    /// Timer entries carrying another generation are stale.
+    timer_gen: u64,
+}
+
+pub struct Broker {
+    cfg: BrokerConfig,
+    conns: Vec<Option<Conn>>,
+    sessions: Slab<Session>,
+    by_client_id: FxHashMap<Box<str>, SessionId>,
+    subs: SubscriptionTree,
+    retained: RetainedStore,
+    pool: MessagePool,
+    /// Keep-alive and CONNECT deadlines: one live entry per connection; an entry is
+    /// re-armed when it fires early, so activity never touches the heap.
+    timers: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
+    next_gen: u64,
+    match_epoch: u64,
+    /// Scratch for routing and retained delivery, reused so routing allocates nothing.
+    matches: Vec<SessionId>,
+    retained_scratch: Vec<MsgId>,
+    dirty: Vec<ConnId>,
+    closing: Vec<ConnId>,
+    stats: Stats,
+    sys: sys::SysState,
+    rng: u64,
+}
+
+impl Broker {
+    pub fn new(cfg: BrokerConfig, now: Instant) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ (std::process::id() as u64) << 32;
+        let sys = sys::SysState::new(now, cfg.sys_interval);
+        Broker {
+            cfg,
+            conns: Vec::new(),
+            sessions: Slab::new(),
+            by_client_id: FxHashMap::default(),
+            subs: SubscriptionTree::default(),
+            retained: RetainedStore::default(),
+            pool: MessagePool::default(),
+            timers: BinaryHeap::new(),
+            next_gen: 0,
+            match_epoch: 0,
+            matches: Vec::new(),
+            retained_scratch: Vec::new(),
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            stats: Stats::default(),
+            sys,
+            rng: seed | 1,
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Subscriptions in the table.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Sessions kept, online or not.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Messages held in the pool (queued, in flight, retained, wills).
+    pub fn stored_messages(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// A new connection in slot `id` (the event loop's key for it).
+    pub fn open(&mut self, id: ConnId, peer: Option<SocketAddr>, now: Instant) {
+        if self.conns.len() <= id {
+            self.conns.resize_with(id + 1, || None);
+        }
+        self.next_gen += 1;
+        self.conns[id] = Some(Conn {
+            peer,
+            session: None,
+            client_id: "".into(),
+            level: 0,
+            keep_alive: 0,
+            opened: now,
+            last_rx: now,
+            will: None,
+            out: Vec::new(),
+            dirty: false,
+            closing: false,
+            timer_gen: self.next_gen,
+        });
+        self.timers
+            .push(Reverse((now + self.cfg.connect_timeout, id, self.next_gen)));
+    }
+
+    /// Forget connection `id` once the event loop has closed its socket. If the broker did not
+    /// decide the close itself, the connection was lost: the will is published.
+    pub fn release(&mut self, id: ConnId, now: Instant) {
+        if self
+            .conns
+            .get(id)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| !c.closing)
+        {
+            self.end_connection(id, "connection lost", true, now);
+        }
+        if let Some(slot) = self.conns.get_mut(id) {
+            *slot = None;
+        }
+    }
+
+    /// The event loop could not frame the input (bad or oversized fixed header).
+    pub fn frame_error(&mut self, id: ConnId, err: DecodeError, now: Instant) {
+        self.protocol_error(id, err, now);
+    }
+
+    /// Handle one whole packet (fixed header included) from connection `id`.
+    pub fn handle_packet(&mut self, id: ConnId, frame: &[u8], header_len: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.last_rx = now;
+        let session = conn.session;
+        self.stats.messages_received += 1;
+        let packet = match Packet::decode(frame, header_len) {
+            Ok(p) => p,
+            Err(e) => return self.protocol_error(id, e, now),
+        };
+        let Some(sid) = session else {
+            return match packet {
+                Packet::Connect(c) => connect::handle(self, id, c, now),
+                _ => self.protocol_error(
+                    id,
+                    DecodeError::protocol("first packet is not CONNECT"),
+                    now,
+                ),
+            };
+        };
+        match packet {
+            Packet::Connect(_) => {
+                self.protocol_error(id, DecodeError::protocol("second CONNECT"), now)
+            }
+            Packet::Publish(p) => publish::handle(self, id, sid, p, now),
+            Packet::PubAck(pid) => ack::puback(self, sid, pid),
+            Packet::PubRec(pid) => ack::pubrec(self, id, sid, pid),
+            Packet::PubRel(pid) => ack::pubrel(self, id, sid, pid),
+            Packet::PubComp(pid) => ack::pubcomp(self, sid, pid),
+            Packet::Subscribe(s) => subscribe::subscribe(self, id, sid, s),
+            Packet::Unsubscribe(u) => subscribe::unsubscribe(self, id, sid, u),
+            Packet::PingReq => {
+                wire::encode_pingresp(self.out(id));
+                self.stats.messages_sent += 1;
+            }
+            Packet::Disconnect => disconnect::handle(self, id, now),
+        }
+    }
+
+    /// Bytes waiting to be written to connection `id`.
+    pub fn output(&self, id: ConnId) -> &[u8] {
+        match self.conns.get(id).and_then(|c| c.as_ref()) {
+            Some(c) => &c.out,
+            None => &[],
+        }
+    }
+
+    /// `n` bytes of connection `id`'s output were written. Once the buffer drains below its
+    /// limit, queued messages are moved into it.
+    pub fn consume_output(&mut self, id: ConnId, n: usize) {
+        let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        c.out.drain(..n.min(c.out.len()));
+        self.stats.bytes_sent += n as u64;
+        if c.out.is_empty() && c.out.capacity() > 4 * self.cfg.output_buffer_soft {
+            // One burst must not pin a large buffer to an idle connection.
+            c.out = Vec::new();
+        }
+        if let (Some(sid), false) = (c.session, c.closing) {
+            publish::pump(self, sid);
+        }
+    }
+
+    pub fn count_bytes_received(&mut self, n: usize) {
+        self.stats.bytes_received += n as u64;
+    }
+
+    /// Whether the event loop should read more from connection `id`: not while it is closing,
+    /// nor while it leaves a full output buffer unread (it is not reading its acknowledgements).
+    pub fn wants_read(&self, id: ConnId) -> bool {
+        match self.conns.get(id).and_then(|c| c.as_ref()) {
+            Some(c) => !c.closing && c.out.len() < self.cfg.output_buffer_soft,
+            None => false,
+        }
+    }
+
+    /// Whether connection `id` is open and not being closed: packets already read from it are
+    /// still handled while its reading is paused.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| !c.closing)
+    }
+
+    /// Connections given new output since the last call (each once).
+    pub fn take_dirty(&mut self, into: &mut Vec<ConnId>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+        for &id in into.iter() {
+            if let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) {
+                c.dirty = false;
+            }
+        }
+    }
+
+    /// Connections the broker has ended: flush their output, close the socket, `release` them.
+    pub fn take_closing(&mut self, into: &mut Vec<ConnId>) {
+        into.clear();
+        std::mem::swap(into, &mut self.closing);
+    }
+
+    /// How long the event loop may sleep before [`Broker::handle_timeout`] has work.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let next = match (timer, self.sys.next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Fire every deadline that has passed: keep-alive and CONNECT timeouts, `$SYS`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id, gen))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get(id).and_then(|c| c.as_ref()) else {
+                continue;
+            };
+            if c.timer_gen != gen || c.closing {
+                continue;
+            }
+            let deadline = if c.session.is_none() {
+                c.opened + self.cfg.connect_timeout
+            } else if c.keep_alive == 0 {
+                continue;
+            } else {
+                // Spec 3.1.2.10: one and a half times the keep-alive.
+                c.last_rx + Duration::from_millis(c.keep_alive as u64 * 1500)
+            };
+            if deadline > now {
+                self.timers.push(Reverse((deadline, id, gen)));
+            } else if c.session.is_none() {
+                log::info!(
+                    "Connection from {} sent no CONNECT in time, closing",
+                    peer(&c.peer)
+                );
+                self.end_connection(id, "no CONNECT in time", false, now);
+            } else {
+                log::info!(
+                    "Client {} has exceeded its keep-alive timeout, disconnecting",
+                    c.client_id
+                );
+                self.end_connection(id, "keep-alive timeout", true, now);
+            }
+        }
+        if self.sys.next.is_some_and(|t| t <= now) {
+            sys::publish(self, now);
+        }
+    }
+
+    /// Arm the keep-alive timer of a newly connected client.
+    fn arm_keep_alive(&mut self, id: ConnId, now: Instant) {
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        if let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) {
+            c.timer_gen = gen;
+            if c.keep_alive > 0 {
+                let at = now + Duration::from_millis(c.keep_alive as u64 * 1500);
+                self.timers.push(Reverse((at, id, gen)));
+            }
+        }
+    }
+
+    /// The output buffer of `id`, marked for flushing this loop turn.
+    fn out(&mut self, id: ConnId) -> &mut Vec<u8> {
+        let c = self.conns[id]
+            .as_mut()
+            .expect("output for a live connection");
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+        &mut c.out
+    }
+
+    /// A protocol violation: 3.1.1 has no way to say why, so log it and close (with the will).
+    fn protocol_error(&mut self, id: ConnId, err: DecodeError, now: Instant) {
+        if let Some(c) = self.conns.get(id).and_then(|c| c.as_ref()) {
+            let who = if c.client_id.is_empty() {
+                peer(&c.peer)
+            } else {
+                c.client_id.to_string()
+            };
+            log::info!("Client {who} disconnected: protocol error: {}", err.reason);
+        }
+        self.end_connection(id, err.reason, true, now);
+    }
+
+    /// A client id for a client that sent an empty one (3.1.1 with clean session).
+    fn assign_client_id(&mut self) -> String {
+        loop {
+            // xorshift64*: unpredictable enough to avoid collisions, no dependency.
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            let id = format!("auto-{:016x}", self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            if !self.by_client_id.contains_key(id.as_str()) {
+                return id;
+            }
+        }
+    }
+}
+
+fn peer(p: &Option<SocketAddr>) -> String {
+    p.map_or_else(|| "(unknown)".to_string(), |a| a.to_string())
+}

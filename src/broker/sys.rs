@@ -1,0 +1,168 @@
+//! `$SYS/broker/...`: Mosquitto's status topics, retained, refreshed every `sys_interval`
+//! seconds. A value is published only when it changed since the last refresh, so an idle
+//! broker sends subscribers little more than its uptime.
+
+use super::{publish, Broker};
+use heapless::String as HString;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+const LOAD_TOPICS: [[&str; 3]; 6] = [
+    [
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/load/messages/received/5min",
+        "$SYS/broker/load/messages/received/15min",
+    ],
+    [
+        "$SYS/broker/load/messages/sent/1min",
+        "$SYS/broker/load/messages/sent/5min",
+        "$SYS/broker/load/messages/sent/15min",
+    ],
+    [
+        "$SYS/broker/load/publish/received/1min",
+        "$SYS/broker/load/publish/received/5min",
+        "$SYS/broker/load/publish/received/15min",
+    ],
+    [
+        "$SYS/broker/load/publish/sent/1min",
+        "$SYS/broker/load/publish/sent/5min",
+        "$SYS/broker/load/publish/sent/15min",
+    ],
+    [
+        "$SYS/broker/load/bytes/received/1min",
+        "$SYS/broker/load/bytes/received/5min",
+        "$SYS/broker/load/bytes/received/15min",
+    ],
+    [
+        "$SYS/broker/load/bytes/sent/1min",
+        "$SYS/broker/load/bytes/sent/5min",
+        "$SYS/broker/load/bytes/sent/15min",
+    ],
+];
+
+const COUNT_TOPICS: [&str; 17] = [
+    "$SYS/broker/uptime",
+    "$SYS/broker/clients/connected",
+    "$SYS/broker/clients/disconnected",
+    "$SYS/broker/clients/total",
+    "$SYS/broker/clients/maximum",
+    "$SYS/broker/messages/received",
+    "$SYS/broker/messages/sent",
+    "$SYS/broker/messages/stored",
+    "$SYS/broker/store/messages/count",
+    "$SYS/broker/store/messages/bytes",
+    "$SYS/broker/publish/messages/received",
+    "$SYS/broker/publish/messages/sent",
+    "$SYS/broker/publish/messages/dropped",
+    "$SYS/broker/bytes/received",
+    "$SYS/broker/bytes/sent",
+    "$SYS/broker/subscriptions/count",
+    "$SYS/broker/retained messages/count",
+];
+
+type Value = HString<48>;
+
+pub(super) struct SysState {
+    /// When to refresh next; `None` when `$SYS` is off.
+    pub next: Option<Instant>,
+    interval: Duration,
+    started: Instant,
+    last_tick: Instant,
+    version_sent: bool,
+    /// Counter values at the last tick, for the load averages.
+    last_counts: [u64; 6],
+    /// Exponentially smoothed per-minute rates over 1, 5 and 15 minutes.
+    load: [[f64; 3]; 6],
+    last_values: [Value; 17 + 18],
+}
+
+impl SysState {
+    pub fn new(now: Instant, interval_secs: u32) -> Self {
+        let interval = Duration::from_secs(interval_secs as u64);
+        SysState {
+            next: (interval_secs > 0).then_some(now),
+            interval,
+            started: now,
+            last_tick: now,
+            version_sent: false,
+            last_counts: [0; 6],
+            load: [[0.0; 3]; 6],
+            last_values: core::array::from_fn(|_| Value::new()),
+        }
+    }
+}
+
+pub(super) fn publish(b: &mut Broker, now: Instant) {
+    if !b.sys.version_sent {
+        b.sys.version_sent = true;
+        let version = concat!("gatemq version ", env!("CARGO_PKG_VERSION"));
+        publish::route(b, "$SYS/broker/version", version.as_bytes(), 0, true);
+    }
+    let st = &b.stats;
+    let connected = st.clients_connected as u64;
+    let total = b.sessions.len() as u64;
+    let counts: [u64; 17] = [
+        now.duration_since(b.sys.started).as_secs(),
+        connected,
+        total.saturating_sub(connected),
+        total,
+        st.clients_maximum as u64,
+        st.messages_received,
+        st.messages_sent,
+        b.pool.len() as u64,
+        b.pool.len() as u64,
+        b.pool.bytes() as u64,
+        st.publish_received,
+        st.publish_sent,
+        st.publish_dropped,
+        st.bytes_received,
+        st.bytes_sent,
+        b.subs.len() as u64,
+        b.retained.len() as u64,
+    ];
+    let rates = [
+        st.messages_received,
+        st.messages_sent,
+        st.publish_received,
+        st.publish_sent,
+        st.bytes_received,
+        st.bytes_sent,
+    ];
+    let elapsed = now.duration_since(b.sys.last_tick).as_secs_f64();
+    if elapsed > 0.0 {
+        for (i, &count) in rates.iter().enumerate() {
+            let per_minute = (count - b.sys.last_counts[i]) as f64 * 60.0 / elapsed;
+            for (j, minutes) in [1.0f64, 5.0, 15.0].into_iter().enumerate() {
+                let k = 1.0 - (-elapsed / (60.0 * minutes)).exp();
+                b.sys.load[i][j] += (per_minute - b.sys.load[i][j]) * k;
+            }
+        }
+    }
+    b.sys.last_counts = rates;
+    b.sys.last_tick = now;
+
+    for (i, (topic, value)) in COUNT_TOPICS.iter().zip(counts).enumerate() {
+        let mut v = Value::new();
+        let _ = if i == 0 {
+            write!(v, "{value} seconds")
+        } else {
+            write!(v, "{value}")
+        };
+        update(b, i, topic, v);
+    }
+    for (i, topics) in LOAD_TOPICS.iter().enumerate() {
+        for (j, topic) in topics.iter().enumerate() {
+            let mut v = Value::new();
+            let _ = write!(v, "{:.2}", b.sys.load[i][j]);
+            update(b, COUNT_TOPICS.len() + i * 3 + j, topic, v);
+        }
+    }
+    b.sys.next = Some(now + b.sys.interval);
+}
+
+fn update(b: &mut Broker, slot: usize, topic: &str, value: Value) {
+    if b.sys.last_values[slot] != value {
+        publish::route(b, topic, value.as_bytes(), 0, true);
+        b.sys.last_values[slot] = value;
+    }
+}

@@ -1,0 +1,10 @@
+//! gatemq: a lean MQTT broker for LAN gateways.
+//!
+//! The broker is a library so tests and the bench tool can embed it: [`wire`] is the codec,
+//! [`broker`] the protocol logic with no sockets, [`net`] the single-threaded mio event loop,
+//! [`config`] the Mosquitto-style config file.
+
+pub mod broker;
+pub mod config;
+pub mod net;
+pub mod wire;

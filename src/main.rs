@@ -1,0 +1,128 @@
+//! The `gatemq` command: parse the command line, load the config, start logging, serve.
+
+use gatemq::config::{Config, ListenerConfig};
+use gatemq::net::Server;
+use log::LevelFilter;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+gatemq: an MQTT broker for LAN gateways
+
+Usage: gatemq [-c FILE] [-p PORT] [-v] [--test-config]
+
+Options:
+  -c, --config-file FILE  read the configuration from FILE (Mosquitto syntax)
+  -p, --port PORT         listen on PORT instead of the default listener's port
+  -v, --verbose           log everything (like log_type all); RUST_LOG overrides
+      --test-config       check the configuration and exit: 0 if it is good, 1 if not
+  -V, --version           print the version and exit
+  -h, --help              print this help and exit
+
+Without a config file gatemq listens on 127.0.0.1:1883.";
+
+struct Args {
+    config: Option<PathBuf>,
+    port: Option<u16>,
+    verbose: bool,
+    test_config: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut args = Args {
+        config: None,
+        port: None,
+        verbose: false,
+        test_config: false,
+    };
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('c') | Long("config-file") => args.config = Some(parser.value()?.into()),
+            Short('p') | Long("port") => args.port = Some(parser.value()?.parse()?),
+            Short('v') | Long("verbose") => args.verbose = true,
+            Long("test-config") => args.test_config = true,
+            Short('V') | Long("version") => {
+                println!("gatemq {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatemq: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("gatemq: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(port) = args.port {
+        // Like Mosquitto's -p: the default (first) listener's port.
+        match config.listeners.first_mut() {
+            Some(l) => l.port = port,
+            None => config.listeners.push(ListenerConfig {
+                port,
+                address: None,
+            }),
+        }
+    }
+    if args.test_config {
+        let name = args
+            .config
+            .as_ref()
+            .map_or("(none)".into(), |p| p.display().to_string());
+        println!("gatemq: configuration file {name} test is successful");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(if args.verbose {
+        LevelFilter::Trace
+    } else {
+        config.log_level
+    });
+    log::info!("gatemq {} starting", env!("CARGO_PKG_VERSION"));
+    let mut server = match Server::bind(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("gatemq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatemq: the event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG` wins over the config's level, as a person debugging expects.
+fn init_logging(level: LevelFilter) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    b.format_target(false).init();
+}

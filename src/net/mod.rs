@@ -1,0 +1,398 @@
+//! The event loop: one thread, one `mio::Poll`, every socket in one `slab::Slab`.
+//!
+//! Each turn: wait for readiness (no longer than the broker's next deadline), read from ready
+//! connections into one shared scratch buffer and hand whole packets to the broker, fire the
+//! broker's timers, then write each connection that got output once and close the ones the
+//! broker ended. Reading is budgeted per connection per turn so one fast publisher cannot
+//! starve the rest, and a connection that does not read its own output is not read from.
+
+use crate::broker::{Broker, ConnId};
+use crate::config::{io_reason, Config};
+use crate::wire::frame_len;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Instant;
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const LISTENER_BASE: usize = usize::MAX / 2;
+/// Bytes read from one connection per loop turn before others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+const SCRATCH_SIZE: usize = 64 * 1024;
+/// Read buffers lent to connections holding a partial packet, kept for reuse.
+const SPARE_READ_BUFFERS: usize = 64;
+
+struct Connection {
+    stream: TcpStream,
+    /// Bytes of a packet not yet whole; empty (and unallocated) between packets.
+    partial: Vec<u8>,
+    /// Readable data may be left unread (budget spent or reading paused).
+    read_pending: bool,
+}
+
+/// A running broker with its listeners open.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: Slab<Connection>,
+    broker: Broker,
+    signals: Signals,
+    max_connections: Option<usize>,
+    nodelay: bool,
+    scratch: Box<[u8]>,
+    spare_buffers: Vec<Vec<u8>>,
+    pending_reads: Vec<ConnId>,
+    work: Vec<ConnId>,
+    stopping: bool,
+}
+
+/// Why the server could not start, in one sentence for a person.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Server {
+    /// Open the listeners named by the config. Nothing is served until [`Server::run`].
+    pub fn bind(config: &Config) -> Result<Server, StartError> {
+        let poll =
+            Poll::new().map_err(|e| StartError(format!("cannot create the event loop: {e}")))?;
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let host = l.address.as_deref().unwrap_or("0.0.0.0");
+            let addrs: Vec<SocketAddr> = (host, l.port)
+                .to_socket_addrs()
+                .map_err(|e| StartError(format!("cannot resolve listener address {host}: {e}")))?
+                .collect();
+            let addr = *addrs
+                .first()
+                .ok_or_else(|| StartError(format!("listener address {host} has no IP address")))?;
+            let mut listener = TcpListener::bind(addr)
+                .map_err(|e| StartError(format!("cannot listen on {addr}: {}", io_reason(&e))))?;
+            let token = Token(LISTENER_BASE + listeners.len());
+            poll.registry()
+                .register(&mut listener, token, Interest::READABLE)
+                .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
+            let local = listener.local_addr().unwrap_or(addr);
+            log::info!("listening on {local}");
+            listeners.push(listener);
+        }
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .map_err(|e| StartError(format!("cannot handle signals: {e}")))?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(|e| StartError(format!("cannot watch signals: {e}")))?;
+        Ok(Server {
+            poll,
+            listeners,
+            conns: Slab::new(),
+            broker: Broker::new(config.broker.clone(), Instant::now()),
+            signals,
+            max_connections: config.max_connections,
+            nodelay: config.set_tcp_nodelay,
+            scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
+            spare_buffers: Vec::new(),
+            pending_reads: Vec::new(),
+            work: Vec::new(),
+            stopping: false,
+        })
+    }
+
+    /// The addresses the listeners are bound to (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serve until SIGINT or SIGTERM.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.stopping {
+            self.turn(&mut events)?;
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// One turn of the loop. Public so tests and the bench can drive a server in-process.
+    pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
+        let now = Instant::now();
+        let timeout = if self.pending_reads.is_empty() {
+            self.broker.next_timeout(now)
+        } else {
+            Some(std::time::Duration::ZERO)
+        };
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() == ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        let now = Instant::now();
+        for event in events.iter() {
+            match event.token() {
+                SIGNAL_TOKEN => self.handle_signals(),
+                Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
+                Token(id) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read(id, now);
+                    }
+                    if event.is_writable() {
+                        self.flush(id, now);
+                    }
+                }
+            }
+        }
+        // Connections whose read budget ran out last turn get their next share.
+        let pending = std::mem::take(&mut self.pending_reads);
+        for &id in &pending {
+            self.read(id, now);
+        }
+        self.work = pending;
+        self.broker.handle_timeout(now);
+        self.flush_and_close(now);
+        Ok(())
+    }
+
+    fn handle_signals(&mut self) {
+        for signal in self.signals.pending() {
+            match signal {
+                SIGINT | SIGTERM => {
+                    log::info!("signal {signal} received, shutting down");
+                    self.stopping = true;
+                }
+                SIGHUP => log::info!("SIGHUP received: configuration reload is not supported yet"),
+                _ => {}
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors, most likely: try again on the next event.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self
+                .max_connections
+                .is_some_and(|max| self.conns.len() >= max)
+            {
+                log::info!("Connection from {peer} refused: max_connections reached");
+                continue;
+            }
+            if self.nodelay {
+                let _ = stream.set_nodelay(true);
+            }
+            let entry = self.conns.vacant_entry();
+            let id = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("cannot watch connection from {peer}: {e}");
+                continue;
+            }
+            entry.insert(Connection {
+                stream,
+                partial: Vec::new(),
+                read_pending: false,
+            });
+            self.broker.open(id, Some(peer), now);
+            log::debug!("New connection from {peer} (slot {id})");
+        }
+    }
+
+    /// Read what connection `id` has, up to its budget, and hand whole packets to the broker.
+    fn read(&mut self, id: ConnId, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            if !self.broker.wants_read(id) {
+                conn.read_pending = true;
+                return;
+            }
+            if budget == 0 {
+                conn.read_pending = true;
+                self.pending_reads.push(id);
+                return;
+            }
+            conn.read_pending = false;
+            let n = match conn.stream.read(&mut self.scratch[..]) {
+                Ok(0) => return self.lost(id, "connection closed by peer", now),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.lost(id, &io_reason(&e), now),
+            };
+            budget = budget.saturating_sub(n);
+            self.broker.count_bytes_received(n);
+            self.process(id, n, now);
+        }
+    }
+
+    /// Frame and handle the `n` bytes just read into the scratch buffer.
+    fn process(&mut self, id: ConnId, n: usize, now: Instant) {
+        let Server {
+            conns,
+            broker,
+            scratch,
+            spare_buffers,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(id) else {
+            return;
+        };
+        let max = broker.config().max_packet_size;
+        if conn.partial.is_empty() {
+            // The common case: packets straight from the scratch buffer, no copy.
+            let data = &scratch[..n];
+            let used = handle_frames(broker, id, data, max, now);
+            if used < n && broker.is_open(id) {
+                if conn.partial.capacity() == 0 {
+                    conn.partial = spare_buffers.pop().unwrap_or_default();
+                }
+                conn.partial.extend_from_slice(&data[used..]);
+            }
+        } else {
+            conn.partial.extend_from_slice(&scratch[..n]);
+            let used = handle_frames(broker, id, &conn.partial, max, now);
+            conn.partial.drain(..used);
+            if conn.partial.is_empty() {
+                let buf = std::mem::take(&mut conn.partial);
+                if spare_buffers.len() < SPARE_READ_BUFFERS && buf.capacity() <= 2 * SCRATCH_SIZE {
+                    spare_buffers.push(buf);
+                }
+            }
+        }
+    }
+
+    /// Write connection `id`'s output until it is empty or the socket is full.
+    fn flush(&mut self, id: ConnId, now: Instant) {
+        // Each write may let the broker move more queued messages in; bound the rounds.
+        for _ in 0..64 {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            let out = self.broker.output(id);
+            if out.is_empty() {
+                break;
+            }
+            match conn.stream.write(out) {
+                Ok(n) => self.broker.consume_output(id, n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.lost(id, &io_reason(&e), now),
+            }
+        }
+        // Reading was paused while the client left its output unread; resume.
+        if let Some(conn) = self.conns.get(id) {
+            if conn.read_pending && self.broker.wants_read(id) && !self.pending_reads.contains(&id)
+            {
+                self.pending_reads.push(id);
+            }
+        }
+    }
+
+    /// The socket failed or was closed by the peer.
+    fn lost(&mut self, id: ConnId, reason: &str, now: Instant) {
+        log::debug!("connection {id}: {reason}");
+        self.close(id, now);
+    }
+
+    fn close(&mut self, id: ConnId, now: Instant) {
+        if let Some(mut conn) = self.conns.try_remove(id) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.broker.release(id, now);
+        }
+    }
+
+    /// Write every connection that got output, close every connection the broker ended.
+    /// Closing may publish wills, which makes more output: repeat until both lists are empty.
+    fn flush_and_close(&mut self, now: Instant) {
+        let mut ids = std::mem::take(&mut self.work);
+        loop {
+            self.broker.take_dirty(&mut ids);
+            for &id in &ids {
+                self.flush(id, now);
+            }
+            self.broker.take_closing(&mut ids);
+            if ids.is_empty() {
+                break;
+            }
+            for &id in &ids {
+                // Last words (a refusing CONNACK) go out before the close, if the socket takes them.
+                self.flush(id, now);
+                if let Some(conn) = self.conns.get(id) {
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                }
+                self.close(id, now);
+            }
+        }
+        self.work = ids;
+    }
+
+    /// Stop accepting, write what is queued, close every connection.
+    fn shutdown(&mut self) {
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let now = Instant::now();
+        let ids: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
+        for &id in &ids {
+            if let Some(conn) = self.conns.get(id) {
+                let _ = conn.stream.set_nodelay(true);
+            }
+            self.flush(id, now);
+        }
+        for id in ids {
+            self.close(id, now);
+        }
+        log::info!("gatemq stopped");
+    }
+}
+
+/// Hand every whole packet at the start of `data` to the broker; return the bytes used.
+fn handle_frames(broker: &mut Broker, id: ConnId, data: &[u8], max: usize, now: Instant) -> usize {
+    let mut used = 0;
+    while broker.is_open(id) {
+        let rest = &data[used..];
+        match frame_len(rest, max) {
+            Ok(Some(f)) if f.total_len <= rest.len() => {
+                broker.handle_packet(id, &rest[..f.total_len], f.header_len, now);
+                used += f.total_len;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                broker.frame_error(id, e, now);
+                break;
+            }
+        }
+    }
+    used
+}

@@ -458,3 +458,6 @@ impl Broker {
 fn peer(p: &Option<SocketAddr>) -> String {
     p.map_or_else(|| "(unknown)".to_string(), |a| a.to_string())
 }
+
+#[cfg(test)]
+mod tests;

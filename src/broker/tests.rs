@@ -1,0 +1,311 @@
+//! The broker core driven directly, without sockets, with synthetic time.
+
+use super::*;
+use crate::wire::{encode_publish_header, frame_len, put_str, put_u16, put_varint};
+
+struct Harness {
+    b: Broker,
+    now: Instant,
+    /// Packets that arrived with a CONNACK, kept for the next `recv`.
+    stash: Vec<(ConnId, Out)>,
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![first];
+    put_varint(&mut v, body.len());
+    v.extend_from_slice(body);
+    v
+}
+
+fn connect(id: &str, clean: bool, keep_alive: u16, will: Option<(&str, &[u8], u8, bool)>) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(4);
+    let mut flags = (clean as u8) << 1;
+    if let Some((_, _, qos, retain)) = will {
+        flags |= 0x04 | qos << 3 | (retain as u8) << 5;
+    }
+    body.push(flags);
+    put_u16(&mut body, keep_alive);
+    put_str(&mut body, id.as_bytes());
+    if let Some((topic, payload, _, _)) = will {
+        put_str(&mut body, topic.as_bytes());
+        put_str(&mut body, payload);
+    }
+    packet(0x10, &body)
+}
+
+fn publish(topic: &str, payload: &[u8], qos: u8, retain: bool, dup: bool, id: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_publish_header(&mut v, topic.as_bytes(), qos, retain, dup, id, payload.len());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn subscribe(id: u16, filters: &[(&str, u8)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_u16(&mut body, id);
+    for (f, q) in filters {
+        put_str(&mut body, f.as_bytes());
+        body.push(*q);
+    }
+    packet(0x82, &body)
+}
+
+fn ack(first: u8, id: u16) -> Vec<u8> {
+    packet(first, &id.to_be_bytes())
+}
+
+/// A decoded outgoing packet: first byte and body.
+type Out = (u8, Vec<u8>);
+
+impl Harness {
+    fn new(cfg: BrokerConfig) -> Self {
+        let now = Instant::now();
+        Harness { b: Broker::new(BrokerConfig { sys_interval: 0, ..cfg }, now), now, stash: Vec::new() }
+    }
+
+    fn open(&mut self, id: ConnId) {
+        self.b.open(id, None, self.now);
+    }
+
+    fn send(&mut self, id: ConnId, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Some(f) = frame_len(rest, usize::MAX).unwrap() {
+            self.b.handle_packet(id, &rest[..f.total_len], f.header_len, self.now);
+            rest = &rest[f.total_len..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    /// Everything written to `id` since the last call, as packets.
+    fn recv(&mut self, id: ConnId) -> Vec<Out> {
+        let out = self.b.output(id).to_vec();
+        self.b.consume_output(id, out.len());
+        let mut packets: Vec<Out> = Vec::new();
+        for (_, p) in self.stash.iter().filter(|(c, _)| *c == id) {
+            packets.push(p.clone());
+        }
+        self.stash.retain(|(c, _)| *c != id);
+        let mut rest = &out[..];
+        while let Some(f) = frame_len(rest, usize::MAX).unwrap() {
+            packets.push((rest[0], rest[f.header_len..f.total_len].to_vec()));
+            rest = &rest[f.total_len..];
+        }
+        packets
+    }
+
+    fn connect(&mut self, id: ConnId, client: &str, clean: bool) -> Out {
+        self.open(id);
+        self.send(id, &connect(client, clean, 60, None));
+        let mut p = self.recv(id);
+        let connack = p.remove(0);
+        self.stash.extend(p.into_iter().map(|p| (id, p)));
+        connack
+    }
+
+    fn closing(&mut self) -> Vec<ConnId> {
+        let mut v = Vec::new();
+        self.b.take_closing(&mut v);
+        for &id in &v {
+            self.b.release(id, self.now);
+        }
+        v
+    }
+}
+
+/// (qos, retain, dup, topic, packet id, payload) of a PUBLISH.
+fn parse_publish(p: &Out) -> (u8, bool, bool, String, u16, Vec<u8>) {
+    assert_eq!(p.0 >> 4, 3, "not a PUBLISH: {p:?}");
+    let qos = (p.0 >> 1) & 3;
+    let n = u16::from_be_bytes([p.1[0], p.1[1]]) as usize;
+    let topic = String::from_utf8(p.1[2..2 + n].to_vec()).unwrap();
+    let (id, start) = if qos > 0 { (u16::from_be_bytes([p.1[2 + n], p.1[3 + n]]), 4 + n) } else { (0, 2 + n) };
+    (qos, p.0 & 1 == 1, p.0 & 8 == 8, topic, id, p.1[start..].to_vec())
+}
+
+#[test]
+fn connack_and_session_present() {
+    let mut h = Harness::new(BrokerConfig::default());
+    assert_eq!(h.connect(1, "dev", false), (0x20, vec![0, 0]));
+    h.send(1, &packet(0xe0, &[]));
+    assert_eq!(h.closing(), vec![1]);
+    assert_eq!(h.connect(2, "dev", false), (0x20, vec![1, 0]));
+    assert_eq!(h.b.session_count(), 1);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_one_copy_at_highest_qos() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "sub", true);
+    h.send(1, &subscribe(1, &[("a/#", 0), ("a/b", 2), ("+/b", 1)]));
+    assert_eq!(h.recv(1), vec![(0x90, vec![0, 1, 0, 2, 1])]);
+    h.connect(2, "pub", true);
+    h.send(2, &publish("a/b", b"x", 2, false, false, 9));
+    let got = h.recv(1);
+    assert_eq!(got.len(), 1);
+    let (qos, retain, _, topic, _, payload) = parse_publish(&got[0]);
+    assert_eq!((qos, retain, topic.as_str(), &payload[..]), (2, false, "a/b", &b"x"[..]));
+}
+
+#[test]
+fn qos2_resend_before_pubrel_is_not_delivered_twice() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "sub", true);
+    h.send(1, &subscribe(1, &[("t", 2)]));
+    h.recv(1);
+    h.connect(2, "pub", true);
+    h.send(2, &publish("t", b"once", 2, false, false, 7));
+    h.send(2, &publish("t", b"once", 2, false, true, 7));
+    assert_eq!(h.recv(2), vec![(0x50, vec![0, 7]), (0x50, vec![0, 7])]);
+    assert_eq!(h.recv(1).len(), 1);
+    h.send(2, &ack(0x62, 7));
+    assert_eq!(h.recv(2), vec![(0x70, vec![0, 7])]);
+    // After PUBREL the id is free: the same id is a new message.
+    h.send(2, &publish("t", b"again", 2, false, false, 7));
+    assert_eq!(h.recv(1).len(), 1);
+}
+
+#[test]
+fn inflight_window_then_queue_then_resend_with_dup() {
+    let mut h = Harness::new(BrokerConfig { max_inflight_messages: 2, ..BrokerConfig::default() });
+    h.connect(1, "sub", false);
+    h.send(1, &subscribe(1, &[("t", 1)]));
+    h.recv(1);
+    h.connect(2, "pub", true);
+    for i in 0..5u8 {
+        h.send(2, &publish("t", &[i], 1, false, false, 100 + i as u16));
+    }
+    let first = h.recv(1);
+    assert_eq!(first.len(), 2, "window of 2");
+    let id0 = parse_publish(&first[0]).4;
+    h.send(1, &ack(0x40, id0));
+    let next = h.recv(1);
+    assert_eq!(next.len(), 1);
+    assert_eq!(parse_publish(&next[0]).5, vec![2]);
+    // Drop the connection: two in flight, two queued. Reconnect: resent with DUP, in order.
+    h.b.release(1, h.now);
+    assert_eq!(h.connect(3, "sub", false), (0x20, vec![1, 0]));
+    let again = h.recv(3);
+    let payloads: Vec<(bool, Vec<u8>)> = again.iter().map(|p| (parse_publish(p).2, parse_publish(p).5)).collect();
+    assert_eq!(payloads, vec![(true, vec![1]), (true, vec![2])]);
+    for p in &again {
+        h.send(3, &ack(0x40, parse_publish(p).4));
+    }
+    let rest: Vec<Vec<u8>> = h.recv(3).iter().map(|p| parse_publish(p).5).collect();
+    assert_eq!(rest, vec![vec![3], vec![4]]);
+}
+
+#[test]
+fn retained_on_subscribe_with_retain_flag_and_deleted_by_empty_payload() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "pub", true);
+    h.send(1, &publish("r/1", b"kept", 1, true, false, 1));
+    h.send(1, &publish("r/2", b"gone", 0, true, false, 0));
+    h.send(1, &publish("r/2", b"", 0, true, false, 0));
+    assert_eq!(h.b.retained_count(), 1);
+    h.connect(2, "sub", true);
+    h.send(2, &subscribe(1, &[("r/+", 0)]));
+    let got = h.recv(2);
+    assert_eq!(got.len(), 2);
+    let (qos, retain, _, topic, _, payload) = parse_publish(&got[1]);
+    assert_eq!((qos, retain, topic.as_str(), &payload[..]), (0, true, "r/1", &b"kept"[..]));
+    // Forwarded live: RETAIN cleared (spec 3.3.1.3).
+    h.send(1, &publish("r/1", b"new", 0, true, false, 0));
+    assert!(!parse_publish(&h.recv(2)[0]).1);
+}
+
+#[test]
+fn keep_alive_timeout_publishes_will_but_disconnect_does_not() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "watcher", true);
+    h.send(1, &subscribe(1, &[("wills/#", 0)]));
+    h.recv(1);
+    h.open(2);
+    h.send(2, &connect("quiet", true, 2, Some(("wills/quiet", b"gone", 0, false))));
+    h.recv(2);
+    h.open(3);
+    h.send(3, &connect("polite", true, 2, Some(("wills/polite", b"gone", 0, false))));
+    h.recv(3);
+    h.send(3, &packet(0xe0, &[]));
+    assert_eq!(h.closing(), vec![3]);
+    // The watcher keeps pinging; "quiet" says nothing for 1.5 x 2 s.
+    for _ in 0..4 {
+        h.now += Duration::from_millis(900);
+        h.send(1, &packet(0xc0, &[]));
+        h.b.handle_timeout(h.now);
+    }
+    assert_eq!(h.closing(), vec![2]);
+    let got: Vec<String> = h.recv(1).iter().filter(|p| p.0 >> 4 == 3).map(|p| parse_publish(p).3).collect();
+    assert_eq!(got, vec!["wills/quiet".to_string()]);
+    assert!(h.b.next_timeout(h.now).is_some());
+}
+
+#[test]
+fn takeover_closes_old_connection_with_its_will() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "watcher", true);
+    h.send(1, &subscribe(1, &[("w", 0)]));
+    h.recv(1);
+    h.open(2);
+    h.send(2, &connect("dup", true, 60, Some(("w", b"old one gone", 0, false))));
+    h.recv(2);
+    h.connect(3, "dup", true);
+    assert_eq!(h.closing(), vec![2]);
+    assert_eq!(parse_publish(&h.recv(1)[0]).5, b"old one gone");
+}
+
+#[test]
+fn offline_queue_is_bounded_and_counts_drops() {
+    let mut h = Harness::new(BrokerConfig { max_queued_messages: 3, ..BrokerConfig::default() });
+    h.connect(1, "sub", false);
+    h.send(1, &subscribe(1, &[("t", 1)]));
+    h.recv(1);
+    h.send(1, &packet(0xe0, &[]));
+    h.closing();
+    h.connect(2, "pub", true);
+    for i in 0..10u16 {
+        h.send(2, &publish("t", b"m", 1, false, false, i + 1));
+        h.send(2, &publish("t", b"q0", 0, false, false, 0));
+    }
+    assert_eq!(h.b.stats().publish_dropped, 7);
+    h.connect(3, "sub", false);
+    assert_eq!(h.recv(3).len(), 3);
+}
+
+#[test]
+fn clean_session_removes_everything() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "s", true);
+    h.send(1, &subscribe(1, &[("a/b/c", 1), ("x/#", 0)]));
+    assert_eq!(h.b.subscription_count(), 2);
+    h.b.release(1, h.now);
+    assert_eq!(h.b.subscription_count(), 0);
+    assert_eq!(h.b.session_count(), 0);
+    assert_eq!(h.b.stored_messages(), 0);
+}
+
+#[test]
+fn protocol_errors_close_only_that_connection() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.connect(1, "good", true);
+    h.open(2);
+    h.send(2, &subscribe(1, &[("t", 0)])); // before CONNECT
+    h.connect(3, "bad", true);
+    h.send(3, &connect("bad", true, 60, None)); // second CONNECT
+    assert_eq!(h.closing(), vec![2, 3]);
+    h.send(1, &packet(0xc0, &[]));
+    assert_eq!(h.recv(1), vec![(0xd0, vec![])]);
+}
+
+#[test]
+fn sys_topics_are_retained_and_published_on_change() {
+    let now = Instant::now();
+    let mut b = Broker::new(BrokerConfig { sys_interval: 1, ..BrokerConfig::default() }, now);
+    b.handle_timeout(now);
+    assert!(b.retained_count() > 20);
+    let before = b.retained_count();
+    b.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(b.retained_count(), before);
+    assert_eq!(b.next_timeout(now + Duration::from_secs(1)), Some(Duration::from_secs(1)));
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test of gatemq on a fresh Debian 12 machine, installing what the tests need:
+# Debian's mosquitto-clients (mosquitto_pub/sub) and mosquitto, and a Python venv with
+# paho-mqtt and pytest. Used by CI (.ci/run) and by people: ./tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step "test dependencies"
+if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+venv="$root/.venv"
+if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/requirements.txt "$venv/.requirements"; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt "$venv/.requirements"
+fi
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings
+
+step "cargo build --release"
+cargo build --release --quiet
+
+step "cargo test --release (unit tests, rumqttc and raw-packet tests against the binary)"
+cargo test --release
+
+step "pytest tests/python (paho-mqtt and mosquitto_pub/sub against the binary)"
+GATEMQ_BIN="$root/target/release/gatemq" "$venv/bin/pytest" -q -p no:cacheprovider --timeout 120 tests/python
+
+step "done in $(( $(date +%s) - started )) s"

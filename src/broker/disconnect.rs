@@ -37,6 +37,7 @@ impl Broker {
             let s = &mut self.sessions[sid];
             if s.conn == Some(id) {
                 s.conn = None;
+                publish::resume_publishers(&mut self.conns, &mut self.resumed, s, sid, &self.cfg);
                 if !s.persistent {
                     self.remove_session(sid);
                 }
@@ -53,7 +54,7 @@ impl Broker {
                     "Publishing the will of {} on {topic}",
                     self.conns[id].as_ref().map_or("", |c| &c.client_id)
                 );
-                publish::route(self, &topic, &payload, qos, retain);
+                publish::route(self, &topic, &payload, qos, retain, None);
             }
             self.pool.release(w);
         }

@@ -50,6 +50,12 @@ impl MessagePool {
     pub fn store(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> MsgId {
         let mut data = self.spare.pop().unwrap_or_default();
         data.clear();
+        // Power-of-two size classes: a recycled buffer fits the next message of a similar
+        // size, so steady traffic of varying lengths stops allocating once warm.
+        let need = topic.len() + payload.len();
+        if data.capacity() < need {
+            data.reserve_exact(need.next_power_of_two().max(64));
+        }
         data.extend_from_slice(topic.as_bytes());
         data.extend_from_slice(payload);
         self.bytes += data.len();

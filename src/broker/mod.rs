@@ -116,6 +116,8 @@ struct Conn {
     closing: bool,
     /// Timer entries carrying another generation are stale.
     timer_gen: u64,
+    /// Not read from until this session's queue drains (its QoS 1/2 messages could not be queued).
+    paused_on: Option<SessionId>,
 }
 
 pub struct Broker {
@@ -136,6 +138,8 @@ pub struct Broker {
     retained_scratch: Vec<MsgId>,
     dirty: Vec<ConnId>,
     closing: Vec<ConnId>,
+    /// Connections whose pause ended: the event loop reads what they have buffered.
+    resumed: Vec<ConnId>,
     stats: Stats,
     sys: sys::SysState,
     rng: u64,
@@ -164,6 +168,7 @@ impl Broker {
             retained_scratch: Vec::new(),
             dirty: Vec::new(),
             closing: Vec::new(),
+            resumed: Vec::new(),
             stats: Stats::default(),
             sys,
             rng: seed | 1,
@@ -216,6 +221,7 @@ impl Broker {
             dirty: false,
             closing: false,
             timer_gen: self.next_gen,
+            paused_on: None,
         });
         self.timers
             .push(Reverse((now + self.cfg.connect_timeout, id, self.next_gen)));
@@ -319,9 +325,18 @@ impl Broker {
     /// nor while it leaves a full output buffer unread (it is not reading its acknowledgements).
     pub fn wants_read(&self, id: ConnId) -> bool {
         match self.conns.get(id).and_then(|c| c.as_ref()) {
-            Some(c) => !c.closing && c.out.len() < self.cfg.output_buffer_soft,
+            Some(c) => {
+                !c.closing && c.paused_on.is_none() && c.out.len() < self.cfg.output_buffer_soft
+            }
             None => false,
         }
+    }
+
+    /// Connections that may be read from again after a pause (see `publish::deliver`).
+    pub fn take_resumed(&mut self, into: &mut Vec<ConnId>) {
+        into.clear();
+        into.extend_from_slice(&self.resumed);
+        self.resumed.clear();
     }
 
     /// Whether connection `id` is open and not being closed: packets already read from it are
@@ -334,9 +349,11 @@ impl Broker {
     }
 
     /// Connections given new output since the last call (each once).
+    /// (Copied, not swapped: each list keeps its own capacity, so none allocates once warm.)
     pub fn take_dirty(&mut self, into: &mut Vec<ConnId>) {
         into.clear();
-        std::mem::swap(into, &mut self.dirty);
+        into.extend_from_slice(&self.dirty);
+        self.dirty.clear();
         for &id in into.iter() {
             if let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) {
                 c.dirty = false;
@@ -347,7 +364,8 @@ impl Broker {
     /// Connections the broker has ended: flush their output, close the socket, `release` them.
     pub fn take_closing(&mut self, into: &mut Vec<ConnId>) {
         into.clear();
-        std::mem::swap(into, &mut self.closing);
+        into.extend_from_slice(&self.closing);
+        self.closing.clear();
     }
 
     /// How long the event loop may sleep before [`Broker::handle_timeout`] has work.
@@ -377,6 +395,9 @@ impl Broker {
                 c.opened + self.cfg.connect_timeout
             } else if c.keep_alive == 0 {
                 continue;
+            } else if c.paused_on.is_some() {
+                // Not its fault: its packets wait unread while a subscriber drains.
+                now + Duration::from_millis(c.keep_alive as u64 * 1500)
             } else {
                 // Spec 3.1.2.10: one and a half times the keep-alive.
                 c.last_rx + Duration::from_millis(c.keep_alive as u64 * 1500)

@@ -33,12 +33,12 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
     match p.qos {
         0 => {
             if !oversized {
-                route(b, p.topic, p.payload, 0, p.retain);
+                route(b, p.topic, p.payload, 0, p.retain, Some(id));
             }
         }
         1 => {
             if !oversized {
-                route(b, p.topic, p.payload, 1, p.retain);
+                route(b, p.topic, p.payload, 1, p.retain, Some(id));
             }
             wire::encode_ack(b.out(id), wire::kind::PUBACK, p.packet_id);
             b.stats.messages_sent += 1;
@@ -49,7 +49,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
             let seen = b.sessions[sid].qos2_incoming.contains(&p.packet_id);
             if !seen {
                 if !oversized {
-                    route(b, p.topic, p.payload, 2, p.retain);
+                    route(b, p.topic, p.payload, 2, p.retain, Some(id));
                 }
                 b.sessions[sid].qos2_incoming.push(p.packet_id);
             }
@@ -60,8 +60,15 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
 }
 
 /// Route a message to every matching session and update the retained store.
-/// Used for client publishes, wills and `$SYS`.
-pub(super) fn route(b: &mut Broker, topic: &str, payload: &[u8], qos: u8, retain: bool) {
+/// Used for client publishes (`from` is the publisher's connection), wills and `$SYS`.
+pub(super) fn route(
+    b: &mut Broker,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    from: Option<ConnId>,
+) {
     let mut slot: Option<MsgId> = None;
     if retain {
         let old = if payload.is_empty() {
@@ -111,6 +118,7 @@ pub(super) fn route(b: &mut Broker, topic: &str, payload: &[u8], qos: u8, retain
             },
             q,
             false,
+            from,
         );
     }
     if let Some(m) = slot {
@@ -172,12 +180,21 @@ impl Source<'_, '_> {
 
 /// Deliver one message to one session at QoS `qos`: into its output buffer if nothing is
 /// queued ahead of it and the buffer and in-flight window allow, else into its queue.
+///
+/// A full queue (DESIGN.md contract 2): QoS 0, and anything for an offline session, is dropped
+/// and counted. A QoS 1/2 message for an online session is queued anyway and its publisher
+/// `from` is paused (not read from) until this queue drains below its limit, so reliable
+/// messages slow the publisher down instead of being lost. A publisher is only paused on a
+/// session whose own connection is not paused: a paused connection's acknowledgements wait
+/// behind its unread publishes, so a cycle of pauses would never clear, and refusing to close
+/// one keeps it impossible. When the pause is refused, the message is dropped and counted.
 pub(super) fn deliver(
     b: &mut Broker,
     sid: SessionId,
     mut src: Source<'_, '_>,
     qos: u8,
     retain: bool,
+    from: Option<ConnId>,
 ) {
     let Broker {
         sessions,
@@ -226,7 +243,9 @@ pub(super) fn deliver(
     let len = src.payload_len(pool);
     let full = (cfg.max_queued_messages > 0 && s.queue.len() >= cfg.max_queued_messages)
         || (cfg.max_queued_bytes > 0 && s.queued_bytes + len > cfg.max_queued_bytes);
-    if full {
+    let paused =
+        full && qos > 0 && s.conn.is_some() && from.is_some_and(|p| pause(conns, s, sid, p));
+    if full && !paused {
         s.dropped += 1;
         stats.publish_dropped += 1;
         if s.dropped.is_power_of_two() {
@@ -246,6 +265,58 @@ pub(super) fn deliver(
         qos,
         retain,
     });
+}
+
+/// Pause reading from publisher `p` until session `s` (`sid`) drains; false if not allowed.
+fn pause(
+    conns: &mut [Option<super::Conn>],
+    s: &mut super::session::Session,
+    sid: SessionId,
+    p: ConnId,
+) -> bool {
+    let target_paused = s
+        .conn
+        .and_then(|c| conns[c].as_ref())
+        .is_none_or(|c| c.paused_on.is_some());
+    if target_paused || s.conn == Some(p) {
+        return false;
+    }
+    let Some(publisher) = conns[p].as_mut() else {
+        return false;
+    };
+    if publisher.paused_on.is_none() {
+        publisher.paused_on = Some(sid);
+        s.paused_publishers.push(p);
+    }
+    publisher.paused_on == Some(sid)
+}
+
+/// Resume the publishers paused on session `s` once its queue is below its limits again, or
+/// once it is offline (from then on its full queue drops, and pauses nobody).
+pub(super) fn resume_publishers(
+    conns: &mut [Option<super::Conn>],
+    resumed: &mut Vec<ConnId>,
+    s: &mut super::session::Session,
+    sid: SessionId,
+    cfg: &super::BrokerConfig,
+) {
+    if s.paused_publishers.is_empty() {
+        return;
+    }
+    let below = (cfg.max_queued_messages == 0 || s.queue.len() < cfg.max_queued_messages)
+        && (cfg.max_queued_bytes == 0 || s.queued_bytes < cfg.max_queued_bytes);
+    if !below && s.conn.is_some() {
+        return;
+    }
+    for &p in &s.paused_publishers {
+        if let Some(c) = conns.get_mut(p).and_then(|c| c.as_mut()) {
+            if c.paused_on == Some(sid) {
+                c.paused_on = None;
+                resumed.push(p);
+            }
+        }
+    }
+    s.paused_publishers.clear();
 }
 
 fn window(cfg: &super::BrokerConfig) -> usize {
@@ -273,6 +344,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
         cfg,
         dirty,
         stats,
+        resumed,
         ..
     } = b;
     let s = &mut sessions[sid];
@@ -324,6 +396,9 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
     if wrote && !conn.dirty {
         conn.dirty = true;
         dirty.push(cid);
+    }
+    if wrote {
+        resume_publishers(conns, resumed, s, sid, cfg);
     }
 }
 

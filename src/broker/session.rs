@@ -52,6 +52,8 @@ pub struct Session {
     pub match_qos: u8,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// Connections not read from until this session's queue drains (see `publish::deliver`).
+    pub paused_publishers: Vec<ConnId>,
 }
 
 impl Session {
@@ -69,6 +71,7 @@ impl Session {
             match_epoch: 0,
             match_qos: 0,
             dropped: 0,
+            paused_publishers: Vec::new(),
         }
     }
 

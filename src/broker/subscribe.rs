@@ -47,7 +47,7 @@ pub(super) fn subscribe(b: &mut Broker, id: ConnId, sid: SessionId, s: Subscribe
         b.retained.for_each_match(filter, &mut |m| found.push(m));
         for &m in &found {
             let q = qos.min(b.pool.get(m).qos);
-            deliver(b, sid, Source::Stored(m), q, true);
+            deliver(b, sid, Source::Stored(m), q, true, None);
         }
         b.retained_scratch = found;
     }

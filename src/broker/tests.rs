@@ -17,7 +17,12 @@ fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-fn connect(id: &str, clean: bool, keep_alive: u16, will: Option<(&str, &[u8], u8, bool)>) -> Vec<u8> {
+fn connect(
+    id: &str,
+    clean: bool,
+    keep_alive: u16,
+    will: Option<(&str, &[u8], u8, bool)>,
+) -> Vec<u8> {
     let mut body = Vec::new();
     put_str(&mut body, b"MQTT");
     body.push(4);
@@ -37,7 +42,15 @@ fn connect(id: &str, clean: bool, keep_alive: u16, will: Option<(&str, &[u8], u8
 
 fn publish(topic: &str, payload: &[u8], qos: u8, retain: bool, dup: bool, id: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    encode_publish_header(&mut v, topic.as_bytes(), qos, retain, dup, id, payload.len());
+    encode_publish_header(
+        &mut v,
+        topic.as_bytes(),
+        qos,
+        retain,
+        dup,
+        id,
+        payload.len(),
+    );
     v.extend_from_slice(payload);
     v
 }
@@ -62,7 +75,17 @@ type Out = (u8, Vec<u8>);
 impl Harness {
     fn new(cfg: BrokerConfig) -> Self {
         let now = Instant::now();
-        Harness { b: Broker::new(BrokerConfig { sys_interval: 0, ..cfg }, now), now, stash: Vec::new() }
+        Harness {
+            b: Broker::new(
+                BrokerConfig {
+                    sys_interval: 0,
+                    ..cfg
+                },
+                now,
+            ),
+            now,
+            stash: Vec::new(),
+        }
     }
 
     fn open(&mut self, id: ConnId) {
@@ -72,7 +95,8 @@ impl Harness {
     fn send(&mut self, id: ConnId, bytes: &[u8]) {
         let mut rest = bytes;
         while let Some(f) = frame_len(rest, usize::MAX).unwrap() {
-            self.b.handle_packet(id, &rest[..f.total_len], f.header_len, self.now);
+            self.b
+                .handle_packet(id, &rest[..f.total_len], f.header_len, self.now);
             rest = &rest[f.total_len..];
         }
         assert!(rest.is_empty());
@@ -120,8 +144,19 @@ fn parse_publish(p: &Out) -> (u8, bool, bool, String, u16, Vec<u8>) {
     let qos = (p.0 >> 1) & 3;
     let n = u16::from_be_bytes([p.1[0], p.1[1]]) as usize;
     let topic = String::from_utf8(p.1[2..2 + n].to_vec()).unwrap();
-    let (id, start) = if qos > 0 { (u16::from_be_bytes([p.1[2 + n], p.1[3 + n]]), 4 + n) } else { (0, 2 + n) };
-    (qos, p.0 & 1 == 1, p.0 & 8 == 8, topic, id, p.1[start..].to_vec())
+    let (id, start) = if qos > 0 {
+        (u16::from_be_bytes([p.1[2 + n], p.1[3 + n]]), 4 + n)
+    } else {
+        (0, 2 + n)
+    };
+    (
+        qos,
+        p.0 & 1 == 1,
+        p.0 & 8 == 8,
+        topic,
+        id,
+        p.1[start..].to_vec(),
+    )
 }
 
 #[test]
@@ -145,7 +180,10 @@ fn overlapping_subscriptions_deliver_one_copy_at_highest_qos() {
     let got = h.recv(1);
     assert_eq!(got.len(), 1);
     let (qos, retain, _, topic, _, payload) = parse_publish(&got[0]);
-    assert_eq!((qos, retain, topic.as_str(), &payload[..]), (2, false, "a/b", &b"x"[..]));
+    assert_eq!(
+        (qos, retain, topic.as_str(), &payload[..]),
+        (2, false, "a/b", &b"x"[..])
+    );
 }
 
 #[test]
@@ -168,7 +206,10 @@ fn qos2_resend_before_pubrel_is_not_delivered_twice() {
 
 #[test]
 fn inflight_window_then_queue_then_resend_with_dup() {
-    let mut h = Harness::new(BrokerConfig { max_inflight_messages: 2, ..BrokerConfig::default() });
+    let mut h = Harness::new(BrokerConfig {
+        max_inflight_messages: 2,
+        ..BrokerConfig::default()
+    });
     h.connect(1, "sub", false);
     h.send(1, &subscribe(1, &[("t", 1)]));
     h.recv(1);
@@ -187,7 +228,10 @@ fn inflight_window_then_queue_then_resend_with_dup() {
     h.b.release(1, h.now);
     assert_eq!(h.connect(3, "sub", false), (0x20, vec![1, 0]));
     let again = h.recv(3);
-    let payloads: Vec<(bool, Vec<u8>)> = again.iter().map(|p| (parse_publish(p).2, parse_publish(p).5)).collect();
+    let payloads: Vec<(bool, Vec<u8>)> = again
+        .iter()
+        .map(|p| (parse_publish(p).2, parse_publish(p).5))
+        .collect();
     assert_eq!(payloads, vec![(true, vec![1]), (true, vec![2])]);
     for p in &again {
         h.send(3, &ack(0x40, parse_publish(p).4));
@@ -209,7 +253,10 @@ fn retained_on_subscribe_with_retain_flag_and_deleted_by_empty_payload() {
     let got = h.recv(2);
     assert_eq!(got.len(), 2);
     let (qos, retain, _, topic, _, payload) = parse_publish(&got[1]);
-    assert_eq!((qos, retain, topic.as_str(), &payload[..]), (0, true, "r/1", &b"kept"[..]));
+    assert_eq!(
+        (qos, retain, topic.as_str(), &payload[..]),
+        (0, true, "r/1", &b"kept"[..])
+    );
     // Forwarded live: RETAIN cleared (spec 3.3.1.3).
     h.send(1, &publish("r/1", b"new", 0, true, false, 0));
     assert!(!parse_publish(&h.recv(2)[0]).1);
@@ -222,10 +269,16 @@ fn keep_alive_timeout_publishes_will_but_disconnect_does_not() {
     h.send(1, &subscribe(1, &[("wills/#", 0)]));
     h.recv(1);
     h.open(2);
-    h.send(2, &connect("quiet", true, 2, Some(("wills/quiet", b"gone", 0, false))));
+    h.send(
+        2,
+        &connect("quiet", true, 2, Some(("wills/quiet", b"gone", 0, false))),
+    );
     h.recv(2);
     h.open(3);
-    h.send(3, &connect("polite", true, 2, Some(("wills/polite", b"gone", 0, false))));
+    h.send(
+        3,
+        &connect("polite", true, 2, Some(("wills/polite", b"gone", 0, false))),
+    );
     h.recv(3);
     h.send(3, &packet(0xe0, &[]));
     assert_eq!(h.closing(), vec![3]);
@@ -236,7 +289,12 @@ fn keep_alive_timeout_publishes_will_but_disconnect_does_not() {
         h.b.handle_timeout(h.now);
     }
     assert_eq!(h.closing(), vec![2]);
-    let got: Vec<String> = h.recv(1).iter().filter(|p| p.0 >> 4 == 3).map(|p| parse_publish(p).3).collect();
+    let got: Vec<String> = h
+        .recv(1)
+        .iter()
+        .filter(|p| p.0 >> 4 == 3)
+        .map(|p| parse_publish(p).3)
+        .collect();
     assert_eq!(got, vec!["wills/quiet".to_string()]);
     assert!(h.b.next_timeout(h.now).is_some());
 }
@@ -248,7 +306,10 @@ fn takeover_closes_old_connection_with_its_will() {
     h.send(1, &subscribe(1, &[("w", 0)]));
     h.recv(1);
     h.open(2);
-    h.send(2, &connect("dup", true, 60, Some(("w", b"old one gone", 0, false))));
+    h.send(
+        2,
+        &connect("dup", true, 60, Some(("w", b"old one gone", 0, false))),
+    );
     h.recv(2);
     h.connect(3, "dup", true);
     assert_eq!(h.closing(), vec![2]);
@@ -257,7 +318,10 @@ fn takeover_closes_old_connection_with_its_will() {
 
 #[test]
 fn offline_queue_is_bounded_and_counts_drops() {
-    let mut h = Harness::new(BrokerConfig { max_queued_messages: 3, ..BrokerConfig::default() });
+    let mut h = Harness::new(BrokerConfig {
+        max_queued_messages: 3,
+        ..BrokerConfig::default()
+    });
     h.connect(1, "sub", false);
     h.send(1, &subscribe(1, &[("t", 1)]));
     h.recv(1);
@@ -301,11 +365,90 @@ fn protocol_errors_close_only_that_connection() {
 #[test]
 fn sys_topics_are_retained_and_published_on_change() {
     let now = Instant::now();
-    let mut b = Broker::new(BrokerConfig { sys_interval: 1, ..BrokerConfig::default() }, now);
+    let mut b = Broker::new(
+        BrokerConfig {
+            sys_interval: 1,
+            ..BrokerConfig::default()
+        },
+        now,
+    );
     b.handle_timeout(now);
     assert!(b.retained_count() > 20);
     let before = b.retained_count();
     b.handle_timeout(now + Duration::from_secs(1));
     assert_eq!(b.retained_count(), before);
-    assert_eq!(b.next_timeout(now + Duration::from_secs(1)), Some(Duration::from_secs(1)));
+    assert_eq!(
+        b.next_timeout(now + Duration::from_secs(1)),
+        Some(Duration::from_secs(1))
+    );
+}
+
+#[test]
+fn full_queue_pauses_a_qos1_publisher_until_it_drains() {
+    let mut h = Harness::new(BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 2,
+        ..BrokerConfig::default()
+    });
+    h.connect(1, "slow", true);
+    h.send(1, &subscribe(1, &[("x", 1)]));
+    h.recv(1);
+    h.connect(2, "pub", true);
+    for i in 1..=4u16 {
+        h.send(2, &publish("x", b"m", 1, false, false, i));
+    }
+    // One in flight, two queued, the fourth queued past the limit: the publisher is paused.
+    assert!(!h.b.wants_read(2));
+    assert_eq!(h.b.stats().publish_dropped, 0);
+    let mut resumed = Vec::new();
+    let first = h.recv(1);
+    assert_eq!(first.len(), 1);
+    h.send(1, &ack(0x40, parse_publish(&first[0]).4));
+    let second = h.recv(1);
+    h.send(1, &ack(0x40, parse_publish(&second[0]).4));
+    h.b.take_resumed(&mut resumed);
+    assert_eq!(resumed, vec![2]);
+    assert!(h.b.wants_read(2));
+    // QoS 0 to a full queue is dropped and counted, and pauses nobody.
+    h.send(2, &publish("x", b"m", 1, false, false, 5));
+    h.send(2, &publish("x", b"q0", 0, false, false, 0));
+    assert_eq!(h.b.stats().publish_dropped, 1);
+}
+
+#[test]
+fn publishers_never_pause_in_a_cycle() {
+    let mut h = Harness::new(BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 1,
+        ..BrokerConfig::default()
+    });
+    h.connect(1, "a", true);
+    h.send(1, &subscribe(1, &[("to/a", 1)]));
+    h.connect(2, "b", true);
+    h.send(2, &subscribe(1, &[("to/b", 1)]));
+    h.recv(1);
+    h.recv(2);
+    // a fills b's window and queue, then overflows it: a is paused on b.
+    for i in 1..=3u16 {
+        h.send(1, &publish("to/b", b"m", 1, false, false, i));
+    }
+    assert!(!h.b.wants_read(1));
+    // b fills a's window and queue; pausing b on the paused a could never clear: drop instead.
+    for i in 1..=3u16 {
+        h.send(2, &publish("to/a", b"m", 1, false, false, i));
+    }
+    assert!(h.b.wants_read(2));
+    assert_eq!(h.b.stats().publish_dropped, 1);
+    // b acknowledging until its queue is below the limit ends a's pause.
+    for round in 0..2 {
+        assert!(!h.b.wants_read(1), "still paused before ack {round}");
+        let got = h.recv(2);
+        let id = got
+            .iter()
+            .find(|p| p.0 >> 4 == 3)
+            .map(|p| parse_publish(p).4)
+            .unwrap();
+        h.send(2, &ack(0x40, id));
+    }
+    assert!(h.b.wants_read(1));
 }

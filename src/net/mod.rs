@@ -46,6 +46,9 @@ pub struct Server {
     scratch: Box<[u8]>,
     spare_buffers: Vec<Vec<u8>>,
     pending_reads: Vec<ConnId>,
+    /// Scratch lists, reused every turn (never swapped with another list, so each keeps its
+    /// capacity and a warm loop allocates nothing).
+    reading: Vec<ConnId>,
     work: Vec<ConnId>,
     stopping: bool,
 }
@@ -101,6 +104,7 @@ impl Server {
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             spare_buffers: Vec::new(),
             pending_reads: Vec::new(),
+            reading: Vec::new(),
             work: Vec::new(),
             stopping: false,
         })
@@ -158,11 +162,12 @@ impl Server {
             }
         }
         // Connections whose read budget ran out last turn get their next share.
-        let pending = std::mem::take(&mut self.pending_reads);
-        for &id in &pending {
-            self.read(id, now);
+        self.reading.clear();
+        self.reading.extend_from_slice(&self.pending_reads);
+        self.pending_reads.clear();
+        for i in 0..self.reading.len() {
+            self.read(self.reading[i], now);
         }
-        self.work = pending;
         self.broker.handle_timeout(now);
         self.flush_and_close(now);
         Ok(())
@@ -227,8 +232,13 @@ impl Server {
     }
 
     /// Read what connection `id` has, up to its budget, and hand whole packets to the broker.
+    /// Packets are handled only while the broker wants them: a paused connection keeps the
+    /// rest in its partial buffer, handled first when it resumes.
     fn read(&mut self, id: ConnId, now: Instant) {
         let mut budget = READ_BUDGET;
+        if self.conns.get(id).is_some_and(|c| !c.partial.is_empty()) {
+            self.process(id, 0, now);
+        }
         loop {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
@@ -256,7 +266,8 @@ impl Server {
         }
     }
 
-    /// Frame and handle the `n` bytes just read into the scratch buffer.
+    /// Frame and handle the `n` bytes just read into the scratch buffer, after any bytes the
+    /// connection already holds.
     fn process(&mut self, id: ConnId, n: usize, now: Instant) {
         let Server {
             conns,
@@ -311,6 +322,11 @@ impl Server {
             }
         }
         // Reading was paused while the client left its output unread; resume.
+        self.resume(id);
+    }
+
+    /// Read connection `id` next turn if it has unread input and the broker wants it.
+    fn resume(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get(id) {
             if conn.read_pending && self.broker.wants_read(id) && !self.pending_reads.contains(&id)
             {
@@ -335,17 +351,21 @@ impl Server {
     /// Write every connection that got output, close every connection the broker ended.
     /// Closing may publish wills, which makes more output: repeat until both lists are empty.
     fn flush_and_close(&mut self, now: Instant) {
-        let mut ids = std::mem::take(&mut self.work);
         loop {
-            self.broker.take_dirty(&mut ids);
-            for &id in &ids {
-                self.flush(id, now);
+            self.broker.take_dirty(&mut self.work);
+            for i in 0..self.work.len() {
+                self.flush(self.work[i], now);
             }
-            self.broker.take_closing(&mut ids);
-            if ids.is_empty() {
+            self.broker.take_resumed(&mut self.work);
+            for i in 0..self.work.len() {
+                self.resume(self.work[i]);
+            }
+            self.broker.take_closing(&mut self.work);
+            if self.work.is_empty() {
                 break;
             }
-            for &id in &ids {
+            for i in 0..self.work.len() {
+                let id = self.work[i];
                 // Last words (a refusing CONNACK) go out before the close, if the socket takes them.
                 self.flush(id, now);
                 if let Some(conn) = self.conns.get(id) {
@@ -354,7 +374,6 @@ impl Server {
                 self.close(id, now);
             }
         }
-        self.work = ids;
     }
 
     /// Stop accepting, write what is queued, close every connection.
@@ -380,7 +399,7 @@ impl Server {
 /// Hand every whole packet at the start of `data` to the broker; return the bytes used.
 fn handle_frames(broker: &mut Broker, id: ConnId, data: &[u8], max: usize, now: Instant) -> usize {
     let mut used = 0;
-    while broker.is_open(id) {
+    while broker.wants_read(id) {
         let rest = &data[used..];
         match frame_len(rest, max) {
             Ok(Some(f)) if f.total_len <= rest.len() => {

@@ -1,0 +1,372 @@
+//! DESIGN.md contract 1: after warm-up, routing a message allocates nothing.
+//!
+//! The broker runs in-process on its own thread over real loopback sockets; a counting global
+//! allocator counts that thread's allocations and frees while counting is switched on. Each
+//! scenario warms up with the same traffic it then measures, and asserts zero of both.
+
+use gatemq::config::{Config, ListenerConfig};
+use gatemq::net::Server;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+struct Counting;
+
+thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static FREES: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count(c: &'static std::thread::LocalKey<Cell<u64>>) {
+    if ON.try_with(|on| on.get()).unwrap_or(false) {
+        let _ = c.try_with(|n| n.set(n.get() + 1));
+        // ZERO_ALLOC_TRACE=N prints where the first N counted allocations came from.
+        ON.with(|on| on.set(false));
+        if let Some(limit) = std::env::var("ZERO_ALLOC_TRACE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if ALLOCS.with(|n| n.get()) <= limit {
+                eprintln!(
+                    "counted allocation:\n{}",
+                    std::backtrace::Backtrace::force_capture()
+                );
+            }
+        }
+        ON.with(|on| on.set(true));
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count(&ALLOCS);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        count(&FREES);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        count(&ALLOCS);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// A broker on its own thread. `measure(true)` starts counting from its next loop turn.
+struct InProcess {
+    addr: SocketAddr,
+    /// Connected before anything is measured; its PINGREQ wakes the loop.
+    waker: std::sync::Mutex<Option<Client>>,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    result: Option<thread::JoinHandle<(u64, u64)>>,
+}
+
+impl InProcess {
+    fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = Config {
+            listeners: vec![ListenerConfig {
+                port: 0,
+                address: Some("127.0.0.1".into()),
+            }],
+            ..Config::default()
+        };
+        cfg.broker.sys_interval = 0;
+        tweak(&mut cfg);
+        let measuring = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (m, s) = (measuring.clone(), stop.clone());
+        let result = thread::spawn(move || {
+            let mut server = Server::bind(&cfg).expect("bind");
+            tx.send(server.local_addrs()[0]).unwrap();
+            let mut events = mio::Events::with_capacity(1024);
+            while !s.load(Ordering::SeqCst) {
+                ON.with(|on| on.set(m.load(Ordering::SeqCst)));
+                server.turn(&mut events).expect("turn");
+                ON.with(|on| on.set(false));
+            }
+            (ALLOCS.with(|c| c.get()), FREES.with(|c| c.get()))
+        });
+        let addr = rx.recv().unwrap();
+        let waker = std::sync::Mutex::new(Some(Client::connect(addr, "waker", true)));
+        InProcess {
+            addr,
+            waker,
+            measuring,
+            stop,
+            result: Some(result),
+        }
+    }
+
+    fn measure(&self, on: bool) {
+        self.measuring.store(on, Ordering::SeqCst);
+        // Two round trips through the loop: the switch has taken effect in the second.
+        let mut waker = self.waker.lock().unwrap();
+        let w = waker.as_mut().unwrap();
+        for _ in 0..2 {
+            w.send(&[0xc0, 0]);
+            assert_eq!(w.read().0, 0xd0);
+        }
+    }
+
+    /// Stop the broker; the allocations and frees counted while measuring.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut w = self.waker.lock().unwrap().take().unwrap();
+        w.send(&[0xc0, 0]);
+        self.result.take().unwrap().join().unwrap()
+    }
+}
+
+/// A minimal raw MQTT 3.1.1 client.
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![first];
+    gatemq::wire::put_varint(&mut v, body.len());
+    v.extend_from_slice(body);
+    v
+}
+
+fn publish(topic: &str, payload: &[u8], qos: u8, retain: bool, id: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    gatemq::wire::encode_publish_header(
+        &mut v,
+        topic.as_bytes(),
+        qos,
+        retain,
+        false,
+        id,
+        payload.len(),
+    );
+    v.extend_from_slice(payload);
+    v
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, id: &str, clean: bool) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut c = Client { s, buf: Vec::new() };
+        let mut body = Vec::new();
+        gatemq::wire::put_str(&mut body, b"MQTT");
+        body.extend_from_slice(&[4, (clean as u8) << 1, 0, 0]);
+        gatemq::wire::put_str(&mut body, id.as_bytes());
+        c.send(&packet(0x10, &body));
+        let (first, _) = c.read();
+        assert_eq!(first, 0x20);
+        c
+    }
+
+    fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    fn read(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if let Ok(Some(f)) = gatemq::wire::frame_len(&self.buf, usize::MAX) {
+                if self.buf.len() >= f.total_len {
+                    let p = (self.buf[0], self.buf[f.header_len..f.total_len].to_vec());
+                    self.buf.drain(..f.total_len);
+                    return p;
+                }
+            }
+            let mut tmp = [0u8; 65536];
+            let n = self.s.read(&mut tmp).expect("read");
+            assert!(n > 0, "broker closed the connection");
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: u8) {
+        let mut body = vec![0, 1];
+        gatemq::wire::put_str(&mut body, filter.as_bytes());
+        body.push(qos);
+        self.send(&packet(0x82, &body));
+        loop {
+            if self.read().0 == 0x90 {
+                return;
+            }
+        }
+    }
+
+    /// Receive `n` PUBLISHes, acknowledging each as its QoS requires.
+    fn receive(&mut self, n: usize) {
+        let mut got = 0;
+        while got < n {
+            let (first, body) = self.read();
+            match first >> 4 {
+                3 => {
+                    got += 1;
+                    let qos = (first >> 1) & 3;
+                    if qos > 0 {
+                        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                        let id = [body[2 + tl], body[3 + tl]];
+                        self.send(&[if qos == 1 { 0x40 } else { 0x50 }, 2, id[0], id[1]]);
+                    }
+                }
+                6 => self.send(&[0x70, 2, body[0], body[1]]),
+                _ => {}
+            }
+        }
+    }
+
+    /// Publish `n` messages in batches, completing each batch's QoS flow before the next.
+    fn publish_many(&mut self, topic: &str, qos: u8, retain: bool, n: usize) {
+        let payload = [0x55u8; 64];
+        let mut sent = 0;
+        while sent < n {
+            let batch = (n - sent).min(100);
+            let mut out = Vec::new();
+            for i in 0..batch {
+                out.extend_from_slice(&publish(topic, &payload, qos, retain, (i + 1) as u16));
+            }
+            self.send(&out);
+            if qos == 0 {
+                // QoS 0 has no flow control: pace with a PINGREQ round trip per batch so a
+                // subscriber that reads as fast as it can never overflows its queue.
+                self.send(&[0xc0, 0]);
+                while self.read().0 != 0xd0 {}
+            } else {
+                let mut done = 0;
+                while done < batch {
+                    let (first, body) = self.read();
+                    match first >> 4 {
+                        4 | 7 => done += 1,
+                        5 => self.send(&[0x62, 2, body[0], body[1]]),
+                        _ => {}
+                    }
+                }
+            }
+            sent += batch;
+        }
+    }
+}
+
+/// Run `traffic` once to warm up and once measured; assert nothing was allocated or freed.
+fn assert_no_alloc(broker: InProcess, mut traffic: impl FnMut(SocketAddr)) {
+    traffic(broker.addr);
+    broker.measure(true);
+    traffic(broker.addr);
+    broker.measure(false);
+    let (allocs, frees) = broker.finish();
+    assert_eq!(
+        (allocs, frees),
+        (0, 0),
+        "allocations and frees while routing"
+    );
+}
+
+fn fan_in(qos: u8, total: usize) {
+    let broker = InProcess::start(|_| {});
+    let mut sub = Client::connect(broker.addr, "sub", true);
+    sub.subscribe("bench/#", qos);
+    let mut pubs: Vec<Client> = (0..4)
+        .map(|i| Client::connect(broker.addr, &format!("pub{i}"), true))
+        .collect();
+    assert_no_alloc(broker, |_| {
+        thread::scope(|s| {
+            for (i, p) in pubs.iter_mut().enumerate() {
+                s.spawn(move || p.publish_many(&format!("bench/{i}"), qos, false, total / 4));
+            }
+            sub.receive(total);
+        });
+    });
+}
+
+#[test]
+fn qos0_fan_in() {
+    fan_in(0, 100_000);
+}
+
+#[test]
+fn qos1_fan_in() {
+    fan_in(1, 100_000);
+}
+
+#[test]
+fn qos2_fan_in() {
+    fan_in(2, 100_000);
+}
+
+#[test]
+fn fan_out_to_50_subscribers() {
+    // Above the burst: the publisher's PUBACKs do not wait for the 50 subscribers.
+    let broker = InProcess::start(|c| c.broker.max_queued_messages = 10_000);
+    let mut subs: Vec<Client> = (0..50)
+        .map(|i| {
+            let mut c = Client::connect(broker.addr, &format!("sub{i}"), true);
+            c.subscribe(if i % 2 == 0 { "fan/out" } else { "fan/+" }, 1);
+            c
+        })
+        .collect();
+    let mut publisher = Client::connect(broker.addr, "pub", true);
+    // 2 000 messages x 50 subscribers = 100 000 deliveries, QoS 1 end to end.
+    assert_no_alloc(broker, |_| {
+        thread::scope(|s| {
+            for sub in subs.iter_mut() {
+                s.spawn(move || sub.receive(2_000));
+            }
+            publisher.publish_many("fan/out", 1, false, 2_000);
+        });
+    });
+}
+
+#[test]
+fn retained_publish_and_delivery() {
+    let broker = InProcess::start(|_| {});
+    let mut sub = Client::connect(broker.addr, "sub", true);
+    sub.subscribe("status/#", 1);
+    let mut publisher = Client::connect(broker.addr, "pub", true);
+    assert_no_alloc(broker, |_| {
+        thread::scope(|s| {
+            s.spawn(|| sub.receive(100_000));
+            for i in 0..100 {
+                publisher.publish_many(&format!("status/device{i}"), 1, true, 1_000);
+            }
+        });
+    });
+}
+
+#[test]
+fn offline_queueing_for_a_persistent_session() {
+    let broker = InProcess::start(|c| c.broker.max_queued_messages = 2_000);
+    let mut sub = Client::connect(broker.addr, "offline", false);
+    sub.subscribe("q/#", 1);
+    sub.send(&[0xe0, 0]);
+    let mut publisher = Client::connect(broker.addr, "pub", true);
+    let addr = broker.addr;
+    // Measured: publishing into the offline session's queue. Not measured: the reconnect
+    // that drains it (a new connection is allowed to allocate).
+    for round in 0..10 {
+        if round > 0 {
+            broker.measure(true);
+        }
+        publisher.publish_many("q/x", 1, false, 1_000);
+        broker.measure(false);
+        let mut again = Client::connect(addr, "offline", false);
+        again.receive(1_000);
+        again.send(&[0xe0, 0]);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (allocs, frees) = broker.finish();
+    assert_eq!(
+        (allocs, frees),
+        (0, 0),
+        "allocations and frees while queueing"
+    );
+}

@@ -164,7 +164,7 @@ impl Client {
         let mut c = Client { s, buf: Vec::new() };
         let mut body = Vec::new();
         gatemq::wire::put_str(&mut body, b"MQTT");
-        body.extend_from_slice(&[4, (clean as u8) << 1, 0, 0]);
+        body.extend_from_slice(&[4, (clean as u8) << 1, 0, 60]);
         gatemq::wire::put_str(&mut body, id.as_bytes());
         c.send(&packet(0x10, &body));
         let (first, _) = c.read();

@@ -44,12 +44,12 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         log::info!("Connection from {who} refused: MQTT 3.1 client id longer than 23 characters");
         return refuse(b, id, ConnAck::IdentifierRejected, now);
     }
-    if c.keep_alive > b.cfg.max_keepalive {
-        log::info!(
-            "Client {client_id} refused: keep-alive {} is above max_keepalive {}",
-            c.keep_alive,
-            b.cfg.max_keepalive
-        );
+    // Mosquitto's rule: with a max_keepalive set, 3.1.x clients asking for more, or for 0 (no
+    // keep-alive at all), are refused, since there is no way to tell them the limit.
+    // max_keepalive 0 means no limit.
+    let max = b.cfg.max_keepalive;
+    if max > 0 && (c.keep_alive > max || c.keep_alive == 0) {
+        log::info!("Client {client_id} refused: keep-alive {} is not within max_keepalive {max}", c.keep_alive);
         return refuse(b, id, ConnAck::IdentifierRejected, now);
     }
     if c.username.is_none() && !b.cfg.allow_anonymous {

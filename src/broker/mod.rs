@@ -55,7 +55,8 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// Largest PUBLISH payload; larger ones are dropped. 0 = only `max_packet_size` applies.
     pub message_size_limit: usize,
-    /// 3.1.1 clients asking for a longer keep-alive are refused (there is no way to tell them).
+    /// 3.1.1 clients asking for a longer keep-alive, or for none (0), are refused (there is no
+    /// way to tell them); 0 = no limit, keep-alive 0 allowed.
     pub max_keepalive: u16,
     pub retain_available: bool,
     /// Seconds between `$SYS` updates; 0 = none.
@@ -237,6 +238,9 @@ impl Broker {
             .is_some_and(|c| !c.closing)
         {
             self.end_connection(id, "connection lost", true, now);
+            // The loop has closed it already; left on the closing list, the slot's next
+            // connection (accepted in this same turn) would be closed in its place.
+            self.closing.retain(|&c| c != id);
         }
         if let Some(slot) = self.conns.get_mut(id) {
             *slot = None;

@@ -49,7 +49,10 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     // max_keepalive 0 means no limit.
     let max = b.cfg.max_keepalive;
     if max > 0 && (c.keep_alive > max || c.keep_alive == 0) {
-        log::info!("Client {client_id} refused: keep-alive {} is not within max_keepalive {max}", c.keep_alive);
+        log::info!(
+            "Client {client_id} refused: keep-alive {} is not within max_keepalive {max}",
+            c.keep_alive
+        );
         return refuse(b, id, ConnAck::IdentifierRejected, now);
     }
     if c.username.is_none() && !b.cfg.allow_anonymous {

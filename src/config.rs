@@ -23,6 +23,11 @@ pub struct Config {
     /// The most verbose level that `log_type` enabled (information by default, like Mosquitto).
     pub log_level: LevelFilter,
     pub set_tcp_nodelay: bool,
+    /// The devices file (`devices_file`) as named in the config, with its line, and its
+    /// declarations once loaded.
+    pub devices_file: Option<(PathBuf, usize)>,
+    pub devices: Option<crate::devices::decl::Devices>,
+    pub device_options: crate::devices::Options,
     /// The file this was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -39,6 +44,9 @@ impl Default for Config {
             max_connections: None,
             log_level: LevelFilter::Info,
             set_tcp_nodelay: true,
+            devices_file: None,
+            devices: None,
+            device_options: crate::devices::Options::default(),
             source: None,
         }
     }
@@ -65,7 +73,20 @@ impl Config {
                 io_reason(&e)
             ))
         })?;
-        let mut c = Config::parse(&text, &path.display().to_string())?;
+        let name = path.display().to_string();
+        let mut c = Config::parse(&text, &name)?;
+        if let Some((file, line)) = &c.devices_file {
+            // A relative devices_file is found next to the config file.
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            let devices = crate::devices::decl::Devices::load(&file).map_err(|e| {
+                if e.starts_with("cannot read") {
+                    ConfigError(format!("{name}:{line}: option 'devices_file': {e}"))
+                } else {
+                    ConfigError(e)
+                }
+            })?;
+            c.devices = Some(devices);
+        }
         c.source = Some(path.to_path_buf());
         Ok(c)
     }
@@ -142,6 +163,28 @@ impl Config {
                 "retain_available" => b.retain_available = at.parse_bool(&args)?,
                 "sys_interval" => b.sys_interval = at.parse_num(at.one(&args)?, 0, 86_400)? as u32,
                 "set_tcp_nodelay" => c.set_tcp_nodelay = at.parse_bool(&args)?,
+                "devices_file" => c.devices_file = Some((PathBuf::from(rest), n + 1)),
+                "devices_prefix" => {
+                    let p = at.one(&args)?;
+                    if !crate::broker::topic::valid_name(p)
+                        || p.starts_with('/')
+                        || p.ends_with('/')
+                    {
+                        return Err(at.err(&format!("invalid topic prefix '{p}'")));
+                    }
+                    c.device_options.prefix = p.to_string();
+                }
+                "devices_route_commands" => {
+                    c.device_options.route_commands = at.parse_bool(&args)?
+                }
+                "homeassistant_discovery" => c.device_options.discovery = at.parse_bool(&args)?,
+                "homeassistant_prefix" => {
+                    let p = at.one(&args)?;
+                    if !crate::broker::topic::valid_name(p) {
+                        return Err(at.err(&format!("invalid topic prefix '{p}'")));
+                    }
+                    c.device_options.discovery_prefix = p.to_string();
+                }
                 "log_type" => {
                     let level = match at.one(&args)? {
                         "none" => LevelFilter::Off,

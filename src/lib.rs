@@ -6,5 +6,6 @@
 
 pub mod broker;
 pub mod config;
+pub mod devices;
 pub mod net;
 pub mod wire;

@@ -11,8 +11,9 @@
 
 mod ack;
 mod connect;
+mod devices;
 mod disconnect;
-mod fxhash;
+pub(crate) mod fxhash;
 pub mod message;
 mod publish;
 pub mod retain;
@@ -143,6 +144,9 @@ pub struct Broker {
     resumed: Vec<ConnId>,
     stats: Stats,
     sys: sys::SysState,
+    /// The device command executor, when a devices file is configured.
+    devices: Option<Box<crate::devices::Executor>>,
+    device_out: crate::devices::Outbox,
     rng: u64,
 }
 
@@ -172,6 +176,8 @@ impl Broker {
             resumed: Vec::new(),
             stats: Stats::default(),
             sys,
+            devices: None,
+            device_out: Default::default(),
             rng: seed | 1,
         }
     }
@@ -375,11 +381,12 @@ impl Broker {
     /// How long the event loop may sleep before [`Broker::handle_timeout`] has work.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        let next = match (timer, self.sys.next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        next.map(|t| t.saturating_duration_since(now))
+        let devices = self.devices.as_ref().and_then(|d| d.next_deadline());
+        [timer, self.sys.next, devices]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
     }
 
     /// Fire every deadline that has passed: keep-alive and CONNECT timeouts, `$SYS`.
@@ -425,6 +432,7 @@ impl Broker {
         if self.sys.next.is_some_and(|t| t <= now) {
             sys::publish(self, now);
         }
+        devices::on_timeout(self, now);
     }
 
     /// Arm the keep-alive timer of a newly connected client.

@@ -8,6 +8,7 @@
 use super::message::{Message, MessagePool, MsgId};
 use super::session::{Awaiting, Inflight, Queued};
 use super::{Broker, ConnId, SessionId};
+use crate::devices::Observed;
 use crate::wire::{self, encode_publish_header, DecodeError, Publish};
 use std::time::Instant;
 
@@ -33,12 +34,12 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
     match p.qos {
         0 => {
             if !oversized {
-                route(b, p.topic, p.payload, 0, p.retain, Some(id));
+                accept(b, id, &p, now);
             }
         }
         1 => {
             if !oversized {
-                route(b, p.topic, p.payload, 1, p.retain, Some(id));
+                accept(b, id, &p, now);
             }
             wire::encode_ack(b.out(id), wire::kind::PUBACK, p.packet_id);
             b.stats.messages_sent += 1;
@@ -49,13 +50,25 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
             let seen = b.sessions[sid].qos2_incoming.contains(&p.packet_id);
             if !seen {
                 if !oversized {
-                    route(b, p.topic, p.payload, 2, p.retain, Some(id));
+                    accept(b, id, &p, now);
                 }
                 b.sessions[sid].qos2_incoming.push(p.packet_id);
             }
             wire::encode_ack(b.out(id), wire::kind::PUBREC, p.packet_id);
             b.stats.messages_sent += 1;
         }
+    }
+}
+
+/// A client's message is in: route it to subscribers and, on a device topic, to the executor
+/// (a command message reaches subscribers too unless `devices_route_commands` is off).
+fn accept(b: &mut Broker, id: ConnId, p: &Publish<'_>, now: Instant) {
+    let observed = super::devices::observed(b, p.topic);
+    if observed != Observed::Command || super::devices::route_commands(b) {
+        route(b, p.topic, p.payload, p.qos, p.retain, Some(id));
+    }
+    if observed != Observed::No {
+        super::devices::on_publish(b, p.topic, p.payload, now);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::config::{io_reason, Config};
 use crate::wire::frame_len;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io::{self, ErrorKind, Read, Write};
@@ -88,16 +88,22 @@ impl Server {
             log::info!("listening on {local}");
             listeners.push(listener);
         }
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD])
             .map_err(|e| StartError(format!("cannot handle signals: {e}")))?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| StartError(format!("cannot watch signals: {e}")))?;
+        let mut broker = Broker::new(config.broker.clone(), Instant::now());
+        if let Some(devices) = &config.devices {
+            log::info!("{} devices declared", devices.devices.len());
+            let ex = crate::devices::Executor::new(devices.clone(), config.device_options.clone());
+            broker.set_devices(ex, Instant::now());
+        }
         Ok(Server {
             poll,
             listeners,
             conns: Slab::new(),
-            broker: Broker::new(config.broker.clone(), Instant::now()),
+            broker,
             signals,
             max_connections: config.max_connections,
             nodelay: config.set_tcp_nodelay,
@@ -181,6 +187,7 @@ impl Server {
                     self.stopping = true;
                 }
                 SIGHUP => log::info!("SIGHUP received: configuration reload is not supported yet"),
+                SIGCHLD => self.broker.children_exited(Instant::now()),
                 _ => {}
             }
         }

@@ -1,0 +1,1038 @@
+//! The device command executor: gatemq knows the devices behind it and runs their commands.
+//!
+//! When a PUBLISH arrives on `<prefix>/<device>/<command>/set` (or `<prefix>/<device>/set` with
+//! a JSON object of several commands), the executor reads the device, the command and the value
+//! out of it, validates the value against the declared type, executes the declared action, and
+//! answers: the normalised value retained on `<prefix>/<device>/<command>`, all values as
+//! retained JSON on `<prefix>/<device>/state`, and a JSON response on `.../<command>/result`.
+//! An invalid command is never executed and never changes the state.
+//!
+//! The broker calls one small interface (the executor observes the command and state topics):
+//! [`Executor::observes`], [`Executor::on_publish`], [`Executor::next_deadline`],
+//! [`Executor::on_timeout`], [`Executor::on_child_exit`]. What the executor publishes goes into
+//! an [`Outbox`] the broker routes, so `state`, `file` and `publish` commands allocate nothing
+//! once warm. `exec` commands start a program without blocking the loop; its exit comes back
+//! as SIGCHLD, an event of the same loop.
+
+pub mod decl;
+mod json;
+pub mod value;
+
+use crate::broker::fxhash::FxHashMap;
+use decl::{Action, Command, Device, Devices, Kind};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// The executor's options from the main config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// First topic level(s) of the device topics.
+    pub prefix: String,
+    /// Also route command messages to ordinary subscribers.
+    pub route_commands: bool,
+    /// Publish Home Assistant discovery configs.
+    pub discovery: bool,
+    pub discovery_prefix: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            prefix: "devices".into(),
+            route_commands: true,
+            discovery: false,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+/// Messages the executor wants published, in one reused byte buffer.
+#[derive(Default)]
+pub struct Outbox {
+    bytes: Vec<u8>,
+    msgs: Vec<OutMsg>,
+}
+
+#[derive(Debug, Clone)]
+struct OutMsg {
+    topic: Range<usize>,
+    payload: Range<usize>,
+    retain: bool,
+}
+
+impl Outbox {
+    /// The messages: (topic, payload, retain).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8], bool)> {
+        self.msgs.iter().map(|m| {
+            let topic = std::str::from_utf8(&self.bytes[m.topic.clone()]).unwrap_or("");
+            (topic, &self.bytes[m.payload.clone()], m.retain)
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.msgs.clear();
+    }
+
+    /// Start a message: topic parts are appended by the caller, then `payload`, then `end`.
+    fn topic(&mut self, parts: &[&str]) -> usize {
+        let start = self.bytes.len();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                self.bytes.push(b'/');
+            }
+            self.bytes.extend_from_slice(p.as_bytes());
+        }
+        start
+    }
+
+    fn end(&mut self, topic_start: usize, payload_start: usize, retain: bool) {
+        self.msgs.push(OutMsg {
+            topic: topic_start..payload_start,
+            payload: payload_start..self.bytes.len(),
+            retain,
+        });
+    }
+}
+
+/// Which of the executor's topics a PUBLISH is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    No,
+    Command,
+    State,
+}
+
+struct DeviceState {
+    decl: Device,
+    /// Current value per command (capacity kept: updating allocates nothing).
+    values: Vec<String>,
+    known: Vec<bool>,
+    last_command: Option<Instant>,
+    /// Open handles of `file` actions, per command, kept so a write allocates nothing.
+    files: Vec<Option<File>>,
+    exec_queue: VecDeque<(usize, String)>,
+    running: Option<Running>,
+    /// A value changed: `<prefix>/<device>/state` is due (published once per event).
+    state_dirty: bool,
+}
+
+struct Running {
+    command: usize,
+    value: String,
+    child: Child,
+    started: Instant,
+    deadline: Instant,
+}
+
+pub struct Executor {
+    opts: Options,
+    devices: Vec<DeviceState>,
+    by_id: FxHashMap<Box<str>, usize>,
+    /// Observed state topics: (device, command or None for a device-level JSON report).
+    state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>>,
+    /// Reused scratch: the value being validated, a decoded JSON string, several values.
+    value: String,
+    text: String,
+    batch: Vec<(usize, Range<usize>)>,
+    batch_values: String,
+    /// Running exec children are also checked this often, in case a SIGCHLD was missed.
+    next_poll: Option<Instant>,
+}
+
+const RESULT: &str = "result";
+
+impl Executor {
+    pub fn new(decl: Devices, opts: Options) -> Executor {
+        let mut by_id = FxHashMap::default();
+        let mut state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>> =
+            FxHashMap::default();
+        let mut devices = Vec::new();
+        for (i, d) in decl.devices.into_iter().enumerate() {
+            by_id.insert(d.id.clone(), i);
+            if let Some(t) = &d.state_topic {
+                state_topics.entry(t.clone()).or_default().push((i, None));
+            }
+            let mut values = Vec::new();
+            let mut known = Vec::new();
+            for (c, cmd) in d.commands.iter().enumerate() {
+                if let Some(t) = &cmd.state_topic {
+                    state_topics
+                        .entry(t.clone())
+                        .or_default()
+                        .push((i, Some(c)));
+                }
+                let mut v = String::with_capacity(value_capacity(&cmd.kind));
+                let ok = cmd
+                    .initial
+                    .as_ref()
+                    .is_some_and(|init| value::normalise(cmd, init, "OFF", &mut v));
+                if !ok {
+                    v.clear();
+                }
+                values.push(v);
+                known.push(ok && cmd.kind != Kind::Trigger);
+            }
+            let n = d.commands.len();
+            devices.push(DeviceState {
+                decl: d,
+                values,
+                known,
+                last_command: None,
+                files: (0..n).map(|_| None).collect(),
+                exec_queue: VecDeque::new(),
+                running: None,
+                state_dirty: false,
+            });
+        }
+        Executor {
+            opts,
+            devices,
+            by_id,
+            state_topics,
+            value: String::with_capacity(256),
+            text: String::with_capacity(256),
+            batch: Vec::new(),
+            batch_values: String::new(),
+            next_poll: None,
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Announce every device at start: availability, initial values, Home Assistant discovery.
+    pub fn start(&mut self, out: &mut Outbox) {
+        for d in 0..self.devices.len() {
+            let id = self.devices[d].decl.id.clone();
+            let t = out.topic(&[&self.opts.prefix, &id, "availability"]);
+            let p = out.bytes.len();
+            out.bytes.extend_from_slice(b"online");
+            out.end(t, p, true);
+            for c in 0..self.devices[d].decl.commands.len() {
+                if self.devices[d].known[c] {
+                    self.publish_value(d, c, out);
+                }
+                if self.opts.discovery {
+                    self.discovery(d, c, out);
+                }
+            }
+            if self.devices[d].known.iter().any(|k| *k) {
+                self.publish_state(d, out);
+            }
+        }
+    }
+
+    /// Is `topic` one the executor handles?
+    pub fn observes(&self, topic: &str) -> Observed {
+        let prefix = &self.opts.prefix;
+        if topic.len() > prefix.len() + 4
+            && topic.starts_with(prefix.as_str())
+            && topic.as_bytes()[prefix.len()] == b'/'
+            && topic.ends_with("/set")
+        {
+            return Observed::Command;
+        }
+        if !self.state_topics.is_empty() && self.state_topics.contains_key(topic) {
+            return Observed::State;
+        }
+        Observed::No
+    }
+
+    /// Handle a PUBLISH on an observed topic.
+    pub fn on_publish(&mut self, topic: &str, payload: &[u8], now: Instant, out: &mut Outbox) {
+        match self.observes(topic) {
+            Observed::Command => self.on_command(topic, payload, now, out),
+            Observed::State => self.on_state_report(topic, payload, out),
+            Observed::No => {}
+        }
+        self.flush_states(out);
+    }
+
+    /// Publish the state JSON of every device whose values changed in this event.
+    fn flush_states(&mut self, out: &mut Outbox) {
+        for d in 0..self.devices.len() {
+            if std::mem::take(&mut self.devices[d].state_dirty) {
+                self.publish_state(d, out);
+            }
+        }
+    }
+
+    fn on_command(&mut self, topic: &str, payload: &[u8], now: Instant, out: &mut Outbox) {
+        let rest = &topic[self.opts.prefix.len() + 1..topic.len() - 4];
+        let (device, command) = match rest.split_once('/') {
+            Some((d, c)) if !c.contains('/') => (d, Some(c)),
+            Some(_) => return,
+            None => (rest, None),
+        };
+        let Some(&d) = self.by_id.get(device) else {
+            self.text.clear();
+            let _ = write!(self.text, "unknown device '{device}'");
+            return self.respond_error(device, command, out);
+        };
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            self.text.clear();
+            self.text.push_str("payload is not UTF-8");
+            return self.respond_error(device, command, out);
+        };
+        let Some(command) = command else {
+            return self.on_batch(d, payload, now, out);
+        };
+        let Some(c) = self.devices[d]
+            .decl
+            .commands
+            .iter()
+            .position(|x| &*x.name == command)
+        else {
+            self.text.clear();
+            let _ = write!(
+                self.text,
+                "unknown command '{command}' for device '{device}'"
+            );
+            return self.respond_error(device, Some(command), out);
+        };
+        if !self.command_value(payload) || !self.rate_ok(d, now) {
+            return self.respond_error(device, Some(command), out);
+        }
+        let mut v = std::mem::take(&mut self.value);
+        let cmd = &self.devices[d].decl.commands[c];
+        if !value::normalise(cmd, &self.text, &self.devices[d].values[c], &mut v) {
+            std::mem::swap(&mut self.text, &mut v);
+            self.value = v;
+            return self.respond_error(device, Some(command), out);
+        }
+        self.devices[d].last_command = Some(now);
+        self.execute(d, c, &v, now, out);
+        self.value = v;
+    }
+
+    /// `<prefix>/<device>/set` with a JSON object of command: value. All are validated first;
+    /// if any is invalid none is executed and the error goes to `<prefix>/<device>/result`.
+    fn on_batch(&mut self, d: usize, payload: &str, now: Instant, out: &mut Outbox) {
+        let id = self.devices[d].decl.id.clone();
+        self.batch.clear();
+        self.batch_values.clear();
+        let mut failed = !payload.trim_start().starts_with('{');
+        if failed {
+            self.text.clear();
+            self.text
+                .push_str("a device-level set needs a JSON object of command: value");
+        }
+        for m in json::members(payload) {
+            if failed {
+                break;
+            }
+            let Ok((key, val)) = m else {
+                self.text.clear();
+                self.text.push_str("payload is not valid JSON");
+                failed = true;
+                break;
+            };
+            let dev = &self.devices[d];
+            let Some(c) = dev.decl.commands.iter().position(|x| *x.name == *key) else {
+                self.text.clear();
+                let _ = write!(self.text, "unknown command '{key}' for device '{id}'");
+                failed = true;
+                break;
+            };
+            if !scalar_text(val, &mut self.text) {
+                failed = true;
+                break;
+            }
+            if !value::normalise(
+                &dev.decl.commands[c],
+                &self.text,
+                &dev.values[c],
+                &mut self.value,
+            ) {
+                std::mem::swap(&mut self.text, &mut self.value);
+                failed = true;
+                break;
+            }
+            let start = self.batch_values.len();
+            self.batch_values.push_str(&self.value);
+            self.batch.push((c, start..self.batch_values.len()));
+        }
+        if !failed && !self.rate_ok(d, now) {
+            failed = true;
+        }
+        if failed {
+            return self.respond_error(&id, None, out);
+        }
+        self.devices[d].last_command = Some(now);
+        let batch = std::mem::take(&mut self.batch);
+        let values = std::mem::take(&mut self.batch_values);
+        for (c, r) in &batch {
+            self.execute(d, *c, &values[r.clone()], now, out);
+        }
+        self.batch = batch;
+        self.batch_values = values;
+    }
+
+    /// The value of a single-command payload into `self.text`: the plain text, or the
+    /// `"value"` of a JSON object. On failure `self.text` holds the error.
+    fn command_value(&mut self, payload: &str) -> bool {
+        self.text.clear();
+        if !payload.trim_start().starts_with('{') {
+            self.text.push_str(payload);
+            return true;
+        }
+        let mut found = None;
+        for m in json::members(payload) {
+            match m {
+                Ok(("value", v)) => found = Some(v),
+                Ok(_) => {}
+                Err(()) => {
+                    self.text.push_str("payload is not valid JSON");
+                    return false;
+                }
+            }
+        }
+        match found {
+            Some(v) => scalar_text(v, &mut self.text),
+            None => {
+                self.text.push_str("payload JSON has no \"value\"");
+                false
+            }
+        }
+    }
+
+    /// The rate limit; on refusal `self.text` holds the error.
+    fn rate_ok(&mut self, d: usize, now: Instant) -> bool {
+        let dev = &self.devices[d];
+        match dev.last_command {
+            Some(last)
+                if !dev.decl.min_interval.is_zero()
+                    && now.duration_since(last) < dev.decl.min_interval =>
+            {
+                self.text.clear();
+                let _ = write!(
+                    self.text,
+                    "{}: too many commands, at most one every {} ms",
+                    dev.decl.id,
+                    dev.decl.min_interval.as_millis()
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Run command `c` of device `d` with the valid, normalised value `v`.
+    fn execute(&mut self, d: usize, c: usize, v: &str, now: Instant, out: &mut Outbox) {
+        let dev = &mut self.devices[d];
+        let cmd = &dev.decl.commands[c];
+        match &cmd.action {
+            Action::State => self.set_value(d, c, v, out),
+            Action::File { path, read_back } => {
+                let written = write_file(&mut dev.files[c], path, action_value(cmd, v));
+                let result = written.and_then(|()| match read_back {
+                    true => read_file(&mut dev.files[c], path, &mut self.text),
+                    false => Ok(()),
+                });
+                match result {
+                    Err(e) => {
+                        self.text.clear();
+                        let _ = write!(self.text, "{}: cannot {e}", cmd.name);
+                        let (id, name) = (dev.decl.id.clone(), cmd.name.clone());
+                        self.respond_error(&id, Some(&name), out);
+                    }
+                    Ok(()) if *read_back => {
+                        let mut back = std::mem::take(&mut self.value);
+                        let cur = &dev.values[c];
+                        let text = std::mem::take(&mut self.text);
+                        if value::normalise(cmd, &text, cur, &mut back) {
+                            self.set_value(d, c, &back, out);
+                        } else {
+                            log::warn!(
+                                "{}/{}: read back {:?}: {back}",
+                                self.devices[d].decl.id,
+                                self.devices[d].decl.commands[c].name,
+                                text.trim()
+                            );
+                            self.set_value(d, c, v, out);
+                        }
+                        self.text = text;
+                        self.value = back;
+                    }
+                    Ok(()) => self.set_value(d, c, v, out),
+                }
+            }
+            Action::Publish {
+                topic,
+                payload,
+                retain,
+            } => {
+                let (t0, retain) = (out.bytes.len(), *retain);
+                render(
+                    &mut out.bytes,
+                    topic,
+                    &dev.decl.id,
+                    &cmd.name,
+                    action_value(cmd, v),
+                );
+                let p0 = out.bytes.len();
+                render(
+                    &mut out.bytes,
+                    payload,
+                    &dev.decl.id,
+                    &cmd.name,
+                    action_value(cmd, v),
+                );
+                out.end(t0, p0, retain);
+                // With nothing to observe, the forwarded value is the state; otherwise the
+                // device's report on its state topic sets it.
+                if cmd.state_topic.is_none() && dev.decl.state_topic.is_none() {
+                    self.set_value(d, c, v, out);
+                } else {
+                    self.respond_ok(d, c, Some(v), out);
+                }
+            }
+            Action::Exec { .. } => {
+                if dev.running.is_none() {
+                    self.spawn(d, c, v.to_string(), now, out);
+                } else if dev.exec_queue.len() < dev.decl.exec_queue {
+                    dev.exec_queue.push_back((c, v.to_string()));
+                } else {
+                    self.text.clear();
+                    let _ = write!(
+                        self.text,
+                        "{}: busy, {} commands already waiting",
+                        dev.decl.id,
+                        dev.exec_queue.len()
+                    );
+                    let (id, name) = (dev.decl.id.clone(), cmd.name.clone());
+                    self.respond_error(&id, Some(&name), out);
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, d: usize, c: usize, v: String, now: Instant, out: &mut Outbox) {
+        let dev = &mut self.devices[d];
+        let cmd = &dev.decl.commands[c];
+        let Action::Exec {
+            program,
+            args,
+            timeout,
+        } = &cmd.action
+        else {
+            return;
+        };
+        let mut p = std::process::Command::new(program);
+        for a in args.iter() {
+            let mut rendered = Vec::new();
+            render(
+                &mut rendered,
+                a,
+                &dev.decl.id,
+                &cmd.name,
+                action_value(cmd, &v),
+            );
+            p.arg(String::from_utf8_lossy(&rendered).as_ref());
+        }
+        p.stdin(Stdio::null()).stdout(Stdio::null());
+        match p.spawn() {
+            Ok(child) => {
+                log::debug!(
+                    "{}/{}: started {} (pid {})",
+                    dev.decl.id,
+                    cmd.name,
+                    program.display(),
+                    child.id()
+                );
+                dev.running = Some(Running {
+                    command: c,
+                    value: v,
+                    child,
+                    started: now,
+                    deadline: now + *timeout,
+                });
+                self.next_poll = Some(now + Duration::from_secs(1));
+            }
+            Err(e) => {
+                self.text.clear();
+                let _ = write!(
+                    self.text,
+                    "{}: cannot run {}: {}",
+                    cmd.name,
+                    program.display(),
+                    crate::config::io_reason(&e)
+                );
+                let (id, name) = (dev.decl.id.clone(), cmd.name.clone());
+                self.respond_error(&id, Some(&name), out);
+                self.start_next(d, now, out);
+            }
+        }
+    }
+
+    fn start_next(&mut self, d: usize, now: Instant, out: &mut Outbox) {
+        if let Some((c, v)) = self.devices[d].exec_queue.pop_front() {
+            self.spawn(d, c, v, now, out);
+        }
+    }
+
+    /// When the executor next needs [`Executor::on_timeout`]: an exec deadline or a poll.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let deadline = self
+            .devices
+            .iter()
+            .filter_map(|d| d.running.as_ref().map(|r| r.deadline))
+            .min();
+        match (deadline, self.next_poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Kill exec runs past their timeout; reap any that ended.
+    pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        for d in 0..self.devices.len() {
+            let Some(r) = self.devices[d].running.as_mut() else {
+                continue;
+            };
+            if r.deadline > now {
+                continue;
+            }
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+            let r = self.devices[d].running.take().expect("running");
+            let dev = &self.devices[d];
+            let Action::Exec { timeout, .. } = &dev.decl.commands[r.command].action else {
+                continue;
+            };
+            self.text.clear();
+            let _ = write!(
+                self.text,
+                "{}: exec timed out after {} s",
+                dev.decl.commands[r.command].name,
+                fmt_secs(*timeout)
+            );
+            log::warn!(
+                "{}/{}: {}",
+                dev.decl.id,
+                dev.decl.commands[r.command].name,
+                self.text
+            );
+            let (id, name) = (
+                dev.decl.id.clone(),
+                dev.decl.commands[r.command].name.clone(),
+            );
+            self.respond_error(&id, Some(&name), out);
+            self.start_next(d, now, out);
+        }
+        self.on_child_exit(now, out);
+    }
+
+    /// A child process ended (SIGCHLD): finish its command.
+    pub fn on_child_exit(&mut self, now: Instant, out: &mut Outbox) {
+        let mut any = false;
+        for d in 0..self.devices.len() {
+            let Some(r) = self.devices[d].running.as_mut() else {
+                continue;
+            };
+            let status = match r.child.try_wait() {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    any = true;
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("cannot check exec child {}: {e}", r.child.id());
+                    continue;
+                }
+            };
+            let r = self.devices[d].running.take().expect("running");
+            let dev = &self.devices[d];
+            let name = dev.decl.commands[r.command].name.clone();
+            log::debug!(
+                "{}/{name}: exec ended with {status} after {:?}",
+                dev.decl.id,
+                now.duration_since(r.started)
+            );
+            if status.success() {
+                self.set_value(d, r.command, &r.value, out);
+            } else {
+                self.text.clear();
+                match status.code() {
+                    Some(code) => write!(self.text, "{name}: exec exited with status {code}"),
+                    None => write!(self.text, "{name}: exec was killed by a signal"),
+                }
+                .ok();
+                let id = dev.decl.id.clone();
+                self.respond_error(&id, Some(&name), out);
+            }
+            self.start_next(d, now, out);
+            any |= self.devices[d].running.is_some();
+        }
+        self.next_poll = any.then(|| now + Duration::from_secs(1));
+        self.flush_states(out);
+    }
+
+    /// A device reported its state on an observed topic.
+    fn on_state_report(&mut self, topic: &str, payload: &[u8], out: &mut Outbox) {
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let Some(targets) = self.state_topics.get(topic) else {
+            return;
+        };
+        let is_json = payload.trim_start().starts_with('{');
+        for i in 0..targets.len() {
+            let (d, c) = self.state_topics[topic][i];
+            let commands: Range<usize> = match c {
+                Some(c) => c..c + 1,
+                None => 0..self.devices[d].decl.commands.len(),
+            };
+            for c in commands {
+                let key = self.devices[d].decl.commands[c].state_key.clone();
+                self.text.clear();
+                let found = if is_json {
+                    json::members(payload)
+                        .filter_map(Result::ok)
+                        .find(|(k, _)| *k == &*key)
+                        .is_some_and(|(_, v)| scalar_text(v, &mut self.text))
+                } else {
+                    self.text.push_str(payload);
+                    true
+                };
+                if !found {
+                    continue;
+                }
+                let mut v = std::mem::take(&mut self.value);
+                let dev = &self.devices[d];
+                if value::normalise(&dev.decl.commands[c], &self.text, &dev.values[c], &mut v) {
+                    if !dev.known[c] || dev.values[c] != v {
+                        self.update(d, c, &v);
+                        self.publish_value(d, c, out);
+                        self.devices[d].state_dirty = true;
+                    }
+                } else {
+                    log::debug!("{topic}: ignored report: {v}");
+                }
+                self.value = v;
+            }
+        }
+    }
+
+    fn update(&mut self, d: usize, c: usize, v: &str) {
+        let dev = &mut self.devices[d];
+        if dev.decl.commands[c].kind != Kind::Trigger {
+            dev.values[c].clear();
+            dev.values[c].push_str(v);
+            dev.known[c] = true;
+        }
+    }
+
+    /// The command succeeded with value `v`: store it, publish status, state and response.
+    fn set_value(&mut self, d: usize, c: usize, v: &str, out: &mut Outbox) {
+        self.update(d, c, v);
+        if self.devices[d].known[c] {
+            self.publish_value(d, c, out);
+            self.devices[d].state_dirty = true;
+        }
+        let trigger = self.devices[d].decl.commands[c].kind == Kind::Trigger;
+        self.respond_ok(d, c, (!trigger).then_some(v), out);
+    }
+
+    fn publish_value(&self, d: usize, c: usize, out: &mut Outbox) {
+        let dev = &self.devices[d];
+        let t = out.topic(&[&self.opts.prefix, &dev.decl.id, &dev.decl.commands[c].name]);
+        let p = out.bytes.len();
+        out.bytes.extend_from_slice(dev.values[c].as_bytes());
+        out.end(t, p, true);
+    }
+
+    fn publish_state(&self, d: usize, out: &mut Outbox) {
+        let dev = &self.devices[d];
+        let t = out.topic(&[&self.opts.prefix, &dev.decl.id, "state"]);
+        let p = out.bytes.len();
+        out.bytes.push(b'{');
+        let mut first = true;
+        for (c, cmd) in dev.decl.commands.iter().enumerate() {
+            if !dev.known[c] {
+                continue;
+            }
+            if !first {
+                out.bytes.push(b',');
+            }
+            first = false;
+            json::push_str(&mut out.bytes, &cmd.name);
+            out.bytes.push(b':');
+            push_value(&mut out.bytes, &cmd.kind, &dev.values[c]);
+        }
+        out.bytes.push(b'}');
+        out.end(t, p, true);
+    }
+
+    fn respond_ok(&self, d: usize, c: usize, v: Option<&str>, out: &mut Outbox) {
+        let dev = &self.devices[d];
+        let cmd = &dev.decl.commands[c];
+        let t = out.topic(&[&self.opts.prefix, &dev.decl.id, &cmd.name, RESULT]);
+        let p = out.bytes.len();
+        out.bytes.extend_from_slice(b"{\"ok\":true");
+        if let Some(v) = v {
+            out.bytes.extend_from_slice(b",\"value\":");
+            push_value(&mut out.bytes, &cmd.kind, v);
+        }
+        out.bytes.push(b'}');
+        out.end(t, p, false);
+    }
+
+    /// Respond with the error in `self.text` on `<prefix>/<device>[/<command>]/result`.
+    fn respond_error(&self, device: &str, command: Option<&str>, out: &mut Outbox) {
+        log::debug!(
+            "{}/{device}/{}: refused: {}",
+            self.opts.prefix,
+            command.unwrap_or("set"),
+            self.text
+        );
+        let t = match command {
+            Some(c) => out.topic(&[&self.opts.prefix, device, c, RESULT]),
+            None => out.topic(&[&self.opts.prefix, device, RESULT]),
+        };
+        let p = out.bytes.len();
+        out.bytes.extend_from_slice(b"{\"ok\":false,\"error\":");
+        json::push_str(&mut out.bytes, &self.text);
+        out.bytes.push(b'}');
+        out.end(t, p, false);
+    }
+
+    /// Home Assistant MQTT discovery for one command.
+    fn discovery(&self, d: usize, c: usize, out: &mut Outbox) {
+        let dev = &self.devices[d];
+        let cmd = &dev.decl.commands[c];
+        let component = match cmd.kind {
+            Kind::Bool => "switch",
+            Kind::Int { .. } | Kind::Float { .. } => "number",
+            Kind::Enum { .. } => "select",
+            Kind::Trigger => "button",
+            Kind::Str { .. } => "text",
+        };
+        let (pre, id, name) = (&self.opts.prefix, &*dev.decl.id, &*cmd.name);
+        let t = out.topic(&[&self.opts.discovery_prefix, component, id, name, "config"]);
+        let p = out.bytes.len();
+        let b = &mut out.bytes;
+        let field = |b: &mut Vec<u8>, key: &str, val: &str| {
+            b.push(b',');
+            json::push_str(b, key);
+            b.push(b':');
+            json::push_str(b, val);
+        };
+        b.extend_from_slice(b"{\"name\":");
+        json::push_str(b, name);
+        let mut s = String::new();
+        let _ = write!(s, "gatemq_{id}_{name}");
+        field(b, "unique_id", &s);
+        s.clear();
+        let _ = write!(s, "{id}_{name}");
+        field(b, "object_id", &s);
+        s.clear();
+        let _ = write!(s, "{pre}/{id}/{name}/set");
+        field(b, "command_topic", &s);
+        if cmd.kind != Kind::Trigger {
+            s.clear();
+            let _ = write!(s, "{pre}/{id}/{name}");
+            field(b, "state_topic", &s);
+        }
+        s.clear();
+        let _ = write!(s, "{pre}/{id}/availability");
+        field(b, "availability_topic", &s);
+        match &cmd.kind {
+            Kind::Bool => {
+                for (k, v) in [
+                    ("payload_on", "ON"),
+                    ("payload_off", "OFF"),
+                    ("state_on", "ON"),
+                    ("state_off", "OFF"),
+                ] {
+                    field(b, k, v);
+                }
+            }
+            Kind::Int { min, max } => {
+                let nums = format!(
+                    ",\"min\":{},\"max\":{},\"step\":1",
+                    (*min).max(-1_000_000_000),
+                    (*max).min(1_000_000_000)
+                );
+                b.extend_from_slice(nums.as_bytes());
+            }
+            Kind::Float { min, max, step, .. } => {
+                let nums = format!(
+                    ",\"min\":{},\"max\":{},\"step\":{}",
+                    min.max(-1e9),
+                    max.min(1e9),
+                    step.unwrap_or(0.001)
+                );
+                b.extend_from_slice(nums.as_bytes());
+            }
+            Kind::Enum { values } => {
+                b.extend_from_slice(b",\"options\":[");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        b.push(b',');
+                    }
+                    json::push_str(b, v);
+                }
+                b.push(b']');
+            }
+            Kind::Str { max_len } => {
+                b.extend_from_slice(format!(",\"max\":{}", max_len.min(&255)).as_bytes())
+            }
+            Kind::Trigger => field(b, "payload_press", "PRESS"),
+        }
+        b.extend_from_slice(b",\"device\":{\"identifiers\":[");
+        s.clear();
+        let _ = write!(s, "gatemq_{id}");
+        json::push_str(b, &s);
+        b.extend_from_slice(b"],\"name\":");
+        json::push_str(b, &dev.decl.name);
+        b.extend_from_slice(b",\"manufacturer\":\"gatemq\",\"model\":\"declared device\"}}");
+        out.end(t, p, true);
+    }
+}
+
+/// The text form of a JSON scalar into `out`; on a nested value, `out` holds the error.
+fn scalar_text(v: json::Value<'_>, out: &mut String) -> bool {
+    out.clear();
+    match v {
+        json::Value::Str(raw) => {
+            if !json::unescape(raw, out) {
+                out.clear();
+                out.push_str("payload is not valid JSON");
+                return false;
+            }
+        }
+        json::Value::Num(n) => out.push_str(n),
+        json::Value::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        json::Value::Null => {}
+        json::Value::Nested => {
+            out.push_str("a value must be a string, number or boolean");
+            return false;
+        }
+    }
+    true
+}
+
+/// A normalised value as JSON: numbers bare, everything else a string.
+fn push_value(out: &mut Vec<u8>, kind: &Kind, v: &str) {
+    if value::is_numeric(kind) {
+        out.extend_from_slice(v.as_bytes());
+    } else {
+        json::push_str(out, v);
+    }
+}
+
+/// What `{value}` stands for in an action: a bool's declared on/off payloads.
+fn action_value<'a>(cmd: &'a Command, v: &'a str) -> &'a str {
+    match (&cmd.kind, v) {
+        (Kind::Bool, "ON") => &cmd.payload_on,
+        (Kind::Bool, _) => &cmd.payload_off,
+        _ => v,
+    }
+}
+
+/// Append `template` with `{value}`, `{device}` and `{command}` replaced.
+fn render(out: &mut Vec<u8>, template: &str, device: &str, command: &str, value: &str) {
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.extend_from_slice(&rest.as_bytes()[..i]);
+        let tail = &rest[i..];
+        let (sub, len) = if tail.starts_with("{value}") {
+            (value, 7)
+        } else if tail.starts_with("{device}") {
+            (device, 8)
+        } else if tail.starts_with("{command}") {
+            (command, 9)
+        } else {
+            ("{", 1)
+        };
+        out.extend_from_slice(sub.as_bytes());
+        rest = &tail[len..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+}
+
+/// Write `value` to a `file` action's path through a kept handle (opened on first use).
+fn write_file(
+    handle: &mut Option<File>,
+    path: &std::path::Path,
+    value: &str,
+) -> Result<(), String> {
+    if handle.is_none() {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+            })
+            .map_err(|e| format!("write {}: {}", path.display(), crate::config::io_reason(&e)))?;
+        *handle = Some(f);
+    }
+    let f = handle.as_ref().expect("opened");
+    let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+    let result = (|| {
+        if regular {
+            f.set_len(0)?;
+        }
+        f.write_all_at(value.as_bytes(), 0)
+    })();
+    result.map_err(|e| {
+        *handle = None;
+        format!("write {}: {}", path.display(), crate::config::io_reason(&e))
+    })
+}
+
+/// Read a `file` action's path back into `out` (its first line, trimmed).
+fn read_file(
+    handle: &mut Option<File>,
+    path: &std::path::Path,
+    out: &mut String,
+) -> Result<(), String> {
+    let mut buf = [0u8; 256];
+    let n = handle
+        .as_ref()
+        .ok_or_else(|| format!("read {}: not open", path.display()))?
+        .read_at(&mut buf, 0)
+        .map_err(|e| format!("read {}: {}", path.display(), crate::config::io_reason(&e)))?;
+    out.clear();
+    let text = std::str::from_utf8(&buf[..n])
+        .map_err(|_| format!("read {}: not UTF-8", path.display()))?;
+    out.push_str(text.lines().next().unwrap_or("").trim());
+    Ok(())
+}
+
+/// Room for a value of this kind without growing.
+fn value_capacity(kind: &Kind) -> usize {
+    match kind {
+        Kind::Str { max_len } => (max_len * 4).min(4096),
+        Kind::Enum { values } => values.iter().map(|v| v.len()).max().unwrap_or(8),
+        _ => 32,
+    }
+}
+
+fn fmt_secs(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}", ms / 1000)
+    } else {
+        format!("{:.1}", d.as_secs_f64())
+    }
+}

@@ -176,6 +176,14 @@ impl Client {
         self.s.write_all(b).unwrap();
     }
 
+    fn read_or(&mut self, on_fail: impl FnOnce()) -> (u8, Vec<u8>) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read()));
+        r.unwrap_or_else(|e| {
+            on_fail();
+            std::panic::resume_unwind(e)
+        })
+    }
+
     fn read(&mut self) -> (u8, Vec<u8>) {
         loop {
             if let Ok(Some(f)) = gatemq::wire::frame_len(&self.buf, usize::MAX) {
@@ -186,7 +194,10 @@ impl Client {
                 }
             }
             let mut tmp = [0u8; 65536];
-            let n = self.s.read(&mut tmp).expect("read");
+            let n = match self.s.read(&mut tmp) {
+                Ok(n) => n,
+                Err(e) => panic!("read: {e} ({} bytes buffered)", self.buf.len()),
+            };
             assert!(n > 0, "broker closed the connection");
             self.buf.extend_from_slice(&tmp[..n]);
         }
@@ -208,7 +219,7 @@ impl Client {
     fn receive(&mut self, n: usize) {
         let mut got = 0;
         while got < n {
-            let (first, body) = self.read();
+            let (first, body) = self.read_or(|| eprintln!("received {got} of {n}"));
             match first >> 4 {
                 3 => {
                     got += 1;
@@ -369,4 +380,54 @@ fn offline_queueing_for_a_persistent_session() {
         (0, 0),
         "allocations and frees while queueing"
     );
+}
+
+#[test]
+fn device_commands_with_state_and_publish_actions() {
+    let devices = gatemq::devices::decl::Devices::parse(
+        r#"
+[lamp]
+commands.power = { type = "bool" }
+commands.brightness = { type = "int", min = 0, max = 255 }
+commands.colour = { type = "enum", values = ["warm", "cold"] }
+[plug]
+commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER", state_topic = "stat/plug1/POWER" }
+"#,
+        "devices.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let broker = InProcess::start(|c| c.devices = Some(devices));
+    // Sees every status, state, result and forwarded command.
+    let mut watcher = Client::connect(broker.addr, "watcher", true);
+    watcher.subscribe("devices/+/+/result", 1);
+    watcher.subscribe("cmnd/#", 1);
+    let mut publisher = Client::connect(broker.addr, "app", true);
+    let commands: [(&str, &[u8]); 5] = [
+        ("devices/lamp/power/set", b"ON"),
+        ("devices/lamp/brightness/set", b"{\"value\": 200}"),
+        ("devices/lamp/colour/set", b"cold"),
+        ("devices/lamp/brightness/set", b"300"),
+        ("devices/plug/power/set", b"OFF"),
+    ];
+    // 20 000 commands, 4 000 of each kind: a result for each, and the forwarded plug commands.
+    assert_no_alloc(broker, |_| {
+        thread::scope(|s| {
+            s.spawn(|| watcher.receive(20_000 + 4_000));
+            for round in 0..200 {
+                let mut out = Vec::new();
+                for i in 0..100 {
+                    let (topic, payload) = commands[(round * 100 + i) % commands.len()];
+                    out.extend_from_slice(&publish(topic, payload, 1, false, (i + 1) as u16));
+                }
+                publisher.send(&out);
+                let mut acks = 0;
+                while acks < 100 {
+                    if publisher.read().0 >> 4 == 4 {
+                        acks += 1;
+                    }
+                }
+            }
+        });
+    });
 }

@@ -1,24 +1,24 @@
 //! What happens when a PUBLISH lands on a device topic: the executor (`crate::devices`) is
 //! told, and what it publishes back (status, state, responses, adapter commands) is routed.
 
-use super::{publish, Broker};
+use super::{publish, Broker, ConnId};
 use crate::devices::{Executor, Observed};
 use std::time::Instant;
 
 impl Broker {
     /// Hand the device declarations to the broker; announces availability, initial values and
     /// Home Assistant discovery at once.
-    pub fn set_devices(&mut self, mut ex: Executor, now: Instant) {
+    pub fn set_devices(&mut self, mut ex: Executor) {
         ex.start(&mut self.device_out);
         self.devices = Some(Box::new(ex));
-        flush(self, now);
+        flush(self, None);
     }
 
     /// A child process ended (SIGCHLD): an `exec` action may be done.
     pub fn children_exited(&mut self, now: Instant) {
         if let Some(ex) = self.devices.as_mut() {
             ex.on_child_exit(now, &mut self.device_out);
-            flush(self, now);
+            flush(self, None);
         }
     }
 }
@@ -37,10 +37,12 @@ pub(super) fn route_commands(b: &Broker) -> bool {
         .is_none_or(|ex| ex.options().route_commands)
 }
 
-pub(super) fn on_publish(b: &mut Broker, topic: &str, payload: &[u8], now: Instant) {
+/// `from` is the connection that sent the command: what the executor publishes in answer
+/// counts as its traffic, so a full subscriber queue pauses it (see `publish::deliver`).
+pub(super) fn on_publish(b: &mut Broker, topic: &str, payload: &[u8], now: Instant, from: ConnId) {
     if let Some(ex) = b.devices.as_mut() {
         ex.on_publish(topic, payload, now, &mut b.device_out);
-        flush(b, now);
+        flush(b, Some(from));
     }
 }
 
@@ -48,20 +50,20 @@ pub(super) fn on_timeout(b: &mut Broker, now: Instant) {
     if let Some(ex) = b.devices.as_mut() {
         if ex.next_deadline().is_some_and(|t| t <= now) {
             ex.on_timeout(now, &mut b.device_out);
-            flush(b, now);
+            flush(b, None);
         }
     }
 }
 
 /// Route what the executor published. Its buffers are taken for the duration and put back
 /// with their capacity, so this allocates nothing once warm.
-fn flush(b: &mut Broker, _now: Instant) {
+fn flush(b: &mut Broker, from: Option<ConnId>) {
     if b.device_out.is_empty() {
         return;
     }
     let mut out = std::mem::take(&mut b.device_out);
     for (topic, payload, retain) in out.iter() {
-        publish::route(b, topic, payload, 1, retain, None);
+        publish::route(b, topic, payload, 1, retain, from);
     }
     out.clear();
     b.device_out = out;

@@ -68,7 +68,7 @@ fn accept(b: &mut Broker, id: ConnId, p: &Publish<'_>, now: Instant) {
         route(b, p.topic, p.payload, p.qos, p.retain, Some(id));
     }
     if observed != Observed::No {
-        super::devices::on_publish(b, p.topic, p.payload, now);
+        super::devices::on_publish(b, p.topic, p.payload, now, id);
     }
 }
 

@@ -372,13 +372,15 @@ impl Parser<'_> {
                     .unwrap_or(256) as usize,
             },
             "trigger" => Kind::Trigger,
-            other => return Err(self.err(
-                kind_val.span(),
-                &kpath,
-                &format!(
+            other => {
+                return Err(self.err(
+                    kind_val.span(),
+                    &kpath,
+                    &format!(
                     "unknown type '{other}' (expected bool, int, float, enum, string or trigger)"
                 ),
-            )),
+                ))
+            }
         };
         let action_name = match field("action") {
             Some(a) => self.string(&format!("{key}.action"), a)?,

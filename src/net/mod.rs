@@ -97,7 +97,7 @@ impl Server {
         if let Some(devices) = &config.devices {
             log::info!("{} devices declared", devices.devices.len());
             let ex = crate::devices::Executor::new(devices.clone(), config.device_options.clone());
-            broker.set_devices(ex, Instant::now());
+            broker.set_devices(ex);
         }
         Ok(Server {
             poll,

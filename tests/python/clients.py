@@ -1,0 +1,378 @@
+"""Test helpers: a synchronous paho-mqtt wrapper and a raw-socket MQTT 3.1.1 client.
+
+`Client` runs paho's network loop in its own thread (it never reconnects on its own, unlike
+`loop_start()`), collects received messages into a queue and offers blocking calls with
+timeouts: connect, subscribe, publish, get, collect_until.
+
+`RawClient` speaks MQTT over a plain socket, for what paho will not do: resending a PUBLISH,
+connecting with an empty client id and clean_session=0, sending garbage, going silent.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+HOST = "127.0.0.1"
+TIMEOUT = 5.0
+MQTTv31 = mqtt.MQTTv31
+MQTTv311 = mqtt.MQTTv311
+
+
+def uid(prefix: str = "t") -> str:
+    """A short unique client id (<= 23 chars, so it is valid for MQTT 3.1 too)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool = False
+
+
+class Client:
+    """A paho client with blocking helpers. Messages go to `self.messages` (a queue of Msg)."""
+
+    def __init__(self, port, client_id=None, clean_session=True, protocol=MQTTv311,
+                 keepalive=60, will=None):
+        self.port = port
+        self.client_id = uid() if client_id is None else client_id
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=clean_session, protocol=protocol)
+        self.keepalive = keepalive
+        if will is not None:
+            self.c.will_set(**will)
+        self.messages: queue.Queue[Msg] = queue.Queue()
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.connack = None  # (reason code value, session_present)
+        self._acks: dict[int, list[int]] = {}
+        self._ack_events: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = self._on_disconnect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = self._on_suback
+        self.c.on_unsubscribe = self._on_unsuback
+
+    # paho callbacks (run in the loop thread)
+    def _on_connect(self, c, userdata, flags, rc, props):
+        self.connack = (rc.value, bool(flags.session_present))
+        self.connected.set()
+
+    def _on_disconnect(self, c, userdata, flags, rc, props):
+        self.disconnected.set()
+
+    def _on_message(self, c, userdata, m):
+        self.messages.put(Msg(m.topic, m.payload, m.qos, bool(m.retain), bool(m.dup)))
+
+    def _ack(self, mid, codes):
+        with self._lock:
+            self._acks[mid] = codes
+            ev = self._ack_events.setdefault(mid, threading.Event())
+        ev.set()
+
+    def _on_suback(self, c, userdata, mid, rcs, props):
+        self._ack(mid, [r.value for r in rcs])
+
+    def _on_unsuback(self, c, userdata, mid, rcs, props):
+        self._ack(mid, [])
+
+    def _wait_ack(self, mid, timeout=TIMEOUT):
+        with self._lock:
+            ev = self._ack_events.setdefault(mid, threading.Event())
+        assert ev.wait(timeout), f"no ack for mid {mid} within {timeout}s"
+        with self._lock:
+            return self._acks.pop(mid)
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.c.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        self.disconnected.set()
+
+    # public API
+    def connect(self, timeout=TIMEOUT, expect_ok=True):
+        """Connect and wait for CONNACK; returns (return code, session_present)."""
+        self.c.connect(HOST, self.port, keepalive=self.keepalive)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self.connected.wait(timeout), f"{self.client_id}: no CONNACK within {timeout}s"
+        if expect_ok:
+            assert self.connack[0] == 0, f"{self.client_id}: CONNACK return code {self.connack[0]}"
+        return self.connack
+
+    def subscribe(self, topic, qos=0):
+        """Subscribe (topic may be a list of (filter, qos)); returns the granted QoS list."""
+        rc, mid = self.c.subscribe(topic, qos) if isinstance(topic, str) else self.c.subscribe(topic)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed: {rc}"
+        return self._wait_ack(mid)
+
+    def unsubscribe(self, topic):
+        rc, mid = self.c.unsubscribe(topic)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"unsubscribe failed: {rc}"
+        self._wait_ack(mid)
+
+    def publish(self, topic, payload=b"", qos=0, retain=False, wait=True):
+        """Publish; with wait, block until the flow completes (PUBACK / PUBCOMP / sent)."""
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        if wait:
+            info.wait_for_publish(TIMEOUT)
+            assert info.is_published(), f"publish to {topic!r} not acknowledged"
+        return info
+
+    def get(self, timeout=TIMEOUT) -> Msg:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.client_id}: no message within {timeout}s") from None
+
+    def get_n(self, n, timeout=TIMEOUT) -> list[Msg]:
+        deadline = time.monotonic() + timeout
+        out = []
+        while len(out) < n:
+            remaining = deadline - time.monotonic()
+            try:
+                out.append(self.messages.get(timeout=max(remaining, 0.001)))
+            except queue.Empty:
+                raise AssertionError(
+                    f"{self.client_id}: got {len(out)} of {n} messages: "
+                    f"{[(m.topic, m.payload) for m in out]}") from None
+        return out
+
+    def collect_until(self, topic, timeout=TIMEOUT) -> list[Msg]:
+        """Messages received before the first one on `topic` (a marker), which is dropped."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.get(max(deadline - time.monotonic(), 0.001))
+            if m.topic == topic:
+                return out
+            out.append(m)
+
+    def assert_no_message(self, timeout=0.3):
+        try:
+            m = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return
+        raise AssertionError(f"{self.client_id}: unexpected message {m}")
+
+    def disconnect(self):
+        """Clean MQTT DISCONNECT."""
+        if self.connected.is_set() and not self.disconnected.is_set():
+            self.c.disconnect()
+        self._stop_loop()
+
+    def kill(self):
+        """Drop the TCP connection without sending DISCONNECT."""
+        self._stop_loop()
+        sock = self.c.socket()
+        if sock is not None:
+            sock.close()
+
+    def _stop_loop(self):
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(TIMEOUT)
+
+
+def connected(port, **kw) -> Client:
+    c = Client(port, **kw)
+    c.connect()
+    return c
+
+
+# --- raw MQTT packets -------------------------------------------------------------------------
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def packet(first_byte: int, body: bytes) -> bytes:
+    return bytes([first_byte]) + _remaining_length(len(body)) + body
+
+
+def connect_packet(client_id="", clean=True, keepalive=60, will=None, protocol=4) -> bytes:
+    """CONNECT; will = dict(topic, payload, qos=0, retain=False). protocol 4 = 3.1.1, 3 = 3.1."""
+    flags = 0x02 if clean else 0
+    payload = _str(client_id)
+    if will is not None:
+        flags |= 0x04 | (will.get("qos", 0) << 3) | (0x20 if will.get("retain") else 0)
+        payload += _str(will["topic"]) + _str(will["payload"])
+    name = b"MQTT" if protocol == 4 else b"MQIsdp"
+    var = _str(name) + bytes([protocol, flags]) + struct.pack("!H", keepalive)
+    return packet(0x10, var + payload)
+
+
+def publish_packet(topic, payload=b"", qos=0, mid=None, retain=False, dup=False) -> bytes:
+    first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    body = _str(topic) + (struct.pack("!H", mid) if qos else b"") + payload
+    return packet(first, body)
+
+
+def subscribe_packet(mid, topic, qos=0) -> bytes:
+    return packet(0x82, struct.pack("!H", mid) + _str(topic) + bytes([qos]))
+
+
+def ack_packet(first_byte, mid) -> bytes:
+    """PUBACK 0x40, PUBREC 0x50, PUBREL 0x62, PUBCOMP 0x70, ..."""
+    return bytes([first_byte, 2]) + struct.pack("!H", mid)
+
+
+PINGREQ = b"\xc0\x00"
+DISCONNECT = b"\xe0\x00"
+
+
+class RawClient:
+    def __init__(self, port, timeout=TIMEOUT):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def _fill(self, n, deadline):
+        while len(self.buf) < n:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                chunk = self.sock.recv(4096)
+            except socket.timeout:
+                raise AssertionError(f"timed out waiting for a packet (have {self.buf!r})") from None
+            if not chunk:
+                raise ConnectionError(f"connection closed by broker (have {self.buf!r})")
+            self.buf += chunk
+
+    def read_packet(self, timeout=TIMEOUT) -> bytes:
+        """One whole packet (fixed header included) as bytes."""
+        deadline = time.monotonic() + timeout
+        self._fill(2, deadline)
+        length, mult, i = 0, 1, 1
+        while True:
+            self._fill(i + 1, deadline)
+            b = self.buf[i]
+            length += (b & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not b & 0x80:
+                break
+        self._fill(i + length, deadline)
+        pkt, self.buf = self.buf[: i + length], self.buf[i + length:]
+        return pkt
+
+    def connect(self, **kw) -> bytes:
+        self.send(connect_packet(**kw))
+        connack = self.read_packet()
+        assert connack == b"\x20\x02\x00\x00", f"CONNACK {connack!r}"
+        return connack
+
+    def wait_closed(self, timeout=3.0) -> float:
+        """Wait until the broker closes the connection (recv returns b"" or a reset);
+        returns the seconds waited. Any data received meanwhile is discarded."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"broker did not close the connection within {timeout}s"
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return time.monotonic() - start
+            if not chunk:
+                return time.monotonic() - start
+
+    def close(self):
+        self.sock.close()
+
+
+# --- mosquitto_sub as a subprocess --------------------------------------------------------------
+
+MSG_PREFIX = "MSG|"
+
+
+class MosquittoSub:
+    """mosquitto_sub -d with a machine-readable -F format. start() returns once the SUBACK is
+    seen in the debug output, so publishes after it are certain to be delivered."""
+
+    def __init__(self, port, *args):
+        self.proc = subprocess.Popen(
+            ["stdbuf", "-oL", "mosquitto_sub", "-h", HOST, "-p", str(port), "-d",
+             "-F", MSG_PREFIX + "%q|%r|%t|%p", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _next_line(self, deadline):
+        try:
+            line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Empty:
+            raise AssertionError(f"mosquitto_sub: timed out; output so far:\n{''.join(self.output)}") from None
+        if line is None:
+            raise AssertionError(f"mosquitto_sub exited ({self.proc.poll()}):\n{''.join(self.output)}")
+        return line
+
+    def wait_subscribed(self, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while "received SUBACK" not in self._next_line(deadline):
+            pass
+        return self
+
+    def get(self, timeout=TIMEOUT):
+        """Next message as (qos, retain, topic, payload)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next_line(deadline)
+            if line.startswith(MSG_PREFIX):
+                qos, retain, topic, payload = line[len(MSG_PREFIX):].split("|", 3)
+                return int(qos), int(retain), topic, payload
+
+    def wait_exit(self, timeout=TIMEOUT) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def mosquitto_pub(port, *args, timeout=TIMEOUT):
+    r = subprocess.run(["mosquitto_pub", "-h", HOST, "-p", str(port), *args],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"mosquitto_pub {args} failed ({r.returncode}): {r.stderr}"
+    return r

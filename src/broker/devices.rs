@@ -14,6 +14,14 @@ impl Broker {
         flush(self, None);
     }
 
+    /// The broker is shutting down: devices are announced `offline`.
+    pub fn stopping(&mut self) {
+        if let Some(ex) = self.devices.as_mut() {
+            ex.stop(&mut self.device_out);
+            flush(self, None);
+        }
+    }
+
     /// A child process ended (SIGCHLD): an `exec` action may be done.
     pub fn children_exited(&mut self, now: Instant) {
         if let Some(ex) = self.devices.as_mut() {

@@ -36,19 +36,23 @@ impl Message {
 pub struct MessagePool {
     slots: Slab<Message>,
     spare: Vec<Vec<u8>>,
+    /// Capacity held by `spare`.
+    spare_bytes: usize,
     bytes: usize,
 }
 
 /// Spare buffers larger than this are freed rather than kept, so one huge message does not
 /// pin its memory for ever.
 const KEEP_SPARE_MAX: usize = 64 * 1024;
-/// At most this many spare buffers are kept.
-const SPARE_MAX: usize = 4096;
+/// Freed buffers are kept for reuse up to this many bytes: what a burst of queued messages
+/// leaves behind is what lets the next burst route without allocating, and this bounds it.
+const SPARE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 impl MessagePool {
     /// Store a message with one reference, which the caller owns.
     pub fn store(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> MsgId {
         let mut data = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= data.capacity();
         data.clear();
         // Power-of-two size classes: a recycled buffer fits the next message of a similar
         // size, so steady traffic of varying lengths stops allocating once warm.
@@ -84,7 +88,9 @@ impl MessagePool {
         if m.refs == 0 {
             let m = self.slots.remove(id as usize);
             self.bytes -= m.data.len();
-            if m.data.capacity() <= KEEP_SPARE_MAX && self.spare.len() < SPARE_MAX {
+            let cap = m.data.capacity();
+            if cap <= KEEP_SPARE_MAX && self.spare_bytes + cap <= SPARE_BYTES_MAX {
+                self.spare_bytes += cap;
                 self.spare.push(m.data);
             }
         }

@@ -233,6 +233,16 @@ impl Executor {
         }
     }
 
+    /// The broker is stopping: every device goes `offline` (retained).
+    pub fn stop(&mut self, out: &mut Outbox) {
+        for d in &self.devices {
+            let t = out.topic(&[&self.opts.prefix, &d.decl.id, "availability"]);
+            let p = out.bytes.len();
+            out.bytes.extend_from_slice(b"offline");
+            out.end(t, p, true);
+        }
+    }
+
     /// Is `topic` one the executor handles?
     pub fn observes(&self, topic: &str) -> Observed {
         let prefix = &self.opts.prefix;

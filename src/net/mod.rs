@@ -389,6 +389,7 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let now = Instant::now();
+        self.broker.stopping();
         let ids: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for &id in &ids {
             if let Some(conn) = self.conns.get(id) {

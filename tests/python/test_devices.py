@@ -1,0 +1,899 @@
+"""Black-box tests of the device command executor (devices_file, devices/<d>/<c>/set, ...).
+
+Every test starts the real gatemq binary with a devices file written next to its config in
+tmp_path, and talks to it over 127.0.0.1 with paho-mqtt (MQTT 3.1.1) and mosquitto_pub /
+mosquitto_sub. Waits are bounded: a "sync" marker published by the watching client itself
+proves that everything the broker published before it has been received.
+"""
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+HOST = "127.0.0.1"
+TIMEOUT = 5.0
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("GATEMQ_BIN", str(ROOT / "target" / "release" / "gatemq"))
+
+
+# --- clients ----------------------------------------------------------------------------------
+
+class Client:
+    """A paho MQTT 3.1.1 client; received messages go to a queue as (topic, payload, retain)."""
+
+    def __init__(self, port, name="t"):
+        self.id = f"{name}-{uuid.uuid4().hex[:10]}"
+        self.q = queue.Queue()
+        self._acks = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.id,
+                             protocol=mqtt.MQTTv311)
+        self.c.on_connect = lambda c, u, f, rc, p: self._connected.set()
+        self.c.on_message = lambda c, u, m: self.q.put((m.topic, bytes(m.payload), bool(m.retain)))
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self._ack(mid)
+        self.c.connect(HOST, port, keepalive=30)
+        self.c.loop_start()
+        assert self._connected.wait(TIMEOUT), f"{self.id}: no CONNACK"
+        self.sync_topic = f"sync/{self.id}"
+        self._subscribe(self.sync_topic)
+
+    def _event(self, mid):
+        with self._lock:
+            return self._acks.setdefault(mid, threading.Event())
+
+    def _ack(self, mid):
+        self._event(mid).set()
+
+    def _subscribe(self, topic, qos=0):
+        rc, mid = self.c.subscribe(topic, qos)
+        assert rc == mqtt.MQTT_ERR_SUCCESS
+        assert self._event(mid).wait(TIMEOUT), f"{self.id}: no SUBACK for {topic}"
+
+    def sub(self, *topics, qos=0):
+        """Subscribe; returns the retained messages delivered for the subscription."""
+        for t in topics:
+            self._subscribe(t, qos)
+        return self.sync()
+
+    def pub(self, topic, payload, qos=1, retain=False):
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(TIMEOUT)
+        assert info.is_published(), f"publish to {topic} not acknowledged"
+
+    def get(self, timeout=TIMEOUT):
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.id}: no message within {timeout}s") from None
+
+    def until(self, topic, timeout=TIMEOUT):
+        """(messages before the first one on `topic`, that message)."""
+        before = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.id}: nothing on {topic} within {timeout}s; "
+                                     f"got {[(t, p) for t, p, _ in before]}")
+            try:
+                m = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if m[0] == topic:
+                return before, m
+            before.append(m)
+
+    def sync(self, timeout=TIMEOUT):
+        """Every message the broker sent this client before now (a self-published marker)."""
+        marker = uuid.uuid4().hex.encode()
+        self.c.publish(self.sync_topic, marker, qos=0)
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{self.id}: sync marker not received; got {out}"
+            try:
+                m = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if m[0] == self.sync_topic and m[1] == marker:
+                return out
+            if m[0] != self.sync_topic:
+                out.append(m)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def mosquitto_pub(port, topic, message):
+    r = subprocess.run(["mosquitto_pub", "-h", HOST, "-p", str(port), "-q", "1",
+                        "-t", topic, "-m", message], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, f"mosquitto_pub failed: {r.stderr}"
+
+
+def mosquitto_sub_retained(port, topic, timeout=3):
+    """A late subscriber: `mosquitto_sub -C 1`; returns (retain flag, topic, payload)."""
+    r = subprocess.run(["mosquitto_sub", "-h", HOST, "-p", str(port), "-C", "1",
+                        "-W", str(timeout), "-F", "%r|%t|%p", "-t", topic],
+                       capture_output=True, text=True, timeout=timeout + 5)
+    assert r.returncode == 0, f"mosquitto_sub {topic}: rc {r.returncode} {r.stdout!r} {r.stderr!r}"
+    flag, t, p = r.stdout.rstrip("\n").split("|", 2)
+    return int(flag), t, p
+
+
+def retained(port, topic):
+    """The retained payload on `topic` (as text) seen by a fresh subscriber, or None."""
+    c = Client(port, "ret")
+    try:
+        msgs = c.sub(topic)
+    finally:
+        c.close()
+    assert all(r for _, _, r in msgs), f"non-retained message on subscribe: {msgs}"
+    assert len(msgs) <= 1, msgs
+    return msgs[0][1].decode() if msgs else None
+
+
+def retained_state(port, device, prefix="devices"):
+    s = retained(port, f"{prefix}/{device}/state")
+    assert s is not None, f"no retained state for {device}"
+    return json.loads(s)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def clients():
+    made = []
+
+    def make(port, name="t"):
+        c = Client(port, name)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def dev_broker(make_broker, tmp_path):
+    """start(toml, extra config lines) -> broker with devices_file devices.toml (relative)."""
+
+    def start(toml, lines=()):
+        (tmp_path / "devices.toml").write_text(toml)
+        return make_broker(["devices_file devices.toml", *lines])
+
+    return start
+
+
+def script(tmp_path, name, body):
+    p = tmp_path / name
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+    return p
+
+
+class Dev:
+    """A watcher on devices/# plus a publisher, with command helpers."""
+
+    def __init__(self, port, clients, prefix="devices"):
+        self.port = port
+        self.prefix = prefix
+        self.w = clients(port, "watch")
+        self.initial = self.w.sub(f"{prefix}/#")
+        self.p = clients(port, "pub")
+
+    def send(self, device, command, payload):
+        """Publish a command; returns (messages before the response, parsed response)."""
+        base = f"{self.prefix}/{device}" + (f"/{command}" if command else "")
+        self.p.pub(f"{base}/set", payload)
+        before, (_, body, _) = self.w.until(f"{base}/result")
+        return before, json.loads(body)
+
+    def ok(self, device, command, payload, value, status):
+        """A valid command: response, status, one state JSON; returns the state."""
+        before, res = self.send(device, command, payload)
+        assert res == {"ok": True, "value": value}, (payload, res)
+        st = [(t, p.decode()) for t, p, _ in before if t == f"{self.prefix}/{device}/{command}"]
+        assert st == [(f"{self.prefix}/{device}/{command}", status)], (payload, before)
+        _, (_, state, _) = self.w.until(f"{self.prefix}/{device}/state")
+        state = json.loads(state)
+        assert state[command] == value and type(state[command]) is type(value), (payload, state)
+        return state
+
+    def err(self, device, command, payload, error):
+        """An invalid command: the error response, and no status or state published."""
+        before, res = self.send(device, command, payload)
+        assert res == {"ok": False, "error": error}, (payload, res)
+        after = self.w.sync()
+        changed = [(t, p) for t, p, _ in before + after
+                   if not t.endswith("/set") and not t.endswith("/result")]
+        assert changed == [], f"{payload!r} was refused but published {changed}"
+
+
+LAMP = """
+[lamp]
+name = "Test lamp"
+commands.power = { type = "bool", initial = "OFF" }
+commands.brightness = { type = "int", min = 0, max = 255, initial = 128 }
+commands.temp = { type = "float", min = 10, max = 30, step = 0.5, initial = 20 }
+commands.colour = { type = "enum", values = ["warm", "neutral", "cold"], initial = "warm" }
+commands.label = { type = "string", max_length = 5 }
+commands.identify = { type = "trigger" }
+commands.level = { type = "float" }
+"""
+
+
+@pytest.fixture
+def lamp(dev_broker, clients):
+    b = dev_broker(LAMP)
+    d = Dev(b.port, clients)
+    d.broker = b
+    return d
+
+
+# --- announcements and retained status --------------------------------------------------------
+
+def test_initial_values_availability_and_state_are_retained(lamp):
+    got = {t: (p.decode(), r) for t, p, r in lamp.initial}
+    assert got.pop("devices/lamp/availability") == ("online", True)
+    assert got.pop("devices/lamp/power") == ("OFF", True)
+    assert got.pop("devices/lamp/brightness") == ("128", True)
+    assert got.pop("devices/lamp/temp") == ("20.0", True)
+    assert got.pop("devices/lamp/colour") == ("warm", True)
+    state, retain = got.pop("devices/lamp/state")
+    assert retain
+    assert json.loads(state) == {"power": "OFF", "brightness": 128, "temp": 20.0,
+                                 "colour": "warm"}
+    # label, identify and level have no initial value: nothing announced for them.
+    assert got == {}
+
+
+def test_devices_go_offline_on_shutdown(dev_broker, clients):
+    """A graceful stop announces every device offline (retained) before closing."""
+    b = dev_broker(LAMP + '[pump]\ncommands.on = { type = "bool" }\n')
+    w = clients(b.port, "watch")
+    w.sub("devices/+/availability")
+    got = queue.Queue()
+    w.c.on_message = lambda c, u, m: got.put((m.topic, m.payload.decode()))
+    assert b.stop() == 0
+    seen = {}
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        try:
+            t, p = got.get(timeout=0.2)
+            seen[t] = p
+        except queue.Empty:
+            pass
+    assert seen == {"devices/lamp/availability": "offline", "devices/pump/availability": "offline"}
+
+
+def test_status_retained_for_late_mosquitto_sub(lamp):
+    mosquitto_pub(lamp.port, "devices/lamp/brightness/set", "200")
+    lamp.w.until("devices/lamp/state")
+    assert mosquitto_sub_retained(lamp.port, "devices/lamp/brightness") == (
+        1, "devices/lamp/brightness", "200")
+    flag, topic, state = mosquitto_sub_retained(lamp.port, "devices/lamp/state")
+    assert (flag, topic) == (1, "devices/lamp/state")
+    assert json.loads(state)["brightness"] == 200
+    assert mosquitto_sub_retained(lamp.port, "devices/lamp/availability") == (
+        1, "devices/lamp/availability", "online")
+
+
+# --- value types ------------------------------------------------------------------------------
+
+def test_bool_values(lamp):
+    for payload, norm in [("ON", "ON"), ("off", "OFF"), ("true", "ON"), ("0", "OFF"),
+                          ("1", "ON"), ("false", "OFF"), ("TOGGLE", "ON"), ("toggle", "OFF"),
+                          ("On", "ON")]:
+        lamp.ok("lamp", "power", payload, norm, norm)
+    bad = "power: '{}' is not ON or OFF (nor on/off, true/false, 1/0, TOGGLE)"
+    lamp.err("lamp", "power", "maybe", bad.format("maybe"))
+    lamp.err("lamp", "power", "2", bad.format("2"))
+    lamp.err("lamp", "power", "", "power: a value is needed")
+    assert retained(lamp.port, "devices/lamp/power") == "ON"
+    assert retained_state(lamp.port, "lamp")["power"] == "ON"
+
+
+def test_int_values_and_rejected_value_keeps_old_state(lamp):
+    lamp.err("lamp", "brightness", "300", "brightness: 300 is above max 255")
+    assert retained(lamp.port, "devices/lamp/brightness") == "128"
+    assert retained_state(lamp.port, "lamp")["brightness"] == 128
+    for payload, n in [("0", 0), ("255", 255), ("128.0", 128), (" 42 ", 42)]:
+        lamp.ok("lamp", "brightness", payload, n, str(n))
+    lamp.err("lamp", "brightness", "-1", "brightness: -1 is below min 0")
+    lamp.err("lamp", "brightness", "1.5", "brightness: '1.5' is not a whole number")
+    lamp.err("lamp", "brightness", "bright", "brightness: 'bright' is not a whole number")
+    lamp.err("lamp", "brightness", "256", "brightness: 256 is above max 255")
+    assert retained(lamp.port, "devices/lamp/brightness") == "42"
+    state = retained_state(lamp.port, "lamp")
+    assert state == {"power": "OFF", "brightness": 42, "temp": 20.0, "colour": "warm"}
+
+
+def test_float_values_snap_to_step(lamp):
+    for payload, value, status in [("21.3", 21.5, "21.5"), ("21.2", 21.0, "21.0"),
+                                   ("30", 30.0, "30.0"), ("10", 10.0, "10.0")]:
+        lamp.ok("lamp", "temp", payload, value, status)
+    lamp.err("lamp", "temp", "30.5", "temp: 30.5 is above max 30")
+    lamp.err("lamp", "temp", "9.99", "temp: 9.99 is below min 10")
+    lamp.err("lamp", "temp", "warm", "temp: 'warm' is not a number")
+    lamp.err("lamp", "temp", "NaN", "temp: 'NaN' is not a number")
+    lamp.err("lamp", "temp", "inf", "temp: 'inf' is not a number")
+    assert retained(lamp.port, "devices/lamp/temp") == "10.0"
+    # Without min/max/step the number is kept as written (normalised).
+    lamp.ok("lamp", "level", "2.50", 2.5, "2.5")
+    lamp.ok("lamp", "level", "-7", -7, "-7")  # a whole number is written bare
+    lamp.ok("lamp", "level", "1e3", 1000, "1000")
+    state = retained_state(lamp.port, "lamp")
+    assert state["temp"] == 10.0 and state["level"] == 1000
+
+
+def test_enum_values(lamp):
+    lamp.ok("lamp", "colour", "COLD", "cold", "cold")
+    lamp.ok("lamp", "colour", "Neutral", "neutral", "neutral")
+    lamp.err("lamp", "colour", "purple", "colour: 'purple' is not one of warm, neutral, cold")
+    lamp.err("lamp", "colour", "warm cold", "colour: 'warm cold' is not one of warm, neutral, cold")
+    assert retained(lamp.port, "devices/lamp/colour") == "neutral"
+    assert retained_state(lamp.port, "lamp")["colour"] == "neutral"
+
+
+def test_string_values(lamp):
+    lamp.ok("lamp", "label", "hi", "hi", "hi")
+    lamp.ok("lamp", "label", "héllo", "héllo", "héllo")
+    state = lamp.ok("lamp", "label", 'a"b\\c', 'a"b\\c', 'a"b\\c')
+    assert state["label"] == 'a"b\\c'
+    lamp.err("lamp", "label", "toolong", "label: 7 characters is longer than max 5")
+    lamp.err("lamp", "label", b"\xff\xfe", "payload is not UTF-8")
+    assert retained(lamp.port, "devices/lamp/label") == 'a"b\\c'
+    assert retained_state(lamp.port, "lamp")["label"] == 'a"b\\c'
+
+
+def test_trigger_responds_without_state(lamp):
+    before, res = lamp.send("lamp", "identify", "PRESS")
+    assert res == {"ok": True}
+    after = lamp.w.sync()
+    published = [t for t, _, _ in before + after if not t.endswith("/set")]
+    assert published == [], published
+    before, res = lamp.send("lamp", "identify", "")
+    assert res == {"ok": True}
+    assert retained(lamp.port, "devices/lamp/identify") is None
+    assert "identify" not in retained_state(lamp.port, "lamp")
+
+
+def test_json_value_payloads(lamp):
+    lamp.ok("lamp", "brightness", '{"value": 200}', 200, "200")
+    lamp.ok("lamp", "brightness", '{"value": 128.0}', 128, "128")
+    lamp.ok("lamp", "brightness", '{"value": "77"}', 77, "77")
+    lamp.ok("lamp", "power", '{"value": true}', "ON", "ON")
+    lamp.ok("lamp", "power", '{ "other": 1, "value": "off" }', "OFF", "OFF")
+    lamp.ok("lamp", "colour", '{"value":"COLD"}', "cold", "cold")
+    lamp.ok("lamp", "temp", '{"value": 21.7}', 21.5, "21.5")
+    lamp.ok("lamp", "label", '{"value": "h\\u00e9\\"y"}', 'hé"y', 'hé"y')
+    lamp.err("lamp", "brightness", '{"value": 300}', "brightness: 300 is above max 255")
+    lamp.err("lamp", "brightness", '{"val": 1}', 'payload JSON has no "value"')
+    lamp.err("lamp", "brightness", '{"value": [1, 2]}',
+             "a value must be a string, number or boolean")
+    lamp.err("lamp", "brightness", '{"value": ', "payload is not valid JSON")
+    lamp.err("lamp", "brightness", '{"value": null}', "brightness: a value is needed")
+    assert retained(lamp.port, "devices/lamp/brightness") == "77"
+    assert retained_state(lamp.port, "lamp") == {
+        "power": "OFF", "brightness": 77, "temp": 21.5, "colour": "cold", "label": 'hé"y'}
+
+
+# --- device-level set, unknown names ----------------------------------------------------------
+
+def test_multi_set_applies_all_or_nothing(lamp):
+    lamp.p.pub("devices/lamp/set", '{"power": "ON", "brightness": 200, "colour": "cold"}')
+    results = {}
+    statuses = {}
+    before, (_, state, _) = lamp.w.until("devices/lamp/state")
+    for t, p, _ in before:
+        if t.endswith("/result"):
+            results[t] = json.loads(p)
+        elif not t.endswith("/set"):
+            statuses[t] = p.decode()
+    assert results == {
+        "devices/lamp/power/result": {"ok": True, "value": "ON"},
+        "devices/lamp/brightness/result": {"ok": True, "value": 200},
+        "devices/lamp/colour/result": {"ok": True, "value": "cold"},
+    }
+    assert statuses == {"devices/lamp/power": "ON", "devices/lamp/brightness": "200",
+                        "devices/lamp/colour": "cold"}
+    assert json.loads(state) == {"power": "ON", "brightness": 200, "temp": 20.0,
+                                 "colour": "cold"}
+    # One state message for the whole set.
+    assert [t for t, _, _ in lamp.w.sync() if t == "devices/lamp/state"] == []
+
+    for payload, error in [
+        ('{"power": "OFF", "brightness": 300}', "brightness: 300 is above max 255"),
+        ('{"power": "OFF", "colr": "x"}', "unknown command 'colr' for device 'lamp'"),
+        ('{"power": "OFF", "colour": {"x": 1}}', "a value must be a string, number or boolean"),
+        ('{"power": "OFF", ', "payload is not valid JSON"),
+        ("OFF", "a device-level set needs a JSON object of command: value"),
+    ]:
+        lamp.err("lamp", None, payload, error)
+    assert retained(lamp.port, "devices/lamp/power") == "ON"
+    assert retained(lamp.port, "devices/lamp/brightness") == "200"
+    assert retained_state(lamp.port, "lamp") == {"power": "ON", "brightness": 200,
+                                                 "temp": 20.0, "colour": "cold"}
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_command_at_each_qos_runs_once(lamp, qos):
+    lamp.p.c.publish("devices/lamp/brightness/set", "9", qos=qos).wait_for_publish(TIMEOUT)
+    before, (_, res, _) = lamp.w.until("devices/lamp/brightness/result")
+    assert json.loads(res) == {"ok": True, "value": 9}
+    after = lamp.w.sync()
+    got = [(t, p) for t, p, _ in before + after]
+    assert got.count(("devices/lamp/brightness", b"9")) == 1, got
+    assert [t for t, _ in got].count("devices/lamp/brightness/result") == 0, got
+    assert [t for t, _ in got].count("devices/lamp/state") == 1, got
+
+
+def test_unknown_device_and_command(lamp):
+    before, res = lamp.send("nosuch", "power", "ON")
+    assert res == {"ok": False, "error": "unknown device 'nosuch'"}
+    before, res = lamp.send("nosuch", None, '{"power": "ON"}')
+    assert res == {"ok": False, "error": "unknown device 'nosuch'"}
+    lamp.err("lamp", "colr", "warm", "unknown command 'colr' for device 'lamp'")
+    assert [t for t, _, _ in lamp.w.sync() if not t.endswith("/set")] == []
+    assert retained(lamp.port, "devices/nosuch/power") is None
+    assert retained(lamp.port, "devices/lamp/colr") is None
+
+
+# --- file action ------------------------------------------------------------------------------
+
+def test_file_action_writes_and_reads_back(dev_broker, clients, tmp_path):
+    b = dev_broker("""
+[relay]
+commands.power = { type = "bool", action = "file", path = "relay.value", payload_on = "1", payload_off = "0", read_back = true }
+commands.level = { type = "int", min = 0, max = 100, action = "file", path = "out/level.txt" }
+commands.broken = { type = "bool", action = "file", path = "no/such/dir/x", initial = "OFF" }
+""")
+    (tmp_path / "out").mkdir()
+    d = Dev(b.port, clients)
+    relay = tmp_path / "relay.value"
+    d.ok("relay", "power", "ON", "ON", "ON")
+    assert relay.read_text() == "1"
+    d.ok("relay", "power", "off", "OFF", "OFF")
+    assert relay.read_text() == "0"
+    d.ok("relay", "power", "true", "ON", "ON")
+    assert relay.read_text() == "1"
+    d.ok("relay", "level", "100", 100, "100")
+    d.ok("relay", "level", "7", 7, "7")
+    assert (tmp_path / "out" / "level.txt").read_text() == "7"
+    d.err("relay", "level", "101", "level: 101 is above max 100")
+    assert (tmp_path / "out" / "level.txt").read_text() == "7"
+    # A write that fails is an error, and the state does not change.
+    before, res = d.send("relay", "broken", "ON")
+    assert res["ok"] is False
+    assert res["error"].startswith(f"broken: cannot write {tmp_path}/no/such/dir/x"), res
+    assert retained(b.port, "devices/relay/broken") == "OFF"
+    assert retained_state(b.port, "relay") == {"power": "ON", "level": 7, "broken": "OFF"}
+
+
+# --- exec action ------------------------------------------------------------------------------
+
+def test_exec_passes_value_as_one_argument_without_shell(dev_broker, clients, tmp_path):
+    script(tmp_path, "record.sh",
+           'out="$(dirname "$0")/record.out"\n'
+           '{ echo "$#"; for a in "$@"; do printf "%s\\n" "$a"; done; } > "$out.tmp"\n'
+           'mv "$out.tmp" "$out"\n')
+    b = dev_broker("""
+[runner]
+commands.say = { type = "string", max_length = 100, action = "exec", program = "record.sh", args = ["--msg", "{value}", "{device}/{command}"] }
+commands.sw = { type = "bool", action = "exec", program = "record.sh", args = ["{value}"], payload_on = "enable", payload_off = "disable" }
+""")
+    d = Dev(b.port, clients)
+    out = tmp_path / "record.out"
+    value = "a; rm -rf x $(echo hi) | touch pwned && `touch pwned2` 'q' \"dq\" *"
+    mosquitto_pub(b.port, "devices/runner/say/set", value)
+    before, (_, res, _) = d.w.until("devices/runner/say/result")
+    assert json.loads(res) == {"ok": True, "value": value}
+    assert ("devices/runner/say", value.encode(), False) in before
+    assert out.read_text() == f"3\n--msg\n{value}\nrunner/say\n"
+    assert not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()
+    assert not (ROOT / "pwned2").exists()
+    assert retained(b.port, "devices/runner/say") == value
+    d.ok("runner", "sw", "on", "ON", "ON")
+    assert out.read_text() == "1\nenable\n"
+    d.ok("runner", "sw", "0", "OFF", "OFF")
+    assert out.read_text() == "1\ndisable\n"
+    # An invalid value never runs the program.
+    out.unlink()
+    d.err("runner", "say", "x" * 101, "say: 101 characters is longer than max 100")
+    assert not out.exists()
+
+
+def test_exec_nonzero_exit_is_an_error_and_keeps_state(dev_broker, clients, tmp_path):
+    script(tmp_path, "code.sh", 'exit "$1"\n')
+    b = dev_broker("""
+[runner]
+commands.code = { type = "int", min = 0, max = 9, initial = 5, action = "exec", program = "code.sh", args = ["{value}"] }
+commands.missing = { type = "trigger", action = "exec", program = "does-not-exist.sh" }
+""")
+    d = Dev(b.port, clients)
+    d.ok("runner", "code", "0", 0, "0")
+    d.err("runner", "code", "3", "code: exec exited with status 3")
+    assert retained(b.port, "devices/runner/code") == "0"
+    assert retained_state(b.port, "runner") == {"code": 0}
+    before, res = d.send("runner", "missing", "")
+    assert res["ok"] is False
+    assert res["error"].startswith(f"missing: cannot run {tmp_path}/does-not-exist.sh"), res
+    # The device is not stuck: the next command runs.
+    d.ok("runner", "code", "0", 0, "0")
+
+
+def test_exec_timeout_while_other_clients_are_served(dev_broker, clients, tmp_path):
+    script(tmp_path, "hang.sh", 'echo $$ > "$(dirname "$0")/hang.pid"\nexec sleep 30\n')
+    b = dev_broker("""
+[slow]
+commands.hang = { type = "bool", initial = "OFF", action = "exec", program = "hang.sh", timeout_ms = 1000 }
+[lamp]
+commands.power = { type = "bool", initial = "OFF" }
+""")
+    d = Dev(b.port, clients)
+    pidfile = tmp_path / "hang.pid"
+    t0 = time.monotonic()
+    d.p.pub("devices/slow/hang/set", "ON")
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() - t0 < 3, "hang.sh did not start"
+        time.sleep(0.01)
+    pid = int(pidfile.read_text())
+
+    # While the program hangs, another pair of clients does a publish/subscribe round trip.
+    a, z = clients(b.port, "a"), clients(b.port, "z")
+    z.sub("other/topic")
+    t1 = time.monotonic()
+    a.pub("other/topic", "ping")
+    _, (_, payload, _) = z.until("other/topic", timeout=2)
+    round_trip = time.monotonic() - t1
+    assert payload == b"ping"
+    assert round_trip < 0.3, f"round trip during the exec took {round_trip:.3f}s"
+    # ... and other devices' commands are executed.
+    d.ok("lamp", "power", "ON", "ON", "ON")
+    assert time.monotonic() - t0 < 0.9, "the exec timeout has passed already"
+
+    before, (_, res, _) = d.w.until("devices/slow/hang/result", timeout=5)
+    elapsed = time.monotonic() - t0
+    assert json.loads(res) == {"ok": False, "error": "hang: exec timed out after 1 s"}
+    assert 0.9 <= elapsed < 3.0, f"timeout response after {elapsed:.2f}s"
+    assert [t for t, _, _ in before + d.w.sync() if t.startswith("devices/slow/")
+            and not t.endswith("/set")] == []
+    assert retained(b.port, "devices/slow/hang") == "OFF"
+    assert retained_state(b.port, "slow") == {"hang": "OFF"}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+
+
+def test_exec_queue_full_is_busy(dev_broker, clients, tmp_path):
+    script(tmp_path, "job.sh", 'echo "$1" >> "$(dirname "$0")/job.log"\nsleep 0.4\n')
+    b = dev_broker("""
+[worker]
+exec_queue = 1
+commands.job = { type = "int", min = 0, max = 100, action = "exec", program = "job.sh", args = ["{value}"], timeout_ms = 5000 }
+""")
+    d = Dev(b.port, clients)
+    for n in ("1", "2", "3"):
+        d.p.pub("devices/worker/job/set", n)
+    results = []
+    statuses = []
+    for _ in range(3):
+        before, (_, res, _) = d.w.until("devices/worker/job/result")
+        results.append(json.loads(res))
+        statuses += [p.decode() for t, p, _ in before if t == "devices/worker/job"]
+    assert results == [
+        {"ok": False, "error": "worker: busy, 1 commands already waiting"},
+        {"ok": True, "value": 1},
+        {"ok": True, "value": 2},
+    ]
+    assert statuses == ["1", "2"]  # each status just before its response, none for 3
+    assert (tmp_path / "job.log").read_text() == "1\n2\n"
+    assert retained(b.port, "devices/worker/job") == "2"
+
+
+# --- publish action (adapter) -----------------------------------------------------------------
+
+def test_publish_adapter_tasmota_round_trip(dev_broker, clients):
+    b = dev_broker("""
+[plug]
+name = "Tasmota plug"
+commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER", payload = "{value}", state_topic = "stat/plug1/POWER" }
+""")
+    tasmota = clients(b.port, "tasmota")
+    tasmota.sub("cmnd/plug1/POWER")
+    d = Dev(b.port, clients)
+    before, res = d.send("plug", "power", "on")
+    assert res == {"ok": True, "value": "ON"}
+    _, (_, cmnd, _) = tasmota.until("cmnd/plug1/POWER")
+    assert cmnd == b"ON"
+    # No status until the plug reports.
+    assert [t for t, _, _ in before + d.w.sync() if t in
+            ("devices/plug/power", "devices/plug/state")] == []
+    assert retained(b.port, "devices/plug/power") is None
+    tasmota.pub("stat/plug1/POWER", cmnd)  # the plug switched and reports
+    _, (_, status, _) = d.w.until("devices/plug/power")
+    assert status == b"ON"
+    _, (_, state, _) = d.w.until("devices/plug/state")
+    assert json.loads(state) == {"power": "ON"}
+    assert retained(b.port, "devices/plug/power") == "ON"
+    # Switched by hand: the report alone changes the status.
+    tasmota.pub("stat/plug1/POWER", "OFF")
+    _, (_, status, _) = d.w.until("devices/plug/power")
+    assert status == b"OFF"
+    # A report that changes nothing publishes nothing; garbage is ignored.
+    d.w.sync()
+    tasmota.pub("stat/plug1/POWER", "OFF")
+    tasmota.pub("stat/plug1/POWER", "garbage")
+    assert [t for t, _, _ in d.w.sync() if t.startswith("devices/plug/")] == []
+    assert retained(b.port, "devices/plug/power") == "OFF"
+
+
+def test_publish_adapter_zigbee2mqtt_device_state_topic(dev_broker, clients):
+    b = dev_broker("""
+[bulb]
+state_topic = "zigbee2mqtt/bulb"
+commands.power = { type = "bool", action = "publish", topic = "zigbee2mqtt/bulb/set", payload = '{"state":"{value}"}', state_key = "state" }
+commands.brightness = { type = "int", min = 0, max = 254, action = "publish", topic = "zigbee2mqtt/bulb/set", payload = '{"brightness":{value}}' }
+""")
+    z2m = clients(b.port, "z2m")
+    z2m.sub("zigbee2mqtt/bulb/set")
+    d = Dev(b.port, clients)
+    _, res = d.send("bulb", "brightness", "100")
+    assert res == {"ok": True, "value": 100}
+    assert json.loads(z2m.get()[1]) == {"brightness": 100}
+    _, res = d.send("bulb", "power", "ON")
+    assert res == {"ok": True, "value": "ON"}
+    assert json.loads(z2m.get()[1]) == {"state": "ON"}
+    assert [t for t, _, _ in d.w.sync() if t in ("devices/bulb/power", "devices/bulb/brightness",
+                                                 "devices/bulb/state")] == []
+    z2m.pub("zigbee2mqtt/bulb", json.dumps(
+        {"state": "ON", "brightness": 100, "linkquality": 120, "color": {"x": 0.3, "y": 0.4}}))
+    before, (_, state, _) = d.w.until("devices/bulb/state")
+    assert json.loads(state) == {"power": "ON", "brightness": 100}
+    st = {t: p for t, p, _ in before if t in ("devices/bulb/power", "devices/bulb/brightness")}
+    assert st == {"devices/bulb/power": b"ON", "devices/bulb/brightness": b"100"}
+    # An out-of-range report value is ignored, a valid one in the same report applies.
+    z2m.pub("zigbee2mqtt/bulb", '{"state": "OFF", "brightness": 999}')
+    _, (_, state, _) = d.w.until("devices/bulb/state")
+    assert json.loads(state) == {"power": "OFF", "brightness": 100}
+    assert retained(b.port, "devices/bulb/brightness") == "100"
+    assert retained(b.port, "devices/bulb/power") == "OFF"
+
+
+def test_publish_adapter_without_state_topic_sets_state_at_once(dev_broker, clients):
+    b = dev_broker("""
+[siren]
+commands.tone = { type = "enum", values = ["quiet", "loud"], action = "publish", topic = "cmnd/{device}/{command}", payload = "{device}:{command}={value}", retain = true }
+""")
+    d = Dev(b.port, clients)
+    d.ok("siren", "tone", "LOUD", "loud", "loud")
+    assert mosquitto_sub_retained(b.port, "cmnd/siren/tone") == (1, "cmnd/siren/tone",
+                                                                 "siren:tone=loud")
+    d.err("siren", "tone", "deafening", "tone: 'deafening' is not one of quiet, loud")
+    assert retained(b.port, "cmnd/siren/tone") == "siren:tone=loud"
+    assert retained(b.port, "devices/siren/tone") == "loud"
+
+
+# --- rate limit, routing, discovery, prefixes -------------------------------------------------
+
+def test_rate_limit(dev_broker, clients):
+    b = dev_broker("""
+[gate]
+min_interval_ms = 500
+commands.power = { type = "bool", initial = "OFF" }
+""")
+    d = Dev(b.port, clients)
+    d.ok("gate", "power", "ON", "ON", "ON")
+    accepted = time.monotonic()
+    error = "gate: too many commands, at most one every 500 ms"
+    d.err("gate", "power", "OFF", error)
+    d.err("gate", None, '{"power": "OFF"}', error)
+    assert time.monotonic() - accepted < 0.45, "too slow to test the 500 ms limit"
+    assert retained(b.port, "devices/gate/power") == "ON"
+    time.sleep(max(0.0, accepted + 0.6 - time.monotonic()))
+    d.ok("gate", "power", "OFF", "OFF", "OFF")
+    assert retained(b.port, "devices/gate/power") == "OFF"
+
+
+@pytest.mark.parametrize("route", [False, True])
+def test_route_commands_option(dev_broker, clients, route):
+    lines = [] if route else ["devices_route_commands false"]
+    b = dev_broker(LAMP, lines)
+    d = Dev(b.port, clients)
+    exact = clients(b.port, "exact")
+    exact.sub("devices/lamp/power/set")
+    mosquitto_pub(b.port, "devices/lamp/power/set", "ON")
+    before, (_, res, _) = d.w.until("devices/lamp/power/result")
+    assert json.loads(res) == {"ok": True, "value": "ON"}
+    assert ("devices/lamp/power", b"ON", False) in before
+    _, (_, state, _) = d.w.until("devices/lamp/state")
+    assert json.loads(state)["power"] == "ON"
+    raw = [(t, p) for t, p, _ in before + d.w.sync() if t.endswith("/set")]
+    exact_raw = [(t, p) for t, p, _ in exact.sync()]
+    if route:
+        assert raw == [("devices/lamp/power/set", b"ON")]
+        assert exact_raw == [("devices/lamp/power/set", b"ON")]
+    else:
+        assert raw == [] and exact_raw == []
+
+
+DISCOVERY = """
+[lamp]
+name = "Living room lamp"
+commands.power = { type = "bool" }
+commands.brightness = { type = "int", min = 0, max = 255 }
+commands.temp = { type = "float", min = 5, max = 30, step = 0.5 }
+commands.colour = { type = "enum", values = ["warm", "cold"] }
+commands.identify = { type = "trigger" }
+commands.label = { type = "string", max_length = 20 }
+"""
+
+
+def test_home_assistant_discovery(dev_broker, clients):
+    b = dev_broker(DISCOVERY, ["homeassistant_discovery true"])
+    c = clients(b.port, "ha")
+    msgs = c.sub("homeassistant/#")
+    assert all(r for _, _, r in msgs)
+    configs = {t: json.loads(p) for t, p, _ in msgs}
+    expect = {"power": "switch", "brightness": "number", "temp": "number",
+              "colour": "select", "identify": "button", "label": "text"}
+    assert set(configs) == {f"homeassistant/{comp}/lamp/{cmd}/config"
+                            for cmd, comp in expect.items()}
+    for cmd, comp in expect.items():
+        cfg = configs[f"homeassistant/{comp}/lamp/{cmd}/config"]
+        assert cfg["name"] == cmd
+        assert cfg["command_topic"] == f"devices/lamp/{cmd}/set"
+        assert cfg["availability_topic"] == "devices/lamp/availability"
+        assert cfg["unique_id"] == f"gatemq_lamp_{cmd}"
+        assert cfg["device"]["identifiers"] == ["gatemq_lamp"]
+        assert cfg["device"]["name"] == "Living room lamp"
+        if comp == "button":
+            assert "state_topic" not in cfg
+        else:
+            assert cfg["state_topic"] == f"devices/lamp/{cmd}"
+    sw = configs["homeassistant/switch/lamp/power/config"]
+    assert (sw["payload_on"], sw["payload_off"]) == ("ON", "OFF")
+    num = configs["homeassistant/number/lamp/brightness/config"]
+    assert (num["min"], num["max"], num["step"]) == (0, 255, 1)
+    num = configs["homeassistant/number/lamp/temp/config"]
+    assert (num["min"], num["max"], num["step"]) == (5, 30, 0.5)
+    assert configs["homeassistant/select/lamp/colour/config"]["options"] == ["warm", "cold"]
+    assert configs["homeassistant/text/lamp/label/config"]["max"] == 20
+
+
+def test_custom_prefixes_and_discovery_off_by_default(dev_broker, clients):
+    b = dev_broker(LAMP, ["devices_prefix home/devs", "homeassistant_prefix ha/disc"])
+    d = Dev(b.port, clients, prefix="home/devs")
+    assert ("home/devs/lamp/availability", b"online", True) in d.initial
+    d.ok("lamp", "brightness", "12", 12, "12")
+    assert retained(b.port, "home/devs/lamp/brightness") == "12"
+    # The default prefix is not a command topic any more.
+    other = clients(b.port, "o")
+    other.sub("devices/#")
+    other.pub("devices/lamp/power/set", "ON")
+    assert [t for t, _, _ in other.sync()] == ["devices/lamp/power/set"]
+    assert [t for t, _, _ in d.w.sync()] == []
+    # Discovery is off unless asked for.
+    assert clients(b.port, "ha").sub("ha/#") == []
+    b2 = dev_broker(LAMP, ["devices_prefix home/devs", "homeassistant_prefix ha/disc",
+                           "homeassistant_discovery true"])
+    cfg = json.loads(retained(b2.port, "ha/disc/number/lamp/brightness/config"))
+    assert cfg["command_topic"] == "home/devs/lamp/brightness/set"
+    assert cfg["state_topic"] == "home/devs/lamp/brightness"
+    assert cfg["availability_topic"] == "home/devs/lamp/availability"
+
+
+# --- a bad devices file -----------------------------------------------------------------------
+
+BAD_FILES = [
+    ('[lamp]\nname = "x"\ncommands.brightness = { type = "integer", min = 0 }\n',
+     3, "lamp.commands.brightness.type: unknown type 'integer'"),
+    ('[lamp]\ncommands.power = { type = "bool" }\ncolor = "red"\n', 3, "lamp.color: unknown key"),
+    ('[lamp]\n\n\ncommands.brightness = { type = "int", max = 9, initial = 10 }\n',
+     4, "lamp.commands.brightness.initial: brightness: 10 is above max 9"),
+    ('[lamp]\ncommands.p = { type = "bool", action = "publish" }\n',
+     2, "lamp.commands.p: a publish action needs 'topic'"),
+    ('[lamp]\ncommands.p = { type = "bool" }\ncommands.result = { type = "bool" }\n',
+     3, "lamp.commands.result: a command name must be one topic level"),
+    ('[lamp]\ncommands.c = { type = "enum", values = [] }\n', 2, "lamp.commands.c.values: must not be empty"),
+]
+
+
+@pytest.mark.parametrize("toml,line,what", BAD_FILES)
+def test_bad_devices_file_refuses_to_start(tmp_path, toml, line, what):
+    (tmp_path / "bad.toml").write_text(toml)
+    conf = tmp_path / "gatemq.conf"
+    conf.write_text("listener 0 127.0.0.1\ndevices_file bad.toml\n")
+    expect = f"{tmp_path / 'bad.toml'}:{line}: {what}"
+    for args in (["--test-config", "-c", str(conf)], ["-c", str(conf)]):
+        r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert expect in r.stderr, (args, r.stderr)
+
+
+def test_missing_devices_file_names_config_line(tmp_path):
+    conf = tmp_path / "gatemq.conf"
+    conf.write_text("listener 0 127.0.0.1\n# devices\ndevices_file nope.toml\n")
+    for args in (["--test-config", "-c", str(conf)], ["-c", str(conf)]):
+        r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1, (args, r.stderr)
+        assert f"{conf}:3: option 'devices_file': cannot read devices file" in r.stderr
+        assert "nope.toml" in r.stderr
+    (tmp_path / "nope.toml").write_text(LAMP)
+    r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+
+
+# --- the README scenario with the shipped example config --------------------------------------
+
+def test_readme_scenario_with_example_config(tmp_path, clients):
+    port = free_port()
+    log = open(tmp_path / "example.log", "wb")
+    proc = subprocess.Popen([BIN, "-c", str(ROOT / "examples" / "gatemq.conf"), "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, (tmp_path / "example.log").read_text()
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "example broker did not listen"
+                time.sleep(0.02)
+        w = clients(port, "readme")
+        initial = {t: p.decode() for t, p, _ in w.sub("devices/lamp/#")}
+        assert initial["devices/lamp/power"] == "OFF"
+        assert initial["devices/lamp/brightness"] == "128"
+
+        mosquitto_pub(port, "devices/lamp/power/set", "ON")
+        before, (_, res, _) = w.until("devices/lamp/power/result")
+        assert json.loads(res) == {"ok": True, "value": "ON"}
+        assert ("devices/lamp/power", b"ON", False) in before
+        _, (_, state, _) = w.until("devices/lamp/state")
+        assert json.loads(state) == {"power": "ON", "brightness": 128, "colour": "warm"}
+
+        mosquitto_pub(port, "devices/lamp/brightness/set", "300")
+        before, (_, res, _) = w.until("devices/lamp/brightness/result")
+        assert json.loads(res) == {"ok": False, "error": "brightness: 300 is above max 255"}
+        assert [t for t, _, _ in before + w.sync() if not t.endswith("/set")] == []
+
+        assert mosquitto_sub_retained(port, "devices/lamp/power") == (1, "devices/lamp/power",
+                                                                      "ON")
+        assert mosquitto_sub_retained(port, "devices/lamp/brightness") == (
+            1, "devices/lamp/brightness", "128")
+        flag, _, state = mosquitto_sub_retained(port, "devices/lamp/state")
+        assert flag == 1
+        assert json.loads(state) == {"power": "ON", "brightness": 128, "colour": "warm"}
+        cfg = json.loads(retained(port, "homeassistant/switch/lamp/power/config"))
+        assert cfg["command_topic"] == "devices/lamp/power/set"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

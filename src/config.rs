@@ -161,6 +161,16 @@ impl Config {
                 }
                 "max_keepalive" => b.max_keepalive = at.parse_num(at.one(&args)?, 0, 65535)? as u16,
                 "retain_available" => b.retain_available = at.parse_bool(&args)?,
+                "max_topic_alias" => {
+                    b.max_topic_alias = at.parse_num(at.one(&args)?, 0, 65535)? as u16
+                }
+                "max_qos" => b.max_qos = at.parse_num(at.one(&args)?, 0, 2)? as u8,
+                "response_information" => {
+                    if rest.is_empty() {
+                        return Err(at.err("expects a value"));
+                    }
+                    b.response_information = Some(rest.to_string());
+                }
                 "sys_interval" => b.sys_interval = at.parse_num(at.one(&args)?, 0, 86_400)? as u32,
                 "set_tcp_nodelay" => c.set_tcp_nodelay = at.parse_bool(&args)?,
                 "devices_file" => c.devices_file = Some((PathBuf::from(rest), n + 1)),

@@ -87,7 +87,6 @@ fn wrong_protocol_level_gets_connack_1_then_close() {
         (&b"MQTT"[..], 0u8),
         (b"MQTT", 2),
         (b"MQTT", 3),
-        (b"MQTT", 5),
         (b"MQTT", 6),
         (b"MQTT", 255),
         (b"MQIsdp", 4),

@@ -1,10 +1,19 @@
 //! CONNECT: check the protocol level, client id and credentials, take over or resume the
-//! session, answer CONNACK, and resend what was in flight for a resumed session.
+//! session, answer CONNACK (with MQTT 5 properties saying what this broker supports), and
+//! resend what was in flight for a resumed session.
 
-use super::session::{Awaiting, Session};
+use super::session::{Awaiting, Session, NEVER_EXPIRES};
 use super::{publish, topic, Broker, ConnId};
-use crate::wire::{self, ConnAck, Connect, DecodeError, LEVEL_31};
+use crate::wire::properties::id;
+use crate::wire::{self, ConnAck, Connect, DecodeError, PropBuf, LEVEL_31, LEVEL_5};
 use std::time::Instant;
+
+/// MQTT 5 CONNACK reason codes used here.
+const CLIENT_ID_NOT_VALID: u8 = 0x85;
+const NOT_AUTHORIZED: u8 = 0x87;
+const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
+const QOS_NOT_SUPPORTED: u8 = 0x9B;
+const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
 
 pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     let who = super::peer(&b.conns[id].as_ref().and_then(|c| c.peer));
@@ -14,26 +23,51 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
             c.protocol_name,
             c.level
         );
-        return refuse(b, id, ConnAck::UnacceptableProtocolVersion, now);
+        return refuse(b, id, false, ConnAck::UnacceptableProtocolVersion, 0, now);
     }
+    let v5 = c.level == LEVEL_5;
     if let Some(w) = &c.will {
         if !topic::valid_name(w.topic) {
             return b.protocol_error(id, DecodeError::protocol("invalid will topic"), now);
         }
         if w.retain && !b.cfg.retain_available {
-            return b.protocol_error(
-                id,
-                DecodeError::protocol("retained will, but retain is not available"),
-                now,
+            log::info!("Connection from {who} refused: retained will, but retain is not available");
+            return refuse(b, id, v5, ConnAck::NotAuthorized, RETAIN_NOT_SUPPORTED, now);
+        }
+        if w.qos > b.cfg.max_qos {
+            log::info!(
+                "Connection from {who} refused: will QoS {} above max_qos",
+                w.qos
             );
+            return refuse(b, id, v5, ConnAck::NotAuthorized, QOS_NOT_SUPPORTED, now);
         }
     }
-    // Client identifier rules (3.1.1 section 3.1.3.1; 3.1 requires 1 to 23 characters).
+    if v5 && c.properties.str(id::AUTHENTICATION_METHOD).is_some() {
+        // No enhanced authentication method is offered (spec 4.12).
+        log::info!("Connection from {who} refused: authentication method not supported");
+        return refuse(
+            b,
+            id,
+            v5,
+            ConnAck::NotAuthorized,
+            BAD_AUTHENTICATION_METHOD,
+            now,
+        );
+    }
+    // Client identifier rules (3.1.1 section 3.1.3.1; 3.1 requires 1 to 23 characters; MQTT 5
+    // assigns one to any empty id and says which in CONNACK).
     let assigned;
     let client_id = if c.client_id.is_empty() {
-        if c.level == LEVEL_31 || !c.clean_session {
+        if c.level == LEVEL_31 || (!c.clean_session && !v5) {
             log::info!("Connection from {who} refused: empty client id without clean session");
-            return refuse(b, id, ConnAck::IdentifierRejected, now);
+            return refuse(
+                b,
+                id,
+                v5,
+                ConnAck::IdentifierRejected,
+                CLIENT_ID_NOT_VALID,
+                now,
+            );
         }
         assigned = b.assign_client_id();
         assigned.as_str()
@@ -42,55 +76,123 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     };
     if c.level == LEVEL_31 && client_id.len() > 23 {
         log::info!("Connection from {who} refused: MQTT 3.1 client id longer than 23 characters");
-        return refuse(b, id, ConnAck::IdentifierRejected, now);
+        return refuse(
+            b,
+            id,
+            v5,
+            ConnAck::IdentifierRejected,
+            CLIENT_ID_NOT_VALID,
+            now,
+        );
     }
-    // Mosquitto's rule: with a max_keepalive set, 3.1.x clients asking for more, or for 0 (no
-    // keep-alive at all), are refused, since there is no way to tell them the limit.
-    // max_keepalive 0 means no limit.
+    // Mosquitto's rule: with a max_keepalive set, a keep-alive above it or 0 (none) is not
+    // accepted. MQTT 5 clients are told the limit (Server Keep Alive); 3.1.x clients, who
+    // cannot be told, are refused. max_keepalive 0 means no limit.
     let max = b.cfg.max_keepalive;
-    if max > 0 && (c.keep_alive > max || c.keep_alive == 0) {
+    let keep_alive_out_of_range = max > 0 && (c.keep_alive > max || c.keep_alive == 0);
+    if keep_alive_out_of_range && !v5 {
         log::info!(
             "Client {client_id} refused: keep-alive {} is not within max_keepalive {max}",
             c.keep_alive
         );
-        return refuse(b, id, ConnAck::IdentifierRejected, now);
+        return refuse(
+            b,
+            id,
+            v5,
+            ConnAck::IdentifierRejected,
+            CLIENT_ID_NOT_VALID,
+            now,
+        );
     }
+    let keep_alive = if keep_alive_out_of_range {
+        max
+    } else {
+        c.keep_alive
+    };
     if c.username.is_none() && !b.cfg.allow_anonymous {
         log::info!("Client {client_id} refused: anonymous clients are not allowed");
-        return refuse(b, id, ConnAck::NotAuthorized, now);
+        return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
     }
+
+    // 3.1.x: clean session 0 keeps the session for ever; MQTT 5 says how long.
+    let expiry = match (v5, c.clean_session) {
+        (true, _) => c.properties.u32(id::SESSION_EXPIRY_INTERVAL).unwrap_or(0),
+        (false, true) => 0,
+        (false, false) => NEVER_EXPIRES,
+    };
 
     // Takeover: a connection already using this client id is closed, with its will.
     let existing = b.by_client_id.get(client_id).copied();
     if let Some(old_conn) = existing.and_then(|sid| b.sessions[sid].conn) {
         log::info!("Client {client_id} already connected, closing the old connection");
+        b.disconnect_v5(old_conn, 0x8E, Some("session taken over"));
         b.end_connection(old_conn, "session taken over", true, now);
     }
-    // The old connection's end may have removed a non-persistent session.
+    // The old connection's end may have removed a session that does not outlive it.
     let existing = b.by_client_id.get(client_id).copied();
+    // Clean session / Clean Start 0 resumes the session (spec 3.1.2.4).
     let (sid, session_present) = match existing {
         Some(sid) if !c.clean_session => (sid, true),
         other => {
             if let Some(sid) = other {
                 b.remove_session(sid);
             }
-            let sid = b.sessions.insert(Session::new(client_id, !c.clean_session));
+            let sid = b.sessions.insert(Session::new(client_id, expiry));
             b.by_client_id.insert(client_id.into(), sid);
             (sid, false)
         }
     };
-    b.sessions[sid].persistent = !c.clean_session;
-    b.sessions[sid].conn = Some(id);
+    let s = &mut b.sessions[sid];
+    s.expiry = expiry;
+    s.conn = Some(id);
+    // Back in time: the delayed will is not sent (spec 3.1.3.2.2), the session does not expire.
+    s.expires_at = None;
+    s.timer_gen += 1;
+    if let Some((w, _)) = s.pending_will.take() {
+        b.pool.release(w);
+    }
 
-    let will = c
-        .will
-        .map(|w| b.pool.store(w.topic, w.payload, w.qos, w.retain));
+    let will = c.will.map(|w| {
+        let expiry = w.properties.u32(id::MESSAGE_EXPIRY_INTERVAL);
+        // The will's expiry counts from when it is published: kept as seconds until then.
+        let props = w.properties.iter().filter(|(p, _)| {
+            !matches!(
+                p.id(),
+                id::WILL_DELAY_INTERVAL | id::MESSAGE_EXPIRY_INTERVAL
+            )
+        });
+        let m = b.pool.store_iter(
+            w.topic,
+            props.map(|(_, raw)| raw),
+            w.payload,
+            w.qos,
+            w.retain,
+            None,
+        );
+        (
+            m,
+            w.properties.u32(id::WILL_DELAY_INTERVAL).unwrap_or(0),
+            expiry,
+        )
+    });
     let conn = b.conns[id].as_mut().expect("connection is open");
     conn.session = Some(sid);
     conn.client_id = client_id.into();
     conn.level = c.level;
-    conn.keep_alive = c.keep_alive;
-    conn.will = will;
+    conn.v5 = v5;
+    conn.keep_alive = keep_alive;
+    conn.connect_expiry = expiry;
+    conn.will = will.map(|w| w.0);
+    conn.will_delay = will.map_or(0, |w| w.1);
+    conn.will_expiry = will.and_then(|w| w.2);
+    if v5 {
+        let p = &c.properties;
+        conn.receive_max = p.u16(id::RECEIVE_MAXIMUM).unwrap_or(u16::MAX);
+        conn.max_packet = p
+            .u32(id::MAXIMUM_PACKET_SIZE)
+            .map_or(usize::MAX, |m| m as usize);
+        conn.alias_max_out = p.u16(id::TOPIC_ALIAS_MAXIMUM).unwrap_or(0);
+    }
     b.arm_keep_alive(id, now);
     b.stats.clients_connected += 1;
     b.stats.clients_maximum = b.stats.clients_maximum.max(b.stats.clients_connected);
@@ -101,30 +203,86 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         c.keep_alive,
         c.username.map(|u| format!(", u'{u}'")).unwrap_or_default()
     );
-    ConnAck::Accepted.encode(b.out(id), session_present);
+    if v5 {
+        let mut props = PropBuf::default();
+        connack_properties(
+            b,
+            &mut props,
+            &c,
+            client_id,
+            keep_alive_out_of_range.then_some(keep_alive),
+        );
+        wire::encode_connack_v5(b.out(id), session_present, 0, &props);
+    } else {
+        ConnAck::Accepted.encode(b.out(id), session_present);
+    }
     b.stats.messages_sent += 1;
     if session_present {
-        resend_inflight(b, id, sid);
+        resend_inflight(b, id, sid, now);
         publish::pump(b, sid);
     }
 }
 
-/// Refuse with a return code, then close. No will: the client never connected.
-fn refuse(b: &mut Broker, id: ConnId, code: ConnAck, now: Instant) {
-    code.encode(b.out(id), false);
+/// What this broker supports, from the config (spec 3.2.2.3); a property left out means its
+/// default (Wildcard, Subscription Identifier and Shared Subscriptions available).
+fn connack_properties(
+    b: &Broker,
+    p: &mut PropBuf,
+    c: &Connect<'_>,
+    client_id: &str,
+    server_keep_alive: Option<u16>,
+) {
+    let cfg = &b.cfg;
+    if cfg.max_inflight_messages > 0 {
+        p.u16(id::RECEIVE_MAXIMUM, cfg.max_inflight_messages);
+    }
+    if cfg.max_qos < 2 {
+        p.byte(id::MAXIMUM_QOS, cfg.max_qos);
+    }
+    if !cfg.retain_available {
+        p.byte(id::RETAIN_AVAILABLE, 0);
+    }
+    if cfg.max_packet_size < crate::wire::MAX_REMAINING_LENGTH + 5 {
+        p.u32(id::MAXIMUM_PACKET_SIZE, cfg.max_packet_size as u32);
+    }
+    if c.client_id.is_empty() {
+        p.str(id::ASSIGNED_CLIENT_IDENTIFIER, client_id);
+    }
+    if cfg.max_topic_alias > 0 {
+        p.u16(id::TOPIC_ALIAS_MAXIMUM, cfg.max_topic_alias);
+    }
+    if let Some(k) = server_keep_alive {
+        p.u16(id::SERVER_KEEP_ALIVE, k);
+    }
+    if c.properties.byte(id::REQUEST_RESPONSE_INFORMATION) == Some(1) {
+        if let Some(info) = &cfg.response_information {
+            p.str(id::RESPONSE_INFORMATION, info);
+        }
+    }
+}
+
+/// Refuse with a return code (3.1.x) or reason code (MQTT 5), then close. No will: the client
+/// never connected.
+fn refuse(b: &mut Broker, id: ConnId, v5: bool, code: ConnAck, reason: u8, now: Instant) {
+    if v5 {
+        wire::encode_connack_v5(b.out(id), false, reason, &PropBuf::default());
+    } else {
+        code.encode(b.out(id), false);
+    }
     b.stats.messages_sent += 1;
     b.end_connection(id, "connection refused", false, now);
 }
 
 /// Spec 4.4: on reconnect with a kept session, resend unacknowledged PUBLISH packets with DUP
 /// set and unacknowledged PUBRELs, in their original order.
-fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize) {
+fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Instant) {
     let Broker {
         sessions,
         conns,
         pool,
         dirty,
         stats,
+        cfg,
         ..
     } = b;
     let session = &sessions[sid];
@@ -135,14 +293,7 @@ fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize) {
                 wire::encode_ack(&mut conn.out, wire::kind::PUBREL, i.packet_id)
             }
             (_, Some(m)) => {
-                publish::write_publish(
-                    &mut conn.out,
-                    pool.get(m),
-                    i.qos,
-                    i.retain,
-                    true,
-                    i.packet_id,
-                );
+                publish::resend(conn, pool, i, m, now, cfg.max_topic_alias);
                 stats.publish_sent += 1;
             }
             (_, None) => continue,

@@ -71,7 +71,7 @@ fn flush(b: &mut Broker, from: Option<ConnId>) {
     }
     let mut out = std::mem::take(&mut b.device_out);
     for (topic, payload, retain) in out.iter() {
-        publish::route(b, topic, payload, 1, retain, from);
+        publish::route(b, topic, payload, 1, retain, from, None);
     }
     out.clear();
     b.device_out = out;

@@ -7,6 +7,7 @@
 //! stored message keeps a read buffer alive.
 
 use slab::Slab;
+use std::time::Instant;
 
 pub type MsgId = u32;
 
@@ -14,8 +15,12 @@ pub struct Message {
     refs: u32,
     pub qos: u8,
     pub retain: bool,
+    /// MQTT 5 Message Expiry: after this instant the message is never delivered.
+    pub expiry: Option<Instant>,
     topic_len: usize,
-    /// The topic's bytes, then the payload's.
+    props_len: usize,
+    /// The topic's bytes, the MQTT 5 properties forwarded with it (encoded, without Message
+    /// Expiry, Topic Alias and Subscription Identifiers, which are per delivery), the payload.
     data: Vec<u8>,
 }
 
@@ -23,12 +28,18 @@ impl Message {
     pub fn topic(&self) -> &[u8] {
         &self.data[..self.topic_len]
     }
+    pub fn properties(&self) -> &[u8] {
+        &self.data[self.topic_len..self.topic_len + self.props_len]
+    }
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expiry.is_some_and(|e| e <= now)
+    }
     pub fn topic_str(&self) -> &str {
         // Stored topics come from decoded (valid UTF-8) topics only.
         std::str::from_utf8(self.topic()).unwrap_or("")
     }
     pub fn payload(&self) -> &[u8] {
-        &self.data[self.topic_len..]
+        &self.data[self.topic_len + self.props_len..]
     }
 }
 
@@ -51,29 +62,67 @@ const SPARE_BYTES_MAX: usize = 16 * 1024 * 1024;
 impl MessagePool {
     /// Store a message with one reference, which the caller owns.
     pub fn store(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> MsgId {
+        self.store_with(topic, &[], payload, qos, retain, None)
+    }
+
+    /// Store a message with forwarded MQTT 5 properties (`props`: encoded property bytes, to
+    /// be concatenated) and an expiry.
+    pub fn store_with(
+        &mut self,
+        topic: &str,
+        props: &[&[u8]],
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        expiry: Option<Instant>,
+    ) -> MsgId {
+        self.store_iter(topic, props.iter().copied(), payload, qos, retain, expiry)
+    }
+
+    /// As [`MessagePool::store_with`], with the property pieces from an iterator.
+    pub fn store_iter<'p>(
+        &mut self,
+        topic: &str,
+        props: impl Iterator<Item = &'p [u8]> + Clone,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        expiry: Option<Instant>,
+    ) -> MsgId {
+        let props_len: usize = props.clone().map(|p| p.len()).sum();
         let mut data = self.spare.pop().unwrap_or_default();
         self.spare_bytes -= data.capacity();
         data.clear();
         // Power-of-two size classes: a recycled buffer fits the next message of a similar
         // size, so steady traffic of varying lengths stops allocating once warm.
-        let need = topic.len() + payload.len();
+        let need = topic.len() + props_len + payload.len();
         if data.capacity() < need {
             data.reserve_exact(need.next_power_of_two().max(64));
         }
         data.extend_from_slice(topic.as_bytes());
+        for p in props {
+            data.extend_from_slice(p);
+        }
         data.extend_from_slice(payload);
         self.bytes += data.len();
         self.slots.insert(Message {
             refs: 1,
             qos,
             retain,
+            expiry,
             topic_len: topic.len(),
+            props_len,
             data,
         }) as MsgId
     }
 
     pub fn get(&self, id: MsgId) -> &Message {
         &self.slots[id as usize]
+    }
+
+    /// Set a message's expiry (a will's, when it is published).
+    pub fn set_expiry(&mut self, id: MsgId, expiry: Option<Instant>) {
+        self.slots[id as usize].expiry = expiry;
     }
 
     /// Take one more reference.

@@ -67,6 +67,13 @@ pub struct BrokerConfig {
     /// Stop writing queued messages into a connection's output buffer past this many bytes
     /// (and stop reading from a connection whose unread output is this large).
     pub output_buffer_soft: usize,
+    /// Topic aliases an MQTT 5 client may set (Topic Alias Maximum in CONNACK), and the most
+    /// the broker uses towards a client.
+    pub max_topic_alias: u16,
+    /// Highest QoS granted and accepted (Maximum QoS in CONNACK).
+    pub max_qos: u8,
+    /// Sent as Response Information to MQTT 5 clients that request it.
+    pub response_information: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -84,6 +91,9 @@ impl Default for BrokerConfig {
             sys_interval: 10,
             connect_timeout: Duration::from_secs(10),
             output_buffer_soft: 64 * 1024,
+            max_topic_alias: 10,
+            max_qos: 2,
+            response_information: None,
         }
     }
 }
@@ -120,6 +130,22 @@ struct Conn {
     timer_gen: u64,
     /// Not read from until this session's queue drains (its QoS 1/2 messages could not be queued).
     paused_on: Option<SessionId>,
+    /// MQTT 5 state (defaults for 3.1.x).
+    v5: bool,
+    /// The client's Receive Maximum: QoS 1/2 messages it takes unacknowledged.
+    receive_max: u16,
+    /// The client's Maximum Packet Size.
+    max_packet: usize,
+    /// Topic aliases the client set (index = alias - 1).
+    aliases_in: Vec<String>,
+    /// Topic aliases the broker set towards the client, and how many it may set.
+    aliases_out: FxHashMap<Box<str>, u16>,
+    alias_max_out: u16,
+    will_delay: u32,
+    /// The will's Message Expiry Interval, counted from when it is published.
+    will_expiry: Option<u32>,
+    /// The Session Expiry Interval of the CONNECT (a DISCONNECT may not raise it from 0).
+    connect_expiry: u32,
 }
 
 pub struct Broker {
@@ -134,10 +160,16 @@ pub struct Broker {
     /// re-armed when it fires early, so activity never touches the heap.
     timers: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
     next_gen: u64,
+    /// Session expiry and delayed-will deadlines: one live entry per offline session.
+    session_timers: BinaryHeap<Reverse<(Instant, SessionId, u64)>>,
+    /// The time of the event being handled.
+    now: Instant,
     match_epoch: u64,
     /// Scratch for routing and retained delivery, reused so routing allocates nothing.
     matches: Vec<SessionId>,
+    shared_matches: Vec<(usize, usize)>,
     retained_scratch: Vec<MsgId>,
+    topic_scratch: String,
     dirty: Vec<ConnId>,
     closing: Vec<ConnId>,
     /// Connections whose pause ended: the event loop reads what they have buffered.
@@ -168,9 +200,13 @@ impl Broker {
             pool: MessagePool::default(),
             timers: BinaryHeap::new(),
             next_gen: 0,
+            session_timers: BinaryHeap::new(),
+            now,
             match_epoch: 0,
             matches: Vec::new(),
+            shared_matches: Vec::new(),
             retained_scratch: Vec::new(),
+            topic_scratch: String::new(),
             dirty: Vec::new(),
             closing: Vec::new(),
             resumed: Vec::new(),
@@ -229,6 +265,15 @@ impl Broker {
             closing: false,
             timer_gen: self.next_gen,
             paused_on: None,
+            v5: false,
+            receive_max: u16::MAX,
+            max_packet: usize::MAX,
+            aliases_in: Vec::new(),
+            aliases_out: FxHashMap::default(),
+            alias_max_out: 0,
+            will_delay: 0,
+            will_expiry: None,
+            connect_expiry: 0,
         });
         self.timers
             .push(Reverse((now + self.cfg.connect_timeout, id, self.next_gen)));
@@ -268,8 +313,10 @@ impl Broker {
         }
         conn.last_rx = now;
         let session = conn.session;
+        let level = conn.level;
+        self.now = now;
         self.stats.messages_received += 1;
-        let packet = match Packet::decode(frame, header_len) {
+        let packet = match Packet::decode(frame, header_len, level) {
             Ok(p) => p,
             Err(e) => return self.protocol_error(id, e, now),
         };
@@ -288,17 +335,21 @@ impl Broker {
                 self.protocol_error(id, DecodeError::protocol("second CONNECT"), now)
             }
             Packet::Publish(p) => publish::handle(self, id, sid, p, now),
-            Packet::PubAck(pid) => ack::puback(self, sid, pid),
-            Packet::PubRec(pid) => ack::pubrec(self, id, sid, pid),
-            Packet::PubRel(pid) => ack::pubrel(self, id, sid, pid),
-            Packet::PubComp(pid) => ack::pubcomp(self, sid, pid),
-            Packet::Subscribe(s) => subscribe::subscribe(self, id, sid, s),
+            Packet::PubAck(a) => ack::puback(self, sid, a),
+            Packet::PubRec(a) => ack::pubrec(self, id, sid, a),
+            Packet::PubRel(a) => ack::pubrel(self, id, sid, a),
+            Packet::PubComp(a) => ack::pubcomp(self, id, sid, a),
+            Packet::Subscribe(s) => subscribe::subscribe(self, id, sid, s, now),
             Packet::Unsubscribe(u) => subscribe::unsubscribe(self, id, sid, u),
             Packet::PingReq => {
                 wire::encode_pingresp(self.out(id));
                 self.stats.messages_sent += 1;
             }
-            Packet::Disconnect => disconnect::handle(self, id, now),
+            Packet::Disconnect(d) => disconnect::handle(self, id, sid, d, now),
+            // No authentication method is offered, so no AUTH exchange can be under way.
+            Packet::Auth(_) => {
+                self.protocol_error(id, DecodeError::protocol("unexpected AUTH"), now)
+            }
         }
     }
 
@@ -313,6 +364,7 @@ impl Broker {
     /// `n` bytes of connection `id`'s output were written. Once the buffer drains below its
     /// limit, queued messages are moved into it.
     pub fn consume_output(&mut self, id: ConnId, n: usize) {
+        self.now = self.now.max(Instant::now());
         let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -381,8 +433,9 @@ impl Broker {
     /// How long the event loop may sleep before [`Broker::handle_timeout`] has work.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let session = self.session_timers.peek().map(|Reverse((t, _, _))| *t);
         let devices = self.devices.as_ref().and_then(|d| d.next_deadline());
-        [timer, self.sys.next, devices]
+        [timer, session, self.sys.next, devices]
             .into_iter()
             .flatten()
             .min()
@@ -391,6 +444,7 @@ impl Broker {
 
     /// Fire every deadline that has passed: keep-alive and CONNECT timeouts, `$SYS`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         while let Some(&Reverse((at, id, gen))) = self.timers.peek() {
             if at > now {
                 break;
@@ -426,9 +480,11 @@ impl Broker {
                     "Client {} has exceeded its keep-alive timeout, disconnecting",
                     c.client_id
                 );
+                self.disconnect_v5(id, 0x8D, Some("keep alive timeout"));
                 self.end_connection(id, "keep-alive timeout", true, now);
             }
         }
+        disconnect::session_timers(self, now);
         if self.sys.next.is_some_and(|t| t <= now) {
             sys::publish(self, now);
         }
@@ -470,7 +526,22 @@ impl Broker {
             };
             log::info!("Client {who} disconnected: protocol error: {}", err.reason);
         }
+        self.disconnect_v5(id, err.code, Some(err.reason));
         self.end_connection(id, err.reason, true, now);
+    }
+
+    /// Tell an MQTT 5 client why the broker closes its connection (DISCONNECT with a reason
+    /// code, spec 4.13); nothing for 3.1.x, which has no way to say it.
+    fn disconnect_v5(&mut self, id: ConnId, code: u8, reason: Option<&str>) {
+        let v5 = self
+            .conns
+            .get(id)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| c.v5 && c.session.is_some() && !c.closing);
+        if v5 {
+            wire::encode_disconnect_v5(self.out(id), code, reason);
+            self.stats.messages_sent += 1;
+        }
     }
 
     /// A client id for a client that sent an empty one (3.1.1 with clean session).

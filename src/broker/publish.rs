@@ -2,78 +2,237 @@
 //! subscriber's output buffer when it can take it, else into its queue.
 //!
 //! A message is copied out of the read buffer into the pool only when something must hold it
-//! (a retained slot, an in-flight window, a queue); a QoS 0 message to subscribers that can
-//! take it at once is encoded from the read buffer and never stored.
+//! (a retained slot, an in-flight window, a queue) or it carries MQTT 5 properties; a QoS 0
+//! message to subscribers that can take it at once is encoded from the read buffer and never
+//! stored. Each subscriber gets its own QoS, flags, packet id and, for MQTT 5, Message Expiry
+//! (the remaining lifetime), Subscription Identifiers and Topic Alias; everything else is
+//! written from the one stored copy.
 
-use super::message::{Message, MessagePool, MsgId};
-use super::session::{Awaiting, Inflight, Queued};
+use super::message::{MessagePool, MsgId};
+use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
+use super::subs::{Match, SubEntry};
 use super::{Broker, ConnId, SessionId};
+use super::{BrokerConfig, Conn};
 use crate::devices::Observed;
-use crate::wire::{self, encode_publish_header, DecodeError, Publish};
-use std::time::Instant;
+use crate::wire::properties::{id, Property};
+use crate::wire::{
+    self, encode_publish_header_v5, publish_len, varint_len, DecodeError, Properties, Publish,
+};
+use std::time::{Duration, Instant};
+
+/// PUBACK/PUBREC reason codes (MQTT 5).
+const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
+const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 
 pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>, now: Instant) {
     b.stats.publish_received += 1;
-    if p.retain && !b.cfg.retain_available {
+    let v5 = b.conns[id].as_ref().is_some_and(|c| c.v5);
+    if p.qos > b.cfg.max_qos {
         return b.protocol_error(
             id,
-            DecodeError::protocol("retained PUBLISH, but retain is not available"),
+            DecodeError {
+                code: 0x9B,
+                reason: "QoS not supported",
+            },
             now,
         );
     }
+    if p.retain && !b.cfg.retain_available {
+        return b.protocol_error(
+            id,
+            DecodeError {
+                code: 0x9A,
+                reason: "retain not supported",
+            },
+            now,
+        );
+    }
+    // MQTT 5 Topic Alias (spec 3.3.2.3.4): a topic and an alias set the alias; an empty topic
+    // uses it. The topic is copied to a reused buffer, so a publish by alias allocates nothing.
+    let mut topic = std::mem::take(&mut b.topic_scratch);
+    topic.clear();
+    let alias = p.properties.u16(id::TOPIC_ALIAS);
+    match (alias, p.topic.is_empty()) {
+        (None, true) => {
+            b.topic_scratch = topic;
+            return b.protocol_error(
+                id,
+                DecodeError::protocol("empty topic without a topic alias"),
+                now,
+            );
+        }
+        (None, false) => topic.push_str(p.topic),
+        (Some(a), _) if a > b.cfg.max_topic_alias => {
+            b.topic_scratch = topic;
+            return b.protocol_error(
+                id,
+                DecodeError {
+                    code: 0x94,
+                    reason: "topic alias above the maximum",
+                },
+                now,
+            );
+        }
+        (Some(a), false) => {
+            let aliases = &mut b.conns[id].as_mut().expect("open").aliases_in;
+            if aliases.len() < a as usize {
+                aliases.resize_with(a as usize, String::new);
+            }
+            let slot = &mut aliases[a as usize - 1];
+            slot.clear();
+            slot.push_str(p.topic);
+            topic.push_str(p.topic);
+        }
+        (Some(a), true) => {
+            let aliases = &b.conns[id].as_ref().expect("open").aliases_in;
+            match aliases.get(a as usize - 1).filter(|t| !t.is_empty()) {
+                Some(t) => topic.push_str(t),
+                None => {
+                    b.topic_scratch = topic;
+                    return b.protocol_error(
+                        id,
+                        DecodeError::protocol("topic alias not defined"),
+                        now,
+                    );
+                }
+            }
+        }
+    }
+    let reason = accept_checks(b, sid, &p, &topic);
     let oversized = b.cfg.message_size_limit > 0 && p.payload.len() > b.cfg.message_size_limit;
     if oversized {
         log::debug!(
-            "Dropped a {}-byte message on {} from {}: above message_size_limit",
+            "Dropped a {}-byte message on {topic} from {}: above message_size_limit",
             p.payload.len(),
-            p.topic,
             b.sessions[sid].client_id
         );
         b.stats.publish_dropped += 1;
     }
+    let deliverable = reason.is_none() && !oversized;
     match p.qos {
         0 => {
-            if !oversized {
-                accept(b, id, &p, now);
+            if deliverable {
+                accept(b, id, &p, &topic, now);
             }
         }
         1 => {
-            if !oversized {
-                accept(b, id, &p, now);
-            }
-            wire::encode_ack(b.out(id), wire::kind::PUBACK, p.packet_id);
-            b.stats.messages_sent += 1;
+            let matched = if deliverable {
+                accept(b, id, &p, &topic, now)
+            } else {
+                true
+            };
+            ack(b, id, v5, wire::kind::PUBACK, p.packet_id, reason, matched);
         }
         _ => {
             // Exactly once (spec 4.3.3, method B): deliver now, remember the packet id until
             // PUBREL, and treat any PUBLISH with that id until then as a resend.
             let seen = b.sessions[sid].qos2_incoming.contains(&p.packet_id);
+            let mut matched = true;
             if !seen {
-                if !oversized {
-                    accept(b, id, &p, now);
+                // The broker's Receive Maximum (MQTT 5, spec 3.3.4): QoS 2 messages not yet
+                // released. 3.1.x has no such limit.
+                if v5 && b.sessions[sid].qos2_incoming.len() >= receive_maximum(&b.cfg) as usize {
+                    b.topic_scratch = topic;
+                    return b.protocol_error(
+                        id,
+                        DecodeError {
+                            code: 0x93,
+                            reason: "receive maximum exceeded",
+                        },
+                        now,
+                    );
                 }
-                b.sessions[sid].qos2_incoming.push(p.packet_id);
+                if deliverable {
+                    matched = accept(b, id, &p, &topic, now);
+                }
+                if reason.is_none() {
+                    b.sessions[sid].qos2_incoming.push(p.packet_id);
+                }
             }
-            wire::encode_ack(b.out(id), wire::kind::PUBREC, p.packet_id);
-            b.stats.messages_sent += 1;
+            ack(b, id, v5, wire::kind::PUBREC, p.packet_id, reason, matched);
         }
     }
+    b.topic_scratch = topic;
+}
+
+/// The broker's Receive Maximum: `max_inflight_messages`, 0 meaning 65535.
+pub(super) fn receive_maximum(cfg: &BrokerConfig) -> u16 {
+    match cfg.max_inflight_messages {
+        0 => u16::MAX,
+        n => n,
+    }
+}
+
+/// Checks that refuse one message (MQTT 5 reason code) without closing the connection.
+fn accept_checks(b: &Broker, sid: SessionId, p: &Publish<'_>, topic: &str) -> Option<u8> {
+    // Payload Format Indicator 1 promises UTF-8 (spec 3.3.2.3.2).
+    if p.properties.byte(id::PAYLOAD_FORMAT_INDICATOR) == Some(1)
+        && std::str::from_utf8(p.payload).is_err()
+    {
+        log::debug!(
+            "{}: payload on {topic} is not the UTF-8 its format indicator says",
+            b.sessions[sid].client_id
+        );
+        return Some(PAYLOAD_FORMAT_INVALID);
+    }
+    None
+}
+
+fn ack(
+    b: &mut Broker,
+    id: ConnId,
+    v5: bool,
+    kind: u8,
+    packet_id: u16,
+    reason: Option<u8>,
+    matched: bool,
+) {
+    let out = b.out(id);
+    if v5 {
+        let code = reason.unwrap_or(if matched { 0 } else { NO_MATCHING_SUBSCRIBERS });
+        wire::encode_ack_v5(out, kind, packet_id, code, None);
+    } else {
+        wire::encode_ack(out, kind, packet_id);
+    }
+    b.stats.messages_sent += 1;
 }
 
 /// A client's message is in: route it to subscribers and, on a device topic, to the executor
 /// (a command message reaches subscribers too unless `devices_route_commands` is off).
-fn accept(b: &mut Broker, id: ConnId, p: &Publish<'_>, now: Instant) {
-    let observed = super::devices::observed(b, p.topic);
+/// Returns whether anything took it (for MQTT 5's "no matching subscribers").
+fn accept(b: &mut Broker, id: ConnId, p: &Publish<'_>, topic: &str, now: Instant) -> bool {
+    let observed = super::devices::observed(b, topic);
+    let mut matched = 0;
     if observed != Observed::Command || super::devices::route_commands(b) {
-        route(b, p.topic, p.payload, p.qos, p.retain, Some(id));
+        matched = route(
+            b,
+            topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            Some(id),
+            Some(&p.properties),
+        );
     }
     if observed != Observed::No {
-        super::devices::on_publish(b, p.topic, p.payload, now, id);
+        super::devices::on_publish(b, topic, p.payload, now, id);
     }
+    matched > 0 || observed == Observed::Command
 }
 
-/// Route a message to every matching session and update the retained store.
-/// Used for client publishes (`from` is the publisher's connection), wills and `$SYS`.
+/// The MQTT 5 properties forwarded with a message: all but Topic Alias, Message Expiry (kept
+/// as a deadline) and Subscription Identifier (per subscriber).
+fn forwarded<'a>(props: &Properties<'a>) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
+    props.iter().filter_map(|(p, raw)| match p {
+        Property::U16(id::TOPIC_ALIAS, _) | Property::U32(id::MESSAGE_EXPIRY_INTERVAL, _) => None,
+        Property::VarInt(id::SUBSCRIPTION_IDENTIFIER, _) => None,
+        _ => Some(raw),
+    })
+}
+
+/// Route a message to every matching session and update the retained store. Used for client
+/// publishes (`from` is the publisher's connection), wills, `$SYS` and the device executor.
+/// Returns the number of sessions it went to.
 pub(super) fn route(
     b: &mut Broker,
     topic: &str,
@@ -81,46 +240,41 @@ pub(super) fn route(
     qos: u8,
     retain: bool,
     from: Option<ConnId>,
-) {
+    props: Option<&Properties<'_>>,
+) -> usize {
+    let expiry = props
+        .and_then(|p| p.u32(id::MESSAGE_EXPIRY_INTERVAL))
+        .map(|s| b.now + Duration::from_secs(s as u64));
+    let has_props = props.is_some_and(|p| forwarded(p).next().is_some());
+    if has_props || expiry.is_some() {
+        let fwd = props.map(forwarded);
+        let m = b.pool.store_iter(
+            topic,
+            fwd.into_iter().flatten(),
+            payload,
+            qos,
+            retain,
+            expiry,
+        );
+        let n = route_stored(b, topic, m, from);
+        b.pool.release(m);
+        return n;
+    }
     let mut slot: Option<MsgId> = None;
     if retain {
-        let old = if payload.is_empty() {
-            b.retained.remove(topic)
-        } else {
-            let m = b.pool.store(topic, payload, qos, true);
-            slot = Some(m);
-            b.pool.retain(m);
-            b.retained.set(topic, m)
-        };
-        if let Some(old) = old {
-            b.pool.release(old);
-        }
+        update_retained(
+            b,
+            topic,
+            payload.is_empty(),
+            &mut || None,
+            &mut slot,
+            payload,
+            qos,
+        );
     }
-
-    // Collect each matching session once, at the highest QoS its subscriptions grant.
-    b.match_epoch += 1;
-    let epoch = b.match_epoch;
-    let Broker {
-        subs,
-        sessions,
-        matches,
-        ..
-    } = b;
-    matches.clear();
-    subs.for_each_match(topic, &mut |e| {
-        let s = &mut sessions[e.session];
-        if s.match_epoch != epoch {
-            s.match_epoch = epoch;
-            s.match_qos = e.qos;
-            matches.push(e.session);
-        } else if e.qos > s.match_qos {
-            s.match_qos = e.qos;
-        }
-    });
-
-    for i in 0..b.matches.len() {
-        let sid = b.matches[i];
-        let q = qos.min(b.sessions[sid].match_qos);
+    let n = match_sessions(b, topic, from);
+    for i in 0..n {
+        let (sid, q, keep_retain, sub_ids) = matched(b, i, qos, retain);
         deliver(
             b,
             sid,
@@ -130,13 +284,128 @@ pub(super) fn route(
                 slot: &mut slot,
             },
             q,
-            false,
+            keep_retain,
             from,
+            sub_ids,
         );
     }
     if let Some(m) = slot {
         b.pool.release(m);
     }
+    n
+}
+
+/// Route a message already in the pool (`topic` is its topic, passed separately so the pool
+/// may change while routing).
+pub(super) fn route_stored(b: &mut Broker, topic: &str, m: MsgId, from: Option<ConnId>) -> usize {
+    let (qos, retain, empty) = {
+        let msg = b.pool.get(m);
+        (msg.qos, msg.retain, msg.payload().is_empty())
+    };
+    if retain {
+        let mut none = None;
+        update_retained(b, topic, empty, &mut || Some(m), &mut none, &[], qos);
+    }
+    let n = match_sessions(b, topic, from);
+    for i in 0..n {
+        let (sid, q, keep_retain, sub_ids) = matched(b, i, qos, retain);
+        deliver(b, sid, Source::Stored(m), q, keep_retain, from, sub_ids);
+    }
+    n
+}
+
+/// Set or delete the retained message of `topic`: `stored` gives a pooled copy if there is
+/// one, else the payload is stored into `slot`.
+fn update_retained(
+    b: &mut Broker,
+    topic: &str,
+    empty: bool,
+    stored: &mut dyn FnMut() -> Option<MsgId>,
+    slot: &mut Option<MsgId>,
+    payload: &[u8],
+    qos: u8,
+) {
+    let old = if empty {
+        b.retained.remove(topic)
+    } else {
+        let m = match stored() {
+            Some(m) => m,
+            None => *slot.get_or_insert_with(|| b.pool.store(topic, payload, qos, true)),
+        };
+        b.pool.retain(m);
+        b.retained.set(topic, m)
+    };
+    if let Some(old) = old {
+        b.pool.release(old);
+    }
+}
+
+/// Collect each matching session once, at the highest QoS its subscriptions grant, with all
+/// their Subscription Identifiers; one member of each matching shared group. Returns the
+/// number of sessions, listed in `b.matches`.
+fn match_sessions(b: &mut Broker, topic: &str, from: Option<ConnId>) -> usize {
+    b.match_epoch += 1;
+    let epoch = b.match_epoch;
+    let from_session = from.and_then(|c| b.conns.get(c)?.as_ref()?.session);
+    let Broker {
+        subs,
+        sessions,
+        matches,
+        shared_matches,
+        ..
+    } = b;
+    matches.clear();
+    shared_matches.clear();
+    subs.for_each_match(topic, &mut |m| match m {
+        Match::Entry(e) => {
+            if !(e.no_local() && Some(e.session) == from_session) {
+                add_match(sessions, matches, epoch, e);
+            }
+        }
+        Match::Shared { node, group } => shared_matches.push((node, group)),
+    });
+    for &(node, group) in shared_matches.iter() {
+        let online = |s: SessionId| sessions.get(s).is_some_and(|s| s.conn.is_some());
+        if let Some(e) = subs.pick_shared(node, group, online) {
+            add_match(sessions, matches, epoch, e);
+        }
+    }
+    matches.len()
+}
+
+fn add_match(
+    sessions: &mut slab::Slab<Session>,
+    matches: &mut Vec<SessionId>,
+    epoch: u64,
+    e: SubEntry,
+) {
+    let s = &mut sessions[e.session];
+    if s.match_epoch != epoch {
+        s.match_epoch = epoch;
+        s.match_qos = e.qos;
+        s.match_rap = e.retain_as_published();
+        s.match_sub_ids.clear();
+        matches.push(e.session);
+    } else {
+        s.match_qos = s.match_qos.max(e.qos);
+        s.match_rap |= e.retain_as_published();
+    }
+    if e.sub_id != 0 && !s.match_sub_ids.contains(&e.sub_id) {
+        let _ = s.match_sub_ids.push(e.sub_id);
+    }
+}
+
+/// The i-th matched session: (session, QoS to deliver at, RETAIN flag, identifiers).
+fn matched(b: &Broker, i: usize, qos: u8, retain: bool) -> (SessionId, u8, bool, SubIds) {
+    let sid = b.matches[i];
+    let s = &b.sessions[sid];
+    // RETAIN is cleared on forwarding (spec 3.3.1.3) unless Retain As Published asks to keep it.
+    (
+        sid,
+        qos.min(s.match_qos),
+        retain && s.match_rap,
+        s.match_sub_ids.clone(),
+    )
 }
 
 /// A message being delivered: a view still in the read buffer (stored into `slot` on first
@@ -171,24 +440,125 @@ impl Source<'_, '_> {
         pool.retain(m);
         m
     }
+}
 
-    fn write(&self, out: &mut Vec<u8>, pool: &MessagePool, qos: u8, retain: bool, packet_id: u16) {
-        match self {
-            Source::View { topic, payload, .. } => {
-                encode_publish_header(
-                    out,
-                    topic.as_bytes(),
-                    qos,
-                    retain,
-                    false,
-                    packet_id,
-                    payload.len(),
-                );
-                out.extend_from_slice(payload);
-            }
-            Source::Stored(m) => write_publish(out, pool.get(*m), qos, retain, false, packet_id),
+/// What one delivery of a message to one connection looks like.
+pub(super) struct Delivery<'a> {
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub packet_id: u16,
+    pub sub_ids: &'a SubIds,
+}
+
+/// Encode a PUBLISH for `conn` (3.1.x or MQTT 5) from a view or a stored message. Returns
+/// false, writing nothing, if it exceeds the client's Maximum Packet Size.
+fn write(
+    conn: &mut Conn,
+    src: &Source<'_, '_>,
+    pool: &MessagePool,
+    d: &Delivery<'_>,
+    now: Instant,
+    alias_cap: u16,
+) -> bool {
+    let (topic, props, payload, expiry): (&[u8], &[u8], &[u8], _) = match src {
+        Source::View { topic, payload, .. } => (topic.as_bytes(), &[], payload, None),
+        Source::Stored(m) => {
+            let m = pool.get(*m);
+            (m.topic(), m.properties(), m.payload(), m.expiry)
         }
+    };
+    if !conn.v5 {
+        wire::encode_publish_header(
+            &mut conn.out,
+            topic,
+            d.qos,
+            d.retain,
+            d.dup,
+            d.packet_id,
+            payload.len(),
+        );
+        conn.out.extend_from_slice(payload);
+        return true;
     }
+    // Outbound Topic Alias: the first message on a topic carries the topic and a new alias,
+    // later ones only the alias (an empty topic), while the client's maximum allows.
+    let topic_str = std::str::from_utf8(topic).unwrap_or("");
+    let (alias, send_topic) = match conn.aliases_out.get(topic_str) {
+        Some(&a) => (Some(a), false),
+        None if (conn.aliases_out.len() as u16) < conn.alias_max_out.min(alias_cap) => {
+            let a = conn.aliases_out.len() as u16 + 1;
+            conn.aliases_out.insert(topic_str.into(), a);
+            (Some(a), true)
+        }
+        None => (None, true),
+    };
+    let remaining =
+        expiry.map(|e: Instant| e.saturating_duration_since(now).as_secs_f64().ceil() as u32);
+    let mut props_len =
+        props.len() + if alias.is_some() { 3 } else { 0 } + if remaining.is_some() { 5 } else { 0 };
+    for &s in d.sub_ids.iter() {
+        props_len += 1 + varint_len(s as usize);
+    }
+    let wire_topic: &[u8] = if send_topic { topic } else { &[] };
+    if publish_len(wire_topic.len(), d.qos, Some(props_len), payload.len()) > conn.max_packet {
+        if let Some(a) = alias.filter(|_| send_topic) {
+            // The alias was never sent: forget it.
+            conn.aliases_out.retain(|_, v| *v != a);
+        }
+        return false;
+    }
+    let out = &mut conn.out;
+    encode_publish_header_v5(
+        out,
+        wire_topic,
+        d.qos,
+        d.retain,
+        d.dup,
+        d.packet_id,
+        Some(props_len),
+        payload.len(),
+    );
+    if let Some(a) = alias {
+        out.push(id::TOPIC_ALIAS);
+        wire::put_u16(out, a);
+    }
+    if let Some(r) = remaining {
+        out.push(id::MESSAGE_EXPIRY_INTERVAL);
+        out.extend_from_slice(&r.to_be_bytes());
+    }
+    out.extend_from_slice(props);
+    for &s in d.sub_ids.iter() {
+        out.push(id::SUBSCRIPTION_IDENTIFIER);
+        wire::put_varint(out, s as usize);
+    }
+    out.extend_from_slice(payload);
+    true
+}
+
+/// Would this delivery fit the client's Maximum Packet Size? (Checked before a packet id is
+/// spent on it.) The full topic is counted: an alias only makes it smaller.
+fn fits(conn: &Conn, src: &Source<'_, '_>, pool: &MessagePool, qos: u8, sub_ids: &SubIds) -> bool {
+    if conn.max_packet == usize::MAX {
+        return true;
+    }
+    let (topic, props, payload, expiry) = match src {
+        Source::View { topic, payload, .. } => (topic.len(), 0, payload.len(), false),
+        Source::Stored(m) => {
+            let m = pool.get(*m);
+            (
+                m.topic().len(),
+                m.properties().len(),
+                m.payload().len(),
+                m.expiry.is_some(),
+            )
+        }
+    };
+    let mut props_len = props + 3 + if expiry { 5 } else { 0 };
+    for &s in sub_ids.iter() {
+        props_len += 1 + varint_len(s as usize);
+    }
+    publish_len(topic, qos, conn.v5.then_some(props_len), payload) <= conn.max_packet
 }
 
 /// Deliver one message to one session at QoS `qos`: into its output buffer if nothing is
@@ -208,7 +578,9 @@ pub(super) fn deliver(
     qos: u8,
     retain: bool,
     from: Option<ConnId>,
+    sub_ids: SubIds,
 ) {
+    let now = b.now;
     let Broker {
         sessions,
         conns,
@@ -219,12 +591,25 @@ pub(super) fn deliver(
         ..
     } = b;
     let s = &mut sessions[sid];
+    if let Source::Stored(m) = src {
+        if pool.get(m).is_expired(now) {
+            return;
+        }
+    }
     let conn = s.conn.and_then(|c| conns[c].as_mut().map(|conn| (c, conn)));
     if let Some((cid, conn)) = conn {
+        if !fits(conn, &src, pool, qos, &sub_ids) {
+            stats.publish_dropped += 1;
+            log::debug!(
+                "{}: message larger than its Maximum Packet Size, dropped",
+                s.client_id
+            );
+            return;
+        }
         let can_send_now = !conn.closing
             && s.queue.is_empty()
             && conn.out.len() < cfg.output_buffer_soft
-            && (qos == 0 || s.inflight.len() < window(cfg));
+            && (qos == 0 || s.inflight.len() < window(cfg, conn));
         if can_send_now {
             let packet_id = if qos > 0 {
                 let m = src.hold(pool, qos);
@@ -235,12 +620,20 @@ pub(super) fn deliver(
                     qos,
                     retain,
                     awaiting: awaiting(qos),
+                    sub_ids: sub_ids.clone(),
                 });
                 packet_id
             } else {
                 0
             };
-            src.write(&mut conn.out, pool, qos, retain, packet_id);
+            let d = Delivery {
+                qos,
+                retain,
+                dup: false,
+                packet_id,
+                sub_ids: &sub_ids,
+            };
+            write(conn, &src, pool, &d, now, cfg.max_topic_alias);
             if !conn.dirty {
                 conn.dirty = true;
                 dirty.push(cid);
@@ -249,8 +642,8 @@ pub(super) fn deliver(
             stats.messages_sent += 1;
             return;
         }
-    } else if !s.persistent || (qos == 0 && !cfg.queue_qos0_messages) {
-        // Offline: only a persistent session keeps messages, and QoS 0 only if configured.
+    } else if !s.persistent() || (qos == 0 && !cfg.queue_qos0_messages) {
+        // Offline: only a lasting session keeps messages, and QoS 0 only if configured.
         return;
     }
     let len = src.payload_len(pool);
@@ -277,16 +670,12 @@ pub(super) fn deliver(
         msg: m,
         qos,
         retain,
+        sub_ids,
     });
 }
 
 /// Pause reading from publisher `p` until session `s` (`sid`) drains; false if not allowed.
-fn pause(
-    conns: &mut [Option<super::Conn>],
-    s: &mut super::session::Session,
-    sid: SessionId,
-    p: ConnId,
-) -> bool {
+fn pause(conns: &mut [Option<Conn>], s: &mut Session, sid: SessionId, p: ConnId) -> bool {
     let target_paused = s
         .conn
         .and_then(|c| conns[c].as_ref())
@@ -307,11 +696,11 @@ fn pause(
 /// Resume the publishers paused on session `s` once its queue is below its limits again, or
 /// once it is offline (from then on its full queue drops, and pauses nobody).
 pub(super) fn resume_publishers(
-    conns: &mut [Option<super::Conn>],
+    conns: &mut [Option<Conn>],
     resumed: &mut Vec<ConnId>,
-    s: &mut super::session::Session,
+    s: &mut Session,
     sid: SessionId,
-    cfg: &super::BrokerConfig,
+    cfg: &BrokerConfig,
 ) {
     if s.paused_publishers.is_empty() {
         return;
@@ -332,11 +721,14 @@ pub(super) fn resume_publishers(
     s.paused_publishers.clear();
 }
 
-fn window(cfg: &super::BrokerConfig) -> usize {
-    match cfg.max_inflight_messages {
-        0 => u16::MAX as usize,
-        n => n as usize,
-    }
+/// The outgoing in-flight window: `max_inflight_messages` (0 = 65535), and for MQTT 5 no more
+/// than the client's Receive Maximum.
+fn window(cfg: &BrokerConfig, conn: &Conn) -> usize {
+    let ours = match cfg.max_inflight_messages {
+        0 => u16::MAX,
+        n => n,
+    };
+    ours.min(conn.receive_max) as usize
 }
 
 fn awaiting(qos: u8) -> Awaiting {
@@ -350,6 +742,7 @@ fn awaiting(qos: u8) -> Awaiting {
 /// Move queued messages into the output buffer while the buffer and in-flight window allow.
 /// Called when output drained, an acknowledgement freed the window, or a session resumed.
 pub(super) fn pump(b: &mut Broker, sid: SessionId) {
+    let now = b.now;
     let Broker {
         sessions,
         conns,
@@ -365,20 +758,36 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
     let Some(conn) = conns[cid].as_mut() else {
         return;
     };
-    let window = window(cfg);
+    let window = window(cfg, conn);
     let mut wrote = false;
-    while let Some(&q) = s.queue.front() {
+    while let Some(q) = s.queue.front() {
         if conn.closing
             || conn.out.len() >= cfg.output_buffer_soft
             || (q.qos > 0 && s.inflight.len() >= window)
         {
             break;
         }
-        s.queue.pop_front();
+        let q = s.queue.pop_front().expect("front");
         let msg = pool.get(q.msg);
         s.queued_bytes -= msg.payload().len();
-        let packet_id = if q.qos > 0 {
-            let packet_id = s.next_packet_id();
+        let src = Source::Stored(q.msg);
+        if msg.is_expired(now) || !fits(conn, &src, pool, q.qos, &q.sub_ids) {
+            // Expired while queued (never delivered, spec 3.3.2.3.3) or too large for the client.
+            pool.release(q.msg);
+            stats.publish_dropped += 1;
+            wrote = true;
+            continue;
+        }
+        let packet_id = if q.qos > 0 { s.next_packet_id() } else { 0 };
+        let d = Delivery {
+            qos: q.qos,
+            retain: q.retain,
+            dup: false,
+            packet_id,
+            sub_ids: &q.sub_ids,
+        };
+        write(conn, &src, pool, &d, now, cfg.max_topic_alias);
+        if q.qos > 0 {
             // The queue's reference moves to the in-flight entry.
             s.inflight.push_back(Inflight {
                 packet_id,
@@ -386,20 +795,9 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
                 qos: q.qos,
                 retain: q.retain,
                 awaiting: awaiting(q.qos),
+                sub_ids: q.sub_ids,
             });
-            packet_id
         } else {
-            0
-        };
-        write_publish(
-            &mut conn.out,
-            pool.get(q.msg),
-            q.qos,
-            q.retain,
-            false,
-            packet_id,
-        );
-        if q.qos == 0 {
             pool.release(q.msg);
         }
         stats.publish_sent += 1;
@@ -415,23 +813,21 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
     }
 }
 
-/// Encode a stored message as a PUBLISH with this subscriber's QoS, flags and packet id.
-pub(super) fn write_publish(
-    out: &mut Vec<u8>,
-    m: &Message,
-    qos: u8,
-    retain: bool,
-    dup: bool,
-    packet_id: u16,
+/// Resend an in-flight message after reconnect (spec 4.4): same packet id, DUP set.
+pub(super) fn resend(
+    conn: &mut Conn,
+    pool: &MessagePool,
+    i: &Inflight,
+    m: MsgId,
+    now: Instant,
+    alias_cap: u16,
 ) {
-    encode_publish_header(
-        out,
-        m.topic(),
-        qos,
-        retain,
-        dup,
-        packet_id,
-        m.payload().len(),
-    );
-    out.extend_from_slice(m.payload());
+    let d = Delivery {
+        qos: i.qos,
+        retain: i.retain,
+        dup: true,
+        packet_id: i.packet_id,
+        sub_ids: &i.sub_ids,
+    };
+    write(conn, &Source::Stored(m), pool, &d, now, alias_cap);
 }

@@ -1,16 +1,25 @@
 //! A session: what the broker keeps for a client id, across connections when the client asked
-//! for a persistent session (clean session 0).
+//! for one that outlives its connection (3.1.x clean session 0, MQTT 5 Session Expiry > 0).
 
 use super::message::MsgId;
 use super::ConnId;
 use std::collections::VecDeque;
+use std::time::Instant;
+
+/// The Subscription Identifiers a delivery carries (MQTT 5): a fixed-capacity list, so
+/// queueing a message allocates nothing. More matching identifiers than fit are dropped.
+pub type SubIds = heapless::Vec<u32, 4>;
+
+/// Session Expiry Interval meaning "never" (spec 3.1.2.11.2), and the 3.1.x clean session 0.
+pub const NEVER_EXPIRES: u32 = u32::MAX;
 
 /// A message waiting to be sent to this session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Queued {
     pub msg: MsgId,
     pub qos: u8,
     pub retain: bool,
+    pub sub_ids: SubIds,
 }
 
 /// Where an outgoing QoS 1/2 message is in its acknowledgement flow.
@@ -23,22 +32,31 @@ pub enum Awaiting {
 
 /// An outgoing QoS 1/2 message sent and not yet acknowledged. The message is released at
 /// PUBREC: from then on only the packet identifier matters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Inflight {
     pub packet_id: u16,
     pub msg: Option<MsgId>,
     pub qos: u8,
     pub retain: bool,
     pub awaiting: Awaiting,
+    pub sub_ids: SubIds,
+}
+
+/// One of the session's subscriptions, as the client made it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The filter as subscribed, `$share/<group>/` included.
+    pub filter: Box<str>,
+    pub options: u8,
+    pub sub_id: u32,
 }
 
 pub struct Session {
     pub client_id: Box<str>,
     pub conn: Option<ConnId>,
-    /// Clean session 0: the session outlives its connection.
-    pub persistent: bool,
-    /// Filters and granted QoS, so the session's subscriptions can be listed and removed.
-    pub subscriptions: Vec<(Box<str>, u8)>,
+    /// Seconds the session outlives its connection: 0 = not at all, NEVER_EXPIRES = for ever.
+    pub expiry: u32,
+    pub subscriptions: Vec<Subscription>,
     pub queue: VecDeque<Queued>,
     pub queued_bytes: usize,
     pub inflight: VecDeque<Inflight>,
@@ -46,22 +64,30 @@ pub struct Session {
     /// Incoming QoS 2 packet identifiers between PUBREC and PUBREL: a PUBLISH with one of
     /// these is a resend and is not delivered again.
     pub qos2_incoming: Vec<u16>,
-    /// Matching scratch: the routing pass that last saw this session, and the highest QoS
-    /// its matching subscriptions grant in that pass.
+    /// Matching scratch: the routing pass that last saw this session, the highest QoS its
+    /// matching subscriptions grant in that pass, their identifiers and Retain As Published.
     pub match_epoch: u64,
     pub match_qos: u8,
+    pub match_sub_ids: SubIds,
+    pub match_rap: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// Connections not read from until this session's queue drains (see `publish::deliver`).
     pub paused_publishers: Vec<ConnId>,
+    /// A will waiting for its Will Delay Interval while the session is offline.
+    pub pending_will: Option<(MsgId, Instant)>,
+    /// When the offline session ends.
+    pub expires_at: Option<Instant>,
+    /// Session timer entries carrying another generation are stale.
+    pub timer_gen: u64,
 }
 
 impl Session {
-    pub fn new(client_id: &str, persistent: bool) -> Self {
+    pub fn new(client_id: &str, expiry: u32) -> Self {
         Session {
             client_id: client_id.into(),
             conn: None,
-            persistent,
+            expiry,
             subscriptions: Vec::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -70,9 +96,19 @@ impl Session {
             qos2_incoming: Vec::new(),
             match_epoch: 0,
             match_qos: 0,
+            match_sub_ids: SubIds::new(),
+            match_rap: false,
             dropped: 0,
             paused_publishers: Vec::new(),
+            pending_will: None,
+            expires_at: None,
+            timer_gen: 0,
         }
+    }
+
+    /// Whether the session outlives its connection (and so keeps messages while offline).
+    pub fn persistent(&self) -> bool {
+        self.expiry > 0
     }
 
     /// A packet identifier not used by any message in flight.

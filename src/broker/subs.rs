@@ -4,6 +4,10 @@
 //! with the topic's levels and the wildcards on the way, not with the number of subscriptions,
 //! and it allocates nothing. Nodes are made when a filter first uses a level (a subscribe-time
 //! allocation) and removed when the last subscription under them goes.
+//!
+//! A shared subscription (`$share/<group>/<filter>`, MQTT 5) sits at its filter's node in a
+//! group; a match reports the group, and [`SubscriptionTree::pick_shared`] chooses one member,
+//! round robin, preferring members that are online.
 
 use super::fxhash::FxHashMap;
 use super::topic::split_level;
@@ -15,6 +19,40 @@ use slab::Slab;
 pub struct SubEntry {
     pub session: SessionId,
     pub qos: u8,
+    /// MQTT 5 subscription options byte (No Local, Retain As Published).
+    pub options: u8,
+    /// MQTT 5 Subscription Identifier; 0 = none.
+    pub sub_id: u32,
+}
+
+impl SubEntry {
+    pub fn new(session: SessionId, qos: u8) -> Self {
+        SubEntry {
+            session,
+            qos,
+            options: 0,
+            sub_id: 0,
+        }
+    }
+    pub fn no_local(&self) -> bool {
+        self.options & 0x04 != 0
+    }
+    pub fn retain_as_published(&self) -> bool {
+        self.options & 0x08 != 0
+    }
+}
+
+/// What a topic matched: a subscription, or a shared group to pick one member of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    Entry(SubEntry),
+    Shared { node: usize, group: usize },
+}
+
+struct SharedGroup {
+    name: Box<str>,
+    members: Vec<SubEntry>,
+    next: usize,
 }
 
 #[derive(Default)]
@@ -26,14 +64,23 @@ struct Node {
     plus: Option<usize>,
     hash: Option<usize>,
     subs: Vec<SubEntry>,
+    shared: Vec<SharedGroup>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
         self.subs.is_empty()
+            && self.shared.is_empty()
             && self.children.is_empty()
             && self.plus.is_none()
             && self.hash.is_none()
+    }
+
+    fn report(&self, node: usize, f: &mut impl FnMut(Match)) {
+        self.subs.iter().for_each(|s| f(Match::Entry(*s)));
+        for group in 0..self.shared.len() {
+            f(Match::Shared { node, group });
+        }
     }
 }
 
@@ -53,7 +100,7 @@ impl Default for SubscriptionTree {
 }
 
 impl SubscriptionTree {
-    /// Number of (session, filter) subscriptions.
+    /// Number of (session, filter) subscriptions, shared ones included.
     pub fn len(&self) -> usize {
         self.count
     }
@@ -62,8 +109,9 @@ impl SubscriptionTree {
         self.count == 0
     }
 
-    /// Add or replace `session`'s subscription to a valid `filter`. Returns true if it is new.
-    pub fn insert(&mut self, filter: &str, entry: SubEntry) -> bool {
+    /// Add or replace `session`'s subscription to a valid `filter` (in `share` group, if
+    /// shared). Returns true if it is new.
+    pub fn insert(&mut self, filter: &str, entry: SubEntry, share: Option<&str>) -> bool {
         let mut node = ROOT;
         let mut rest = Some(filter);
         while let Some(r) = rest {
@@ -71,7 +119,24 @@ impl SubscriptionTree {
             rest = tail;
             node = self.child_or_insert(node, level);
         }
-        let subs = &mut self.nodes[node].subs;
+        let n = &mut self.nodes[node];
+        let subs = match share {
+            None => &mut n.subs,
+            Some(name) => {
+                let g = match n.shared.iter().position(|g| &*g.name == name) {
+                    Some(g) => g,
+                    None => {
+                        n.shared.push(SharedGroup {
+                            name: name.into(),
+                            members: Vec::new(),
+                            next: 0,
+                        });
+                        n.shared.len() - 1
+                    }
+                };
+                &mut n.shared[g].members
+            }
+        };
         match subs.iter_mut().find(|s| s.session == entry.session) {
             Some(s) => {
                 *s = entry;
@@ -127,16 +192,41 @@ impl SubscriptionTree {
         Some(node)
     }
 
-    /// Remove `session`'s subscription to `filter`. Returns true if there was one.
-    pub fn remove(&mut self, filter: &str, session: SessionId) -> bool {
+    /// Remove `session`'s subscription to `filter` (in `share` group). True if there was one.
+    pub fn remove(&mut self, filter: &str, session: SessionId, share: Option<&str>) -> bool {
         let Some(mut node) = self.find(filter) else {
             return false;
         };
-        let subs = &mut self.nodes[node].subs;
-        let Some(i) = subs.iter().position(|s| s.session == session) else {
-            return false;
+        let n = &mut self.nodes[node];
+        let removed = match share {
+            None => match n.subs.iter().position(|s| s.session == session) {
+                Some(i) => {
+                    n.subs.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            Some(name) => match n.shared.iter().position(|g| &*g.name == name) {
+                Some(g) => match n.shared[g]
+                    .members
+                    .iter()
+                    .position(|s| s.session == session)
+                {
+                    Some(i) => {
+                        n.shared[g].members.remove(i);
+                        if n.shared[g].members.is_empty() {
+                            n.shared.swap_remove(g);
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
+            },
         };
-        subs.swap_remove(i);
+        if !removed {
+            return false;
+        }
         self.count -= 1;
         // Prune the now-empty branch so a churn of distinct filters cannot grow the trie.
         while node != ROOT && self.nodes[node].is_empty() {
@@ -154,27 +244,27 @@ impl SubscriptionTree {
         true
     }
 
-    /// Call `f` for every subscription whose filter matches the topic name `topic`.
+    /// Call `f` for every subscription and shared group whose filter matches `topic`.
     /// A session with several matching filters is reported once per filter.
-    pub fn for_each_match(&self, topic: &str, f: &mut impl FnMut(SubEntry)) {
+    pub fn for_each_match(&self, topic: &str, f: &mut impl FnMut(Match)) {
         // Spec 4.7.2: a leading wildcard does not match a topic starting with '$'.
         self.walk(ROOT, Some(topic), topic.starts_with('$'), f);
     }
 
-    fn walk(&self, node: usize, rest: Option<&str>, dollar: bool, f: &mut impl FnMut(SubEntry)) {
+    fn walk(&self, node: usize, rest: Option<&str>, dollar: bool, f: &mut impl FnMut(Match)) {
         let n = &self.nodes[node];
         let Some(rest) = rest else {
-            n.subs.iter().for_each(|s| f(*s));
+            n.report(node, f);
             // "a/#" also matches "a" (spec 4.7.1.2).
             if let Some(h) = n.hash {
-                self.nodes[h].subs.iter().for_each(|s| f(*s));
+                self.nodes[h].report(h, f);
             }
             return;
         };
         let (level, tail) = split_level(rest);
         if !dollar {
             if let Some(h) = n.hash {
-                self.nodes[h].subs.iter().for_each(|s| f(*s));
+                self.nodes[h].report(h, f);
             }
             if let Some(p) = n.plus {
                 self.walk(p, tail, false, f);
@@ -183,6 +273,28 @@ impl SubscriptionTree {
         if let Some(&c) = n.children.get(level) {
             self.walk(c, tail, false, f);
         }
+    }
+
+    /// One member of a matched shared group: the next online one after the last chosen, or,
+    /// if none is online, the next one (its session queues the message).
+    pub fn pick_shared(
+        &mut self,
+        node: usize,
+        group: usize,
+        online: impl Fn(SessionId) -> bool,
+    ) -> Option<SubEntry> {
+        let g = self.nodes.get_mut(node)?.shared.get_mut(group)?;
+        let n = g.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = g.next % n;
+        let pick = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| online(g.members[i].session))
+            .unwrap_or(start);
+        g.next = pick + 1;
+        Some(g.members[pick])
     }
 
     /// Nodes in use (for tests of pruning).
@@ -197,20 +309,28 @@ mod tests {
 
     fn matches(t: &SubscriptionTree, topic: &str) -> Vec<(usize, u8)> {
         let mut v = Vec::new();
-        t.for_each_match(topic, &mut |e| v.push((e.session, e.qos)));
+        t.for_each_match(topic, &mut |m| {
+            if let Match::Entry(e) = m {
+                v.push((e.session, e.qos))
+            }
+        });
         v.sort();
         v
+    }
+
+    fn e(session: usize, qos: u8) -> SubEntry {
+        SubEntry::new(session, qos)
     }
 
     #[test]
     fn wildcards_and_dollar() {
         let mut t = SubscriptionTree::default();
-        t.insert("a/b", SubEntry { session: 1, qos: 0 });
-        t.insert("a/+", SubEntry { session: 2, qos: 1 });
-        t.insert("a/#", SubEntry { session: 3, qos: 2 });
-        t.insert("#", SubEntry { session: 4, qos: 0 });
-        t.insert("+/b", SubEntry { session: 5, qos: 0 });
-        t.insert("$SYS/#", SubEntry { session: 6, qos: 0 });
+        t.insert("a/b", e(1, 0), None);
+        t.insert("a/+", e(2, 1), None);
+        t.insert("a/#", e(3, 2), None);
+        t.insert("#", e(4, 0), None);
+        t.insert("+/b", e(5, 0), None);
+        t.insert("$SYS/#", e(6, 0), None);
         assert_eq!(
             matches(&t, "a/b"),
             vec![(1, 0), (2, 1), (3, 2), (4, 0), (5, 0)]
@@ -224,14 +344,39 @@ mod tests {
     #[test]
     fn replace_and_prune() {
         let mut t = SubscriptionTree::default();
-        assert!(t.insert("x/y/z", SubEntry { session: 1, qos: 0 }));
-        assert!(!t.insert("x/y/z", SubEntry { session: 1, qos: 2 }));
+        assert!(t.insert("x/y/z", e(1, 0), None));
+        assert!(!t.insert("x/y/z", e(1, 2), None));
         assert_eq!(matches(&t, "x/y/z"), vec![(1, 2)]);
-        assert!(t.insert("x/+/#", SubEntry { session: 1, qos: 1 }));
-        assert!(t.remove("x/y/z", 1));
-        assert!(!t.remove("x/y/z", 1));
-        assert!(t.remove("x/+/#", 1));
+        assert!(t.insert("x/+/#", e(1, 1), None));
+        assert!(t.remove("x/y/z", 1, None));
+        assert!(!t.remove("x/y/z", 1, None));
+        assert!(t.remove("x/+/#", 1, None));
         assert_eq!(t.node_count(), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn shared_round_robin_prefers_online() {
+        let mut t = SubscriptionTree::default();
+        t.insert("s/#", e(1, 1), Some("g"));
+        t.insert("s/#", e(2, 1), Some("g"));
+        t.insert("s/#", e(3, 1), Some("g"));
+        let mut groups = Vec::new();
+        t.for_each_match("s/x", &mut |m| groups.push(m));
+        let [Match::Shared { node, group }] = groups[..] else {
+            panic!("{groups:?}")
+        };
+        let picks: Vec<usize> = (0..4)
+            .map(|_| t.pick_shared(node, group, |_| true).unwrap().session)
+            .collect();
+        assert_eq!(picks, vec![1, 2, 3, 1]);
+        let online_only_3: Vec<usize> = (0..2)
+            .map(|_| t.pick_shared(node, group, |s| s == 3).unwrap().session)
+            .collect();
+        assert_eq!(online_only_3, vec![3, 3]);
+        assert!(t.remove("s/#", 2, Some("g")));
+        assert!(t.remove("s/#", 1, Some("g")));
+        assert!(t.remove("s/#", 3, Some("g")));
+        assert_eq!(t.node_count(), 1);
     }
 }

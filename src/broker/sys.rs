@@ -96,7 +96,15 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
     if !b.sys.version_sent {
         b.sys.version_sent = true;
         let version = concat!("gatemq version ", env!("CARGO_PKG_VERSION"));
-        publish::route(b, "$SYS/broker/version", version.as_bytes(), 0, true, None);
+        publish::route(
+            b,
+            "$SYS/broker/version",
+            version.as_bytes(),
+            0,
+            true,
+            None,
+            None,
+        );
     }
     let st = &b.stats;
     let connected = st.clients_connected as u64;
@@ -162,7 +170,7 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
 
 fn update(b: &mut Broker, slot: usize, topic: &str, value: Value) {
     if b.sys.last_values[slot] != value {
-        publish::route(b, topic, value.as_bytes(), 0, true, None);
+        publish::route(b, topic, value.as_bytes(), 0, true, None, None);
         b.sys.last_values[slot] = value;
     }
 }

@@ -1,6 +1,7 @@
 //! CONNECT and CONNACK.
 
-use super::{kind, put_varint, DecodeError, Reader, LEVEL_31, LEVEL_311};
+use super::properties::{Context, PropBuf, Properties};
+use super::{kind, put_varint, DecodeError, Reader, LEVEL_31, LEVEL_311, LEVEL_5};
 
 /// A will message as carried in CONNECT (a view).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +10,8 @@ pub struct Will<'a> {
     pub payload: &'a [u8],
     pub qos: u8,
     pub retain: bool,
+    /// MQTT 5 will properties (empty for 3.1.x).
+    pub properties: Properties<'a>,
 }
 
 /// A CONNECT packet. `Connect::decode` checks the parts whose failure closes the connection
@@ -24,6 +27,8 @@ pub struct Connect<'a> {
     pub will: Option<Will<'a>>,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
+    /// MQTT 5 CONNECT properties (empty for 3.1.x).
+    pub properties: Properties<'a>,
 }
 
 impl<'a> Connect<'a> {
@@ -47,6 +52,7 @@ impl<'a> Connect<'a> {
             will: None,
             username: None,
             password: None,
+            properties: Properties::default(),
         };
         // Levels we do not speak get CONNACK 0x01 from the broker; their payload layout is
         // not ours to judge, so stop here.
@@ -69,13 +75,23 @@ impl<'a> Connect<'a> {
                 "will QoS or retain set without the will flag",
             ));
         }
-        if password_flag && !username_flag {
+        let v5 = level == LEVEL_5;
+        // MQTT 5 allows a password without a username (spec 3.1.2.9); 3.1.1 does not.
+        if password_flag && !username_flag && !v5 {
             return Err(DecodeError::protocol(
                 "password flag set without the username flag",
             ));
         }
+        if v5 {
+            c.properties = Properties::decode(&mut r, Context::Connect)?;
+        }
         c.client_id = r.utf8()?;
         if will_flag {
+            let properties = if v5 {
+                Properties::decode(&mut r, Context::Will)?
+            } else {
+                Properties::default()
+            };
             let topic = r.utf8()?;
             let payload = r.binary()?;
             c.will = Some(Will {
@@ -83,6 +99,7 @@ impl<'a> Connect<'a> {
                 payload,
                 qos: will_qos,
                 retain: will_retain,
+                properties,
             });
         }
         if username_flag {
@@ -97,11 +114,11 @@ impl<'a> Connect<'a> {
         Ok(c)
     }
 
-    /// "MQTT" level 4 (3.1.1) or "MQIsdp" level 3 (3.1).
+    /// "MQTT" level 5 (5.0) or 4 (3.1.1), or "MQIsdp" level 3 (3.1).
     pub fn is_supported_level(&self) -> bool {
         matches!(
             (self.protocol_name, self.level),
-            ("MQTT", LEVEL_311) | ("MQIsdp", LEVEL_31)
+            ("MQTT", LEVEL_311) | ("MQTT", LEVEL_5) | ("MQIsdp", LEVEL_31)
         )
     }
 }
@@ -127,6 +144,15 @@ impl ConnAck {
     }
 }
 
+/// MQTT 5 CONNACK with a reason code and properties.
+pub fn encode_connack_v5(out: &mut Vec<u8>, session_present: bool, reason: u8, props: &PropBuf) {
+    out.push(kind::CONNACK << 4);
+    put_varint(out, 2 + props.encoded_len());
+    out.push(session_present as u8);
+    out.push(reason);
+    props.finish(out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +164,13 @@ mod tests {
         body.push(level);
         body.push(flags);
         body.extend_from_slice(&60u16.to_be_bytes());
-        for p in payload {
+        if level == 5 {
+            body.push(0);
+        }
+        for (i, p) in payload.iter().enumerate() {
+            if level == 5 && i == 1 && flags & 0x04 != 0 {
+                body.push(0); // will properties
+            }
             put_str(&mut body, p);
         }
         let mut v = vec![0x10];
@@ -149,7 +181,7 @@ mod tests {
 
     fn decode(v: &[u8]) -> Result<Connect<'_>, DecodeError> {
         let f = crate::wire::frame_len(v, usize::MAX).unwrap().unwrap();
-        match Packet::decode(v, f.header_len)? {
+        match Packet::decode(v, f.header_len, 0)? {
             Packet::Connect(c) => Ok(c),
             p => panic!("{p:?}"),
         }
@@ -157,21 +189,23 @@ mod tests {
 
     #[test]
     fn full_connect() {
-        let v = connect_bytes(4, 0b1110_1110, &[b"cid", b"w/t", b"bye", b"user", b"pw"]);
-        let c = decode(&v).unwrap();
-        assert_eq!(c.client_id, "cid");
-        assert!(c.clean_session);
-        assert_eq!(
-            c.will,
-            Some(Will {
-                topic: "w/t",
-                payload: b"bye",
-                qos: 1,
-                retain: true
-            })
-        );
-        assert_eq!(c.username, Some("user"));
-        assert_eq!(c.password, Some(&b"pw"[..]));
+        for level in [4, 5] {
+            let v = connect_bytes(
+                level,
+                0b1110_1110,
+                &[b"cid", b"w/t", b"bye", b"user", b"pw"],
+            );
+            let c = decode(&v).unwrap();
+            assert_eq!(c.client_id, "cid");
+            assert!(c.clean_session);
+            let w = c.will.unwrap();
+            assert_eq!(
+                (w.topic, w.payload, w.qos, w.retain),
+                ("w/t", &b"bye"[..], 1, true)
+            );
+            assert_eq!(c.username, Some("user"));
+            assert_eq!(c.password, Some(&b"pw"[..]));
+        }
     }
 
     #[test]
@@ -180,6 +214,7 @@ mod tests {
         assert!(decode(&connect_bytes(4, 0b0001_1100, &[b"c", b"t", b"p"])).is_err()); // will qos 3
         assert!(decode(&connect_bytes(4, 0b0010_0000, &[b"c"])).is_err()); // retain w/o will
         assert!(decode(&connect_bytes(4, 0b0100_0000, &[b"c", b"p"])).is_err()); // pw w/o user
+        assert!(decode(&connect_bytes(5, 0b0100_0000, &[b"c", b"p"])).is_ok()); // fine in v5
         assert!(decode(&connect_bytes(4, 0b0000_0010, &[b"c", b"extra"])).is_err());
     }
 

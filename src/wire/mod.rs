@@ -12,12 +12,14 @@
 //! refused before its body is read; then [`Packet::decode`] parses that one packet.
 
 mod connect;
+pub mod properties;
 mod publish;
 mod subscribe;
 
-pub use connect::{ConnAck, Connect, Will};
-pub use publish::{encode_publish_header, publish_len, Publish};
-pub use subscribe::{SubAck, Subscribe, TopicFilters, Unsubscribe};
+pub use connect::{encode_connack_v5, ConnAck, Connect, Will};
+pub use properties::{PropBuf, Properties, Property};
+pub use publish::{encode_publish_header, encode_publish_header_v5, publish_len, Publish};
+pub use subscribe::{SubAck, SubOptions, Subscribe, TopicFilters, Unsubscribe};
 
 /// Packet types (the high nibble of the first byte).
 pub mod kind {
@@ -35,11 +37,13 @@ pub mod kind {
     pub const PINGREQ: u8 = 12;
     pub const PINGRESP: u8 = 13;
     pub const DISCONNECT: u8 = 14;
+    pub const AUTH: u8 = 15;
 }
 
 /// Protocol levels this codec speaks.
 pub const LEVEL_31: u8 = 3;
 pub const LEVEL_311: u8 = 4;
+pub const LEVEL_5: u8 = 5;
 
 /// The largest value the Remaining Length varint can hold (spec 2.2.3).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -142,6 +146,29 @@ impl<'a> Reader<'a> {
         self.pos += 1;
         Ok(b)
     }
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// A Variable Byte Integer (spec 1.5.5): at most 4 bytes, minimally encoded.
+    pub fn varint(&mut self) -> Result<u32, DecodeError> {
+        let mut value: u32 = 0;
+        for i in 0..4 {
+            let b = self.u8()?;
+            value |= ((b & 0x7f) as u32) << (7 * i);
+            if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(DecodeError::malformed(
+                        "variable byte integer is not minimally encoded",
+                    ));
+                }
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
+    }
     pub fn u16(&mut self) -> Result<u16, DecodeError> {
         let hi = self.u8()?;
         let lo = self.u8()?;
@@ -187,21 +214,48 @@ impl<'a> Reader<'a> {
 pub enum Packet<'a> {
     Connect(Connect<'a>),
     Publish(Publish<'a>),
-    PubAck(u16),
-    PubRec(u16),
-    PubRel(u16),
-    PubComp(u16),
+    PubAck(Ack),
+    PubRec(Ack),
+    PubRel(Ack),
+    PubComp(Ack),
     Subscribe(Subscribe<'a>),
     Unsubscribe(Unsubscribe<'a>),
     PingReq,
-    Disconnect,
+    Disconnect(Disconnect<'a>),
+    Auth(Auth<'a>),
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: the packet identifier and (MQTT 5) the reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: u16,
+    pub reason: u8,
+}
+
+/// DISCONNECT: MQTT 5 carries a reason code and properties (Session Expiry Interval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Disconnect<'a> {
+    pub reason: u8,
+    pub properties: Properties<'a>,
+}
+
+/// AUTH (MQTT 5 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Auth<'a> {
+    pub reason: u8,
+    pub properties: Properties<'a>,
 }
 
 impl<'a> Packet<'a> {
     /// Phase two of framing: decode the one whole packet in `frame` (fixed header included),
-    /// as found by [`frame_len`]. Packets that only a server sends (CONNACK, SUBACK, ...) are
-    /// protocol errors when they arrive at the broker.
-    pub fn decode(frame: &'a [u8], header_len: usize) -> Result<Packet<'a>, DecodeError> {
+    /// as found by [`frame_len`], for a connection speaking protocol `level` (0 before its
+    /// CONNECT). Packets that only a server sends (CONNACK, SUBACK, ...) are protocol errors
+    /// when they arrive at the broker.
+    pub fn decode(
+        frame: &'a [u8],
+        header_len: usize,
+        level: u8,
+    ) -> Result<Packet<'a>, DecodeError> {
         let first = *frame
             .first()
             .ok_or(DecodeError::malformed("empty packet"))?;
@@ -210,6 +264,7 @@ impl<'a> Packet<'a> {
             .ok_or(DecodeError::malformed("packet ends early"))?;
         let flags = first & 0x0f;
         let packet_type = first >> 4;
+        let v5 = level == LEVEL_5;
         // Fixed-header flags are fixed for every packet but PUBLISH (spec 2.2.2).
         let expected_flags = match packet_type {
             kind::PUBLISH => flags,
@@ -223,17 +278,24 @@ impl<'a> Packet<'a> {
         }
         match packet_type {
             kind::CONNECT => Connect::decode(body).map(Packet::Connect),
-            kind::PUBLISH => Publish::decode(flags, body).map(Packet::Publish),
-            kind::PUBACK => ack_id(body).map(Packet::PubAck),
-            kind::PUBREC => ack_id(body).map(Packet::PubRec),
-            kind::PUBREL => ack_id(body).map(Packet::PubRel),
-            kind::PUBCOMP => ack_id(body).map(Packet::PubComp),
-            kind::SUBSCRIBE => Subscribe::decode(body).map(Packet::Subscribe),
-            kind::UNSUBSCRIBE => Unsubscribe::decode(body).map(Packet::Unsubscribe),
+            kind::PUBLISH => Publish::decode(flags, body, v5).map(Packet::Publish),
+            kind::PUBACK => ack(body, v5).map(Packet::PubAck),
+            kind::PUBREC => ack(body, v5).map(Packet::PubRec),
+            kind::PUBREL => ack(body, v5).map(Packet::PubRel),
+            kind::PUBCOMP => ack(body, v5).map(Packet::PubComp),
+            kind::SUBSCRIBE => Subscribe::decode(body, v5).map(Packet::Subscribe),
+            kind::UNSUBSCRIBE => Unsubscribe::decode(body, v5).map(Packet::Unsubscribe),
             kind::PINGREQ if body.is_empty() => Ok(Packet::PingReq),
-            kind::DISCONNECT if body.is_empty() => Ok(Packet::Disconnect),
-            kind::PINGREQ | kind::DISCONNECT => {
-                Err(DecodeError::malformed("packet has an unexpected body"))
+            kind::PINGREQ => Err(DecodeError::malformed("packet has an unexpected body")),
+            kind::DISCONNECT => {
+                let (reason, properties) =
+                    reason_and_properties(body, v5, properties::Context::Disconnect)?;
+                Ok(Packet::Disconnect(Disconnect { reason, properties }))
+            }
+            kind::AUTH if v5 => {
+                let (reason, properties) =
+                    reason_and_properties(body, v5, properties::Context::Auth)?;
+                Ok(Packet::Auth(Auth { reason, properties }))
             }
             0 | 15 => Err(DecodeError::malformed("reserved packet type")),
             _ => Err(DecodeError::protocol("packet type only a server may send")),
@@ -241,17 +303,51 @@ impl<'a> Packet<'a> {
     }
 }
 
-/// PUBACK, PUBREC, PUBREL and PUBCOMP carry exactly a packet identifier in 3.1.1.
-fn ack_id(body: &[u8]) -> Result<u16, DecodeError> {
+/// PUBACK, PUBREC, PUBREL and PUBCOMP: a packet identifier, and in MQTT 5 an optional reason
+/// code and properties (spec 3.4.2.1: both may be omitted when the code is 0).
+fn ack(body: &[u8], v5: bool) -> Result<Ack, DecodeError> {
     let mut r = Reader::new(body);
-    let id = r.u16()?;
+    let packet_id = r.u16()?;
+    if packet_id == 0 {
+        return Err(DecodeError::protocol("packet identifier 0"));
+    }
+    let mut reason = 0;
+    if v5 && !r.is_empty() {
+        reason = r.u8()?;
+        if !r.is_empty() {
+            Properties::decode(&mut r, properties::Context::Ack)?;
+        }
+    }
     if !r.is_empty() {
         return Err(DecodeError::malformed("acknowledgement has trailing bytes"));
     }
-    if id == 0 {
-        return Err(DecodeError::protocol("packet identifier 0"));
+    Ok(Ack { packet_id, reason })
+}
+
+/// DISCONNECT and AUTH bodies: empty in 3.1.x; in MQTT 5 an optional reason code, then
+/// optional properties.
+fn reason_and_properties(
+    body: &[u8],
+    v5: bool,
+    ctx: properties::Context,
+) -> Result<(u8, Properties<'_>), DecodeError> {
+    if !v5 {
+        return match body.is_empty() {
+            true => Ok((0, Properties::default())),
+            false => Err(DecodeError::malformed("packet has an unexpected body")),
+        };
     }
-    Ok(id)
+    let mut r = Reader::new(body);
+    let reason = if r.is_empty() { 0 } else { r.u8()? };
+    let props = if r.is_empty() {
+        Properties::default()
+    } else {
+        Properties::decode(&mut r, ctx)?
+    };
+    if !r.is_empty() {
+        return Err(DecodeError::malformed("trailing bytes after properties"));
+    }
+    Ok((reason, props))
 }
 
 /// Append a Remaining Length varint.
@@ -306,6 +402,67 @@ pub fn encode_pingresp(out: &mut Vec<u8>) {
 
 pub fn encode_unsuback(out: &mut Vec<u8>, id: u16) {
     encode_ack(out, kind::UNSUBACK, id);
+}
+
+/// An MQTT 5 PUBACK/PUBREC/PUBREL/PUBCOMP with a reason code and an optional Reason String.
+/// With code 0 and no string it is the short form (spec 3.4.2.1).
+pub fn encode_ack_v5(
+    out: &mut Vec<u8>,
+    packet_type: u8,
+    id: u16,
+    reason: u8,
+    reason_string: Option<&str>,
+) {
+    let flags = if packet_type == kind::PUBREL {
+        0b0010
+    } else {
+        0
+    };
+    out.push(packet_type << 4 | flags);
+    match reason_string {
+        None if reason == 0 => {
+            out.push(2);
+            put_u16(out, id);
+        }
+        None => {
+            out.push(3);
+            put_u16(out, id);
+            out.push(reason);
+        }
+        Some(s) => {
+            let props = 3 + s.len();
+            put_varint(out, 3 + varint_len(props) + props);
+            put_u16(out, id);
+            out.push(reason);
+            put_varint(out, props);
+            out.push(properties::id::REASON_STRING);
+            put_str(out, s.as_bytes());
+        }
+    }
+}
+
+/// An MQTT 5 DISCONNECT from the server with a reason code and an optional Reason String.
+pub fn encode_disconnect_v5(out: &mut Vec<u8>, reason: u8, reason_string: Option<&str>) {
+    out.push(kind::DISCONNECT << 4);
+    match reason_string {
+        None => {
+            out.push(1);
+            out.push(reason);
+        }
+        Some(s) => {
+            let props = 3 + s.len();
+            put_varint(out, 1 + varint_len(props) + props);
+            out.push(reason);
+            put_varint(out, props);
+            out.push(properties::id::REASON_STRING);
+            put_str(out, s.as_bytes());
+        }
+    }
+}
+
+/// An MQTT 5 AUTH with a reason code and no properties.
+pub fn encode_auth_v5(out: &mut Vec<u8>, reason: u8) {
+    out.extend_from_slice(&[kind::AUTH << 4, 2, reason, 0]);
 }
 
 #[cfg(test)]
@@ -369,10 +526,52 @@ mod tests {
     #[test]
     fn wrong_fixed_flags_rejected() {
         // PINGREQ with a flag bit set.
-        assert!(Packet::decode(&[0xc1, 0], 2).is_err());
+        assert!(Packet::decode(&[0xc1, 0], 2, 4).is_err());
         // SUBSCRIBE without the 0b0010 flags.
-        assert!(Packet::decode(&[0x80, 0], 2).is_err());
+        assert!(Packet::decode(&[0x80, 0], 2, 4).is_err());
         // CONNACK is only sent by servers.
-        assert_eq!(Packet::decode(&[0x20, 2, 0, 0], 2).unwrap_err().code, 0x82);
+        assert_eq!(
+            Packet::decode(&[0x20, 2, 0, 0], 2, 4).unwrap_err().code,
+            0x82
+        );
+        // AUTH and a DISCONNECT body exist only in MQTT 5.
+        assert!(Packet::decode(&[0xf0, 0], 2, 4).is_err());
+        assert!(matches!(
+            Packet::decode(&[0xf0, 0], 2, 5),
+            Ok(Packet::Auth(_))
+        ));
+        assert!(Packet::decode(&[0xe0, 1, 0x04], 2, 4).is_err());
+        let Ok(Packet::Disconnect(d)) = Packet::decode(&[0xe0, 1, 0x04], 2, 5) else {
+            panic!()
+        };
+        assert_eq!(d.reason, 4);
+    }
+
+    #[test]
+    fn v5_acks() {
+        let Ok(Packet::PubAck(a)) = Packet::decode(&[0x40, 3, 0, 7, 0x10], 2, 5) else {
+            panic!()
+        };
+        assert_eq!(
+            a,
+            Ack {
+                packet_id: 7,
+                reason: 0x10
+            }
+        );
+        assert!(Packet::decode(&[0x40, 3, 0, 7, 0x10], 2, 4).is_err());
+        let mut v = Vec::new();
+        encode_ack_v5(&mut v, kind::PUBACK, 9, 0x99, Some("bad"));
+        let f = frame_len(&v, 100).unwrap().unwrap();
+        let Ok(Packet::PubAck(a)) = Packet::decode(&v, f.header_len, 5) else {
+            panic!()
+        };
+        assert_eq!(
+            a,
+            Ack {
+                packet_id: 9,
+                reason: 0x99
+            }
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! PUBLISH.
 
+use super::properties::{Context, Properties};
 use super::{kind, put_u16, put_varint, varint_len, DecodeError, Reader};
 
 /// A PUBLISH packet (a view). The topic is checked to be a valid topic name: UTF-8, no
-/// U+0000 (by the reader), not empty and without wildcards.
+/// U+0000 (by the reader), no wildcards, and not empty unless MQTT 5 (where a Topic Alias may
+/// stand for it; the broker checks that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish<'a> {
     pub dup: bool,
@@ -13,10 +15,12 @@ pub struct Publish<'a> {
     /// 0 for QoS 0.
     pub packet_id: u16,
     pub payload: &'a [u8],
+    /// MQTT 5 properties (empty for 3.1.x).
+    pub properties: Properties<'a>,
 }
 
 impl<'a> Publish<'a> {
-    pub fn decode(flags: u8, body: &'a [u8]) -> Result<Self, DecodeError> {
+    pub fn decode(flags: u8, body: &'a [u8], v5: bool) -> Result<Self, DecodeError> {
         let dup = flags & 0x08 != 0;
         let qos = (flags >> 1) & 0x03;
         let retain = flags & 0x01 != 0;
@@ -28,7 +32,7 @@ impl<'a> Publish<'a> {
         }
         let mut r = Reader::new(body);
         let topic = r.utf8()?;
-        if topic.is_empty() {
+        if topic.is_empty() && !v5 {
             return Err(DecodeError::protocol("PUBLISH with an empty topic"));
         }
         if topic.contains(['+', '#']) {
@@ -38,6 +42,11 @@ impl<'a> Publish<'a> {
         if qos > 0 && packet_id == 0 {
             return Err(DecodeError::protocol("packet identifier 0"));
         }
+        let properties = if v5 {
+            Properties::decode(&mut r, Context::Publish)?
+        } else {
+            Properties::default()
+        };
         Ok(Publish {
             dup,
             qos,
@@ -45,13 +54,21 @@ impl<'a> Publish<'a> {
             topic,
             packet_id,
             payload: r.rest(),
+            properties,
         })
     }
 }
 
-/// Length of a whole PUBLISH packet with this topic, QoS and payload length.
-pub fn publish_len(topic_len: usize, qos: u8, payload_len: usize) -> usize {
-    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + payload_len;
+/// Length of a whole PUBLISH packet with this topic, QoS, MQTT 5 property-list length (None for
+/// 3.1.x) and payload length.
+pub fn publish_len(
+    topic_len: usize,
+    qos: u8,
+    props_len: Option<usize>,
+    payload_len: usize,
+) -> usize {
+    let props = props_len.map_or(0, |n| varint_len(n) + n);
+    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + props + payload_len;
     1 + varint_len(remaining) + remaining
 }
 
@@ -67,15 +84,35 @@ pub fn encode_publish_header(
     packet_id: u16,
     payload_len: usize,
 ) {
+    encode_publish_header_v5(out, topic, qos, retain, dup, packet_id, None, payload_len);
+}
+
+/// As [`encode_publish_header`], with an MQTT 5 property list of `props_len` bytes whose length
+/// is written here; the caller appends the properties, then the payload.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_publish_header_v5(
+    out: &mut Vec<u8>,
+    topic: &[u8],
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    packet_id: u16,
+    props_len: Option<usize>,
+    payload_len: usize,
+) {
     out.push(kind::PUBLISH << 4 | (dup as u8) << 3 | qos << 1 | retain as u8);
+    let props = props_len.map_or(0, |n| varint_len(n) + n);
     put_varint(
         out,
-        2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload_len,
+        2 + topic.len() + if qos > 0 { 2 } else { 0 } + props + payload_len,
     );
     put_u16(out, topic.len() as u16);
     out.extend_from_slice(topic);
     if qos > 0 {
         put_u16(out, packet_id);
+    }
+    if let Some(n) = props_len {
+        put_varint(out, n);
     }
 }
 
@@ -85,34 +122,42 @@ mod tests {
     use crate::wire::{frame_len, Packet};
 
     fn roundtrip(topic: &str, qos: u8, retain: bool, dup: bool, id: u16, payload: &[u8]) {
-        let mut v = Vec::new();
-        encode_publish_header(
-            &mut v,
-            topic.as_bytes(),
-            qos,
-            retain,
-            dup,
-            id,
-            payload.len(),
-        );
-        v.extend_from_slice(payload);
-        assert_eq!(v.len(), publish_len(topic.len(), qos, payload.len()));
-        let f = frame_len(&v, usize::MAX).unwrap().unwrap();
-        assert_eq!(f.total_len, v.len());
-        let Packet::Publish(p) = Packet::decode(&v, f.header_len).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            p,
-            Publish {
-                dup,
+        for v5 in [false, true] {
+            let mut v = Vec::new();
+            let props = v5.then_some(0);
+            encode_publish_header_v5(
+                &mut v,
+                topic.as_bytes(),
                 qos,
                 retain,
-                topic,
-                packet_id: id,
-                payload
-            }
-        );
+                dup,
+                id,
+                props,
+                payload.len(),
+            );
+            v.extend_from_slice(payload);
+            assert_eq!(v.len(), publish_len(topic.len(), qos, props, payload.len()));
+            let f = frame_len(&v, usize::MAX).unwrap().unwrap();
+            assert_eq!(f.total_len, v.len());
+            let Packet::Publish(p) =
+                Packet::decode(&v, f.header_len, if v5 { 5 } else { 4 }).unwrap()
+            else {
+                panic!()
+            };
+            let properties = Properties::default();
+            assert_eq!(
+                p,
+                Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic,
+                    packet_id: id,
+                    payload,
+                    properties
+                }
+            );
+        }
     }
 
     #[test]
@@ -124,13 +169,15 @@ mod tests {
 
     #[test]
     fn invalid() {
-        assert!(Publish::decode(0b0110, &[0, 1, b'a', 0, 1]).is_err()); // qos 3
-        assert!(Publish::decode(0b1000, &[0, 1, b'a']).is_err()); // dup with qos 0
-        assert!(Publish::decode(0, &[0, 3, b'a', b'/', b'#']).is_err());
-        assert!(Publish::decode(0, &[0, 3, b'a', b'+', b'b']).is_err());
-        assert!(Publish::decode(0, &[0, 0]).is_err());
-        assert!(Publish::decode(0b0010, &[0, 1, b'a', 0, 0]).is_err()); // id 0
-        assert!(Publish::decode(0b0010, &[0, 1, b'a', 0]).is_err()); // truncated id
-        assert!(Publish::decode(0, &[0, 2, 0xc3, 0x28]).is_err()); // bad utf-8
+        assert!(Publish::decode(0b0110, &[0, 1, b'a', 0, 1], false).is_err()); // qos 3
+        assert!(Publish::decode(0b1000, &[0, 1, b'a'], false).is_err()); // dup with qos 0
+        assert!(Publish::decode(0, &[0, 3, b'a', b'/', b'#'], false).is_err());
+        assert!(Publish::decode(0, &[0, 3, b'a', b'+', b'b'], false).is_err());
+        assert!(Publish::decode(0, &[0, 0], false).is_err());
+        assert!(Publish::decode(0, &[0, 0, 0], true).is_ok()); // v5: alias may stand for it
+        assert!(Publish::decode(0b0010, &[0, 1, b'a', 0, 0], false).is_err()); // id 0
+        assert!(Publish::decode(0b0010, &[0, 1, b'a', 0], false).is_err()); // truncated id
+        assert!(Publish::decode(0, &[0, 2, 0xc3, 0x28], false).is_err()); // bad utf-8
+        assert!(Publish::decode(0, &[0, 1, b'a', 5, 0], true).is_err()); // props past the end
     }
 }

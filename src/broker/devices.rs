@@ -47,9 +47,17 @@ pub(super) fn route_commands(b: &Broker) -> bool {
 
 /// `from` is the connection that sent the command: what the executor publishes in answer
 /// counts as its traffic, so a full subscriber queue pauses it (see `publish::deliver`).
-pub(super) fn on_publish(b: &mut Broker, topic: &str, payload: &[u8], now: Instant, from: ConnId) {
+/// `reply` is an MQTT 5 command's Response Topic and Correlation Data.
+pub(super) fn on_publish(
+    b: &mut Broker,
+    topic: &str,
+    payload: &[u8],
+    now: Instant,
+    from: ConnId,
+    reply: Option<(&str, Option<&[u8]>)>,
+) {
     if let Some(ex) = b.devices.as_mut() {
-        ex.on_publish(topic, payload, now, &mut b.device_out);
+        ex.on_publish(topic, payload, now, &mut b.device_out, reply);
         flush(b, Some(from));
     }
 }
@@ -70,8 +78,15 @@ fn flush(b: &mut Broker, from: Option<ConnId>) {
         return;
     }
     let mut out = std::mem::take(&mut b.device_out);
-    for (topic, payload, retain) in out.iter() {
-        publish::route(b, topic, payload, 1, retain, from, None);
+    for (topic, payload, retain, props) in out.iter() {
+        if props.is_empty() {
+            publish::route(b, topic, payload, 1, retain, from, None);
+        } else {
+            // A response to an MQTT 5 Response Topic, with its Correlation Data.
+            let m = b.pool.store_with(topic, &[props], payload, 1, retain, None);
+            publish::route_stored(b, topic, m, from);
+            b.pool.release(m);
+        }
     }
     out.clear();
     b.device_out = out;

@@ -215,7 +215,11 @@ fn accept(b: &mut Broker, id: ConnId, p: &Publish<'_>, topic: &str, now: Instant
         );
     }
     if observed != Observed::No {
-        super::devices::on_publish(b, topic, p.payload, now, id);
+        let reply = p
+            .properties
+            .str(id::RESPONSE_TOPIC)
+            .map(|t| (t, p.properties.binary(id::CORRELATION_DATA)));
+        super::devices::on_publish(b, topic, p.payload, now, id, reply);
     }
     matched > 0 || observed == Observed::Command
 }

@@ -63,14 +63,21 @@ struct OutMsg {
     topic: Range<usize>,
     payload: Range<usize>,
     retain: bool,
+    /// Encoded MQTT 5 properties to send with it (a response's Correlation Data).
+    props: Range<usize>,
 }
 
 impl Outbox {
-    /// The messages: (topic, payload, retain).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8], bool)> {
+    /// The messages: (topic, payload, retain, encoded MQTT 5 properties).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8], bool, &[u8])> {
         self.msgs.iter().map(|m| {
             let topic = std::str::from_utf8(&self.bytes[m.topic.clone()]).unwrap_or("");
-            (topic, &self.bytes[m.payload.clone()], m.retain)
+            (
+                topic,
+                &self.bytes[m.payload.clone()],
+                m.retain,
+                &self.bytes[m.props.clone()],
+            )
         })
     }
 
@@ -96,11 +103,59 @@ impl Outbox {
     }
 
     fn end(&mut self, topic_start: usize, payload_start: usize, retain: bool) {
+        let end = self.bytes.len();
         self.msgs.push(OutMsg {
             topic: topic_start..payload_start,
-            payload: payload_start..self.bytes.len(),
+            payload: payload_start..end,
             retain,
+            props: end..end,
         });
+    }
+
+    /// Copy the last message to `reply.topic`, with its Correlation Data (MQTT 5 request/response).
+    fn copy_to(&mut self, reply: &Reply) {
+        let Some(last) = self.msgs.last().cloned() else {
+            return;
+        };
+        let t = self.bytes.len();
+        self.bytes.extend_from_slice(reply.topic.as_bytes());
+        let p = self.bytes.len();
+        self.bytes.extend_from_within(last.payload);
+        let props = self.bytes.len();
+        if let Some(corr) = &reply.correlation {
+            self.bytes.push(0x09);
+            self.bytes
+                .extend_from_slice(&(corr.len() as u16).to_be_bytes());
+            self.bytes.extend_from_slice(corr);
+        }
+        let end = self.bytes.len();
+        self.msgs.push(OutMsg {
+            topic: t..p,
+            payload: p..props,
+            retain: false,
+            props: props..end,
+        });
+    }
+}
+
+/// Where an MQTT 5 command asked for its response (Response Topic, Correlation Data).
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub topic: String,
+    pub correlation: Option<Vec<u8>>,
+}
+
+impl Reply {
+    fn set(&mut self, topic: &str, correlation: Option<&[u8]>) {
+        self.topic.clear();
+        self.topic.push_str(topic);
+        match (correlation, &mut self.correlation) {
+            (Some(c), Some(v)) => {
+                v.clear();
+                v.extend_from_slice(c);
+            }
+            (c, slot) => *slot = c.map(<[u8]>::to_vec),
+        }
     }
 }
 
@@ -120,7 +175,7 @@ struct DeviceState {
     last_command: Option<Instant>,
     /// Open handles of `file` actions, per command, kept so a write allocates nothing.
     files: Vec<Option<File>>,
-    exec_queue: VecDeque<(usize, String)>,
+    exec_queue: VecDeque<(usize, String, Option<Reply>)>,
     running: Option<Running>,
     /// A value changed: `<prefix>/<device>/state` is due (published once per event).
     state_dirty: bool,
@@ -129,6 +184,7 @@ struct DeviceState {
 struct Running {
     command: usize,
     value: String,
+    reply: Option<Reply>,
     child: Child,
     started: Instant,
     deadline: Instant,
@@ -147,6 +203,9 @@ pub struct Executor {
     batch_values: String,
     /// Running exec children are also checked this often, in case a SIGCHLD was missed.
     next_poll: Option<Instant>,
+    /// The current command's MQTT 5 Response Topic, if it has one (capacity kept).
+    reply: Reply,
+    has_reply: bool,
 }
 
 const RESULT: &str = "result";
@@ -204,6 +263,8 @@ impl Executor {
             batch: Vec::new(),
             batch_values: String::new(),
             next_poll: None,
+            reply: Reply::default(),
+            has_reply: false,
         }
     }
 
@@ -260,12 +321,26 @@ impl Executor {
     }
 
     /// Handle a PUBLISH on an observed topic.
-    pub fn on_publish(&mut self, topic: &str, payload: &[u8], now: Instant, out: &mut Outbox) {
+    /// `reply`: an MQTT 5 command's Response Topic and Correlation Data; its response goes
+    /// there too.
+    pub fn on_publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+        reply: Option<(&str, Option<&[u8]>)>,
+    ) {
+        self.has_reply = reply.is_some();
+        if let Some((t, c)) = reply {
+            self.reply.set(t, c);
+        }
         match self.observes(topic) {
             Observed::Command => self.on_command(topic, payload, now, out),
             Observed::State => self.on_state_report(topic, payload, out),
             Observed::No => {}
         }
+        self.has_reply = false;
         self.flush_states(out);
     }
 
@@ -509,10 +584,11 @@ impl Executor {
                 }
             }
             Action::Exec { .. } => {
+                let reply = self.has_reply.then(|| self.reply.clone());
                 if dev.running.is_none() {
-                    self.spawn(d, c, v.to_string(), now, out);
+                    self.spawn(d, c, v.to_string(), reply, now, out);
                 } else if dev.exec_queue.len() < dev.decl.exec_queue {
-                    dev.exec_queue.push_back((c, v.to_string()));
+                    dev.exec_queue.push_back((c, v.to_string(), reply));
                 } else {
                     self.text.clear();
                     let _ = write!(
@@ -528,7 +604,16 @@ impl Executor {
         }
     }
 
-    fn spawn(&mut self, d: usize, c: usize, v: String, now: Instant, out: &mut Outbox) {
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &mut self,
+        d: usize,
+        c: usize,
+        v: String,
+        reply: Option<Reply>,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         let dev = &mut self.devices[d];
         let cmd = &dev.decl.commands[c];
         let Action::Exec {
@@ -564,6 +649,7 @@ impl Executor {
                 dev.running = Some(Running {
                     command: c,
                     value: v,
+                    reply,
                     child,
                     started: now,
                     deadline: now + *timeout,
@@ -580,16 +666,25 @@ impl Executor {
                     crate::config::io_reason(&e)
                 );
                 let (id, name) = (dev.decl.id.clone(), cmd.name.clone());
-                self.respond_error(&id, Some(&name), out);
+                self.with_reply(reply, |ex| ex.respond_error(&id, Some(&name), out));
                 self.start_next(d, now, out);
             }
         }
     }
 
     fn start_next(&mut self, d: usize, now: Instant, out: &mut Outbox) {
-        if let Some((c, v)) = self.devices[d].exec_queue.pop_front() {
-            self.spawn(d, c, v, now, out);
+        if let Some((c, v, reply)) = self.devices[d].exec_queue.pop_front() {
+            self.spawn(d, c, v, reply, now, out);
         }
+    }
+
+    /// Respond on behalf of an exec run, to the Response Topic its command gave (if any).
+    fn with_reply(&mut self, reply: Option<Reply>, f: impl FnOnce(&mut Self)) {
+        let saved = (self.has_reply, std::mem::take(&mut self.reply));
+        self.has_reply = reply.is_some();
+        self.reply = reply.unwrap_or_default();
+        f(self);
+        (self.has_reply, self.reply) = saved;
     }
 
     /// When the executor next needs [`Executor::on_timeout`]: an exec deadline or a poll.
@@ -638,7 +733,7 @@ impl Executor {
                 dev.decl.id.clone(),
                 dev.decl.commands[r.command].name.clone(),
             );
-            self.respond_error(&id, Some(&name), out);
+            self.with_reply(r.reply, |ex| ex.respond_error(&id, Some(&name), out));
             self.start_next(d, now, out);
         }
         self.on_child_exit(now, out);
@@ -670,8 +765,9 @@ impl Executor {
                 dev.decl.id,
                 now.duration_since(r.started)
             );
+            let reply = r.reply;
             if status.success() {
-                self.set_value(d, r.command, &r.value, out);
+                self.with_reply(reply, |ex| ex.set_value(d, r.command, &r.value, out));
             } else {
                 self.text.clear();
                 match status.code() {
@@ -680,7 +776,7 @@ impl Executor {
                 }
                 .ok();
                 let id = dev.decl.id.clone();
-                self.respond_error(&id, Some(&name), out);
+                self.with_reply(reply, |ex| ex.respond_error(&id, Some(&name), out));
             }
             self.start_next(d, now, out);
             any |= self.devices[d].running.is_some();
@@ -797,6 +893,9 @@ impl Executor {
         }
         out.bytes.push(b'}');
         out.end(t, p, false);
+        if self.has_reply {
+            out.copy_to(&self.reply);
+        }
     }
 
     /// Respond with the error in `self.text` on `<prefix>/<device>[/<command>]/result`.
@@ -816,6 +915,9 @@ impl Executor {
         json::push_str(&mut out.bytes, &self.text);
         out.bytes.push(b'}');
         out.end(t, p, false);
+        if self.has_reply {
+            out.copy_to(&self.reply);
+        }
     }
 
     /// Home Assistant MQTT discovery for one command.

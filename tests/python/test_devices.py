@@ -897,3 +897,38 @@ def test_readme_scenario_with_example_config(tmp_path, clients):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def test_mqtt5_response_topic_gets_the_response_with_correlation_data(dev_broker, tmp_path):
+    """An MQTT 5 command with a Response Topic gets its response there too, with its
+    Correlation Data, for a synchronous action and for an exec that answers later."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    s = script(tmp_path, "ok.sh", "exit 0\n")
+    b = dev_broker(LAMP + f'[fan]\ncommands.speed = {{ type = "int", action = "exec", program = "{s}" }}\n')
+    got = queue.Queue()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5app", protocol=mqtt.MQTTv5)
+    c.on_message = lambda cl, u, m: got.put(
+        (m.topic, json.loads(m.payload), getattr(m.properties, "CorrelationData", None)))
+    c.connect(HOST, b.port)
+    c.loop_start()
+    try:
+        c.subscribe("replies/#", qos=1)
+        time.sleep(0.3)
+        for topic, payload, corr in [("devices/lamp/brightness/set", "300", b"req-1"),
+                                     ("devices/lamp/power/set", "ON", b"req-2"),
+                                     ("devices/fan/speed/set", "3", b"req-3")]:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "replies/app"
+            props.CorrelationData = corr
+            c.publish(topic, payload, qos=1, properties=props)
+        seen = [got.get(timeout=5) for _ in range(3)]
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    assert seen == [
+        ("replies/app", {"ok": False, "error": "brightness: 300 is above max 255"}, b"req-1"),
+        ("replies/app", {"ok": True, "value": "ON"}, b"req-2"),
+        ("replies/app", {"ok": True, "value": 3}, b"req-3"),
+    ]

@@ -318,7 +318,15 @@ impl Broker {
         self.stats.messages_received += 1;
         let packet = match Packet::decode(frame, header_len, level) {
             Ok(p) => p,
-            Err(e) => return self.protocol_error(id, e, now),
+            Err(e) => {
+                // A malformed MQTT 5 CONNECT is answered with a CONNACK carrying the reason
+                // (spec 4.13.1; a DISCONNECT may not come before a CONNACK).
+                if session.is_none() && is_v5_connect(frame, header_len) {
+                    wire::encode_connack_v5(self.out(id), false, e.code, &wire::PropBuf::default());
+                    self.stats.messages_sent += 1;
+                }
+                return self.protocol_error(id, e, now);
+            }
         };
         let Some(sid) = session else {
             return match packet {
@@ -557,6 +565,13 @@ impl Broker {
             }
         }
     }
+}
+
+/// Does this frame start like an MQTT 5 CONNECT ("MQTT", level 5)?
+fn is_v5_connect(frame: &[u8], header_len: usize) -> bool {
+    frame.first() == Some(&(wire::kind::CONNECT << 4))
+        && frame.get(header_len..header_len + 7)
+            == Some(&[0, 4, b'M', b'Q', b'T', b'T', wire::LEVEL_5][..])
 }
 
 fn peer(p: &Option<SocketAddr>) -> String {

@@ -117,12 +117,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` wins over the config's level, as a person debugging expects.
+/// `RUST_LOG` wins over the config's level, as a person debugging expects. When stderr is the
+/// systemd journal (`JOURNAL_STREAM` names it), lines carry a syslog priority prefix (`<3>` for
+/// errors ... `<7>` for debug) and no timestamp, so `journalctl -p` filters them.
 fn init_logging(level: LevelFilter) {
     let mut b = env_logger::Builder::new();
     b.filter_level(level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }
-    b.format_target(false).init();
+    if stderr_is_journal() {
+        use std::io::Write;
+        b.format(|buf, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}", record.args())
+        });
+    } else {
+        b.format_target(false);
+    }
+    b.init();
+}
+
+/// `JOURNAL_STREAM` is "device:inode" of the journal's stream; it counts only if stderr is
+/// that stream (a child of a service inherits the variable with other stderrs).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
 }

@@ -37,4 +37,13 @@ cargo test --release
 step "pytest tests/python (paho-mqtt and mosquitto_pub/sub against the binary)"
 GATEMQ_BIN="$root/target/release/gatemq" "$venv/bin/pytest" -q -p no:cacheprovider --timeout 120 tests/python
 
+step "ARM builds and qemu smoke tests (aarch64, armv7, armv6), Debian package"
+cross_started=$(date +%s)
+for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf arm-unknown-linux-musleabihf; do
+    cross/build.sh "$t" >/dev/null
+    cross/smoke.sh "$t"
+done
+cross/test-package.sh
+echo "  cross step: $(( $(date +%s) - cross_started )) s"
+
 step "done in $(( $(date +%s) - started )) s"

@@ -6,6 +6,8 @@
 //! broker ended. Reading is budgeted per connection per turn so one fast publisher cannot
 //! starve the rest, and a connection that does not read its own output is not read from.
 
+mod systemd;
+
 use crate::broker::{Broker, ConnId};
 use crate::config::{io_reason, Config};
 use crate::wire::frame_len;
@@ -51,7 +53,15 @@ pub struct Server {
     reading: Vec<ConnId>,
     work: Vec<ConnId>,
     stopping: bool,
+    /// systemd's notify socket (READY, STATUS, WATCHDOG), when run by systemd.
+    notifier: systemd::Notifier,
+    /// When to refresh STATUS= next, and the counters at the last refresh.
+    next_status: Option<Instant>,
+    status_from: (Instant, u64),
 }
+
+/// How often STATUS= (clients, messages/s) is refreshed for `systemctl status`.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the server could not start, in one sentence for a person.
 #[derive(Debug)]
@@ -113,6 +123,9 @@ impl Server {
             reading: Vec::new(),
             work: Vec::new(),
             stopping: false,
+            notifier: systemd::Notifier::from_env(),
+            next_status: None,
+            status_from: (Instant::now(), 0),
         })
     }
 
@@ -131,6 +144,11 @@ impl Server {
     /// Serve until SIGINT or SIGTERM.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // The listeners are open: systemd may start what depends on the broker.
+        self.notifier.notify("READY=1");
+        if self.notifier.enabled() {
+            self.next_status = Some(Instant::now());
+        }
         while !self.stopping {
             self.turn(&mut events)?;
         }
@@ -142,7 +160,15 @@ impl Server {
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
         let now = Instant::now();
         let timeout = if self.pending_reads.is_empty() {
-            self.broker.next_timeout(now)
+            let ours = [self.notifier.next_deadline(), self.next_status]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| t.saturating_duration_since(now));
+            match (self.broker.next_timeout(now), ours) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         } else {
             Some(std::time::Duration::ZERO)
         };
@@ -176,7 +202,25 @@ impl Server {
         }
         self.broker.handle_timeout(now);
         self.flush_and_close(now);
+        self.notifier.tick(now);
+        if self.next_status.is_some_and(|t| t <= now) {
+            self.status(now);
+        }
         Ok(())
+    }
+
+    /// STATUS= for `systemctl status`: clients connected and messages per second.
+    fn status(&mut self, now: Instant) {
+        let st = self.broker.stats();
+        let (since, count) = self.status_from;
+        let secs = now.duration_since(since).as_secs_f64().max(0.001);
+        let rate = (st.publish_received - count) as f64 / secs;
+        self.notifier.notify(&format!(
+            "STATUS={} clients, {:.0} msgs/s in",
+            st.clients_connected, rate
+        ));
+        self.status_from = (now, st.publish_received);
+        self.next_status = Some(now + STATUS_EVERY);
     }
 
     fn handle_signals(&mut self) {
@@ -186,7 +230,11 @@ impl Server {
                     log::info!("signal {signal} received, shutting down");
                     self.stopping = true;
                 }
-                SIGHUP => log::info!("SIGHUP received: configuration reload is not supported yet"),
+                SIGHUP => {
+                    self.notifier.notify("RELOADING=1");
+                    log::info!("SIGHUP received: configuration reload is not supported yet");
+                    self.notifier.notify("READY=1");
+                }
                 SIGCHLD => self.broker.children_exited(Instant::now()),
                 _ => {}
             }
@@ -385,6 +433,7 @@ impl Server {
 
     /// Stop accepting, write what is queued, close every connection.
     fn shutdown(&mut self) {
+        self.notifier.notify("STOPPING=1");
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }

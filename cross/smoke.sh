@@ -22,7 +22,7 @@ arm-unknown-linux-gnueabihf | arm-unknown-linux-musleabihf)
     target=arm-unknown-linux-musleabihf; qemu=(qemu-arm -cpu arm1176); libc=qemu-user ;;
 *) echo "cross/smoke.sh: unknown target $target" >&2; exit 2 ;;
 esac
-need_apt qemu-user "$libc" mosquitto-clients
+need_apt qemu-user "$libc" mosquitto-clients file
 bin="target/$target/release/gatemq"
 [ -x "$bin" ] || { echo "cross/smoke.sh: $bin missing; run cross/build.sh $target first" >&2; exit 1; }
 

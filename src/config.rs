@@ -23,6 +23,8 @@ pub struct Config {
     /// The most verbose level that `log_type` enabled (information by default, like Mosquitto).
     pub log_level: LevelFilter,
     pub set_tcp_nodelay: bool,
+    /// The password file (`password_file`) as named in the config, with its line.
+    pub password_file: Option<(PathBuf, usize)>,
     /// The devices file (`devices_file`) as named in the config, with its line, and its
     /// declarations once loaded.
     pub devices_file: Option<(PathBuf, usize)>,
@@ -44,6 +46,7 @@ impl Default for Config {
             max_connections: None,
             log_level: LevelFilter::Info,
             set_tcp_nodelay: true,
+            password_file: None,
             devices_file: None,
             devices: None,
             device_options: crate::devices::Options::default(),
@@ -75,6 +78,18 @@ impl Config {
         })?;
         let name = path.display().to_string();
         let mut c = Config::parse(&text, &name)?;
+        if let Some((file, line)) = &c.password_file {
+            // Relative paths are found next to the config file.
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            let passwords = crate::auth::password::PasswordFile::load(&file).map_err(|e| {
+                if e.starts_with("cannot read") {
+                    ConfigError(format!("{name}:{line}: option 'password_file': {e}"))
+                } else {
+                    ConfigError(e)
+                }
+            })?;
+            c.broker.passwords = Some(passwords);
+        }
         if let Some((file, line)) = &c.devices_file {
             // A relative devices_file is found next to the config file.
             let file = path.parent().unwrap_or(Path::new(".")).join(file);
@@ -174,6 +189,7 @@ impl Config {
                 "sys_interval" => b.sys_interval = at.parse_num(at.one(&args)?, 0, 86_400)? as u32,
                 "set_tcp_nodelay" => c.set_tcp_nodelay = at.parse_bool(&args)?,
                 "devices_file" => c.devices_file = Some((PathBuf::from(rest), n + 1)),
+                "password_file" => c.password_file = Some((PathBuf::from(rest), n + 1)),
                 "devices_prefix" => {
                     let p = at.one(&args)?;
                     if !crate::broker::topic::valid_name(p)

@@ -4,6 +4,7 @@
 //! [`broker`] the protocol logic with no sockets, [`net`] the single-threaded mio event loop,
 //! [`config`] the Mosquitto-style config file.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod devices;

@@ -10,6 +10,7 @@ const USAGE: &str = "\
 gatemq: an MQTT broker for LAN gateways
 
 Usage: gatemq [-c FILE] [-p PORT] [-v] [--test-config]
+       gatemq passwd [-c | -D | -U | -b] FILE [USER [PASSWORD]]   (like mosquitto_passwd)
 
 Options:
   -c, --config-file FILE  read the configuration from FILE (Mosquitto syntax)
@@ -58,6 +59,10 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("passwd") {
+        return gatemq::auth::passwd_cmd::main(&argv[1..]);
+    }
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 /// MQTT 5 CONNACK reason codes used here.
 const CLIENT_ID_NOT_VALID: u8 = 0x85;
+const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
 const NOT_AUTHORIZED: u8 = 0x87;
 const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
 const QOS_NOT_SUPPORTED: u8 = 0x9B;
@@ -112,6 +113,20 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     if c.username.is_none() && !b.cfg.allow_anonymous {
         log::info!("Client {client_id} refused: anonymous clients are not allowed");
         return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
+    }
+    // With a password file, a username must come with its password (Mosquitto's rule).
+    if let (Some(user), Some(passwords)) = (c.username, &b.cfg.passwords) {
+        if !passwords.check(user, c.password.unwrap_or(&[])) {
+            log::info!("Client {client_id} refused: bad username or password (u'{user}')");
+            return refuse(
+                b,
+                id,
+                v5,
+                ConnAck::BadUsernameOrPassword,
+                BAD_USERNAME_OR_PASSWORD,
+                now,
+            );
+        }
     }
 
     // 3.1.x: clean session 0 keeps the session for ever; MQTT 5 says how long.

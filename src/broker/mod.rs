@@ -74,6 +74,8 @@ pub struct BrokerConfig {
     pub max_qos: u8,
     /// Sent as Response Information to MQTT 5 clients that request it.
     pub response_information: Option<String>,
+    /// Mosquitto's `password_file`: a client giving a username must give its password.
+    pub passwords: Option<crate::auth::password::PasswordFile>,
 }
 
 impl Default for BrokerConfig {
@@ -94,6 +96,7 @@ impl Default for BrokerConfig {
             max_topic_alias: 10,
             max_qos: 2,
             response_information: None,
+            passwords: None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub set_tcp_nodelay: bool,
     /// The password file (`password_file`) as named in the config, with its line.
     pub password_file: Option<(PathBuf, usize)>,
+    /// The ACL file (`acl_file`) as named in the config, with its line.
+    pub acl_file: Option<(PathBuf, usize)>,
     /// The devices file (`devices_file`) as named in the config, with its line, and its
     /// declarations once loaded.
     pub devices_file: Option<(PathBuf, usize)>,
@@ -47,6 +49,7 @@ impl Default for Config {
             log_level: LevelFilter::Info,
             set_tcp_nodelay: true,
             password_file: None,
+            acl_file: None,
             devices_file: None,
             devices: None,
             device_options: crate::devices::Options::default(),
@@ -89,6 +92,17 @@ impl Config {
                 }
             })?;
             c.broker.passwords = Some(passwords);
+        }
+        if let Some((file, line)) = &c.acl_file {
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            let acl = crate::auth::acl::AclFile::load(&file).map_err(|e| {
+                if e.starts_with("cannot read") {
+                    ConfigError(format!("{name}:{line}: option 'acl_file': {e}"))
+                } else {
+                    ConfigError(e)
+                }
+            })?;
+            c.broker.acl = Some(acl);
         }
         if let Some((file, line)) = &c.devices_file {
             // A relative devices_file is found next to the config file.
@@ -190,6 +204,7 @@ impl Config {
                 "set_tcp_nodelay" => c.set_tcp_nodelay = at.parse_bool(&args)?,
                 "devices_file" => c.devices_file = Some((PathBuf::from(rest), n + 1)),
                 "password_file" => c.password_file = Some((PathBuf::from(rest), n + 1)),
+                "acl_file" => c.acl_file = Some((PathBuf::from(rest), n + 1)),
                 "devices_prefix" => {
                     let p = at.one(&args)?;
                     if !crate::broker::topic::valid_name(p)

@@ -160,6 +160,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     let s = &mut b.sessions[sid];
     s.expiry = expiry;
     s.conn = Some(id);
+    s.username = c.username.map(Into::into);
     // Back in time: the delayed will is not sent (spec 3.1.3.2.2), the session does not expire.
     s.expires_at = None;
     s.timer_gen += 1;
@@ -167,7 +168,12 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         b.pool.release(w);
     }
 
-    let will = c.will.map(|w| {
+    // A will whose topic its client may not publish to is dropped (logged at debug).
+    let will_allowed = c.will.is_none_or(|w| b.may_write(sid, w.topic));
+    if !will_allowed {
+        log::debug!("{client_id}: will on a topic it may not publish to, dropped");
+    }
+    let will = c.will.filter(|_| will_allowed).map(|w| {
         let expiry = w.properties.u32(id::MESSAGE_EXPIRY_INTERVAL);
         // The will's expiry counts from when it is published: kept as seconds until then.
         let props = w.properties.iter().filter(|(p, _)| {

@@ -76,6 +76,8 @@ pub struct BrokerConfig {
     pub response_information: Option<String>,
     /// Mosquitto's `password_file`: a client giving a username must give its password.
     pub passwords: Option<crate::auth::password::PasswordFile>,
+    /// Mosquitto's `acl_file`: who may publish, subscribe and receive what.
+    pub acl: Option<crate::auth::acl::AclFile>,
 }
 
 impl Default for BrokerConfig {
@@ -97,6 +99,7 @@ impl Default for BrokerConfig {
             max_qos: 2,
             response_information: None,
             passwords: None,
+            acl: None,
         }
     }
 }
@@ -575,6 +578,34 @@ fn is_v5_connect(frame: &[u8], header_len: usize) -> bool {
     frame.first() == Some(&(wire::kind::CONNECT << 4))
         && frame.get(header_len..header_len + 7)
             == Some(&[0, 4, b'M', b'Q', b'T', b'T', wire::LEVEL_5][..])
+}
+
+impl Broker {
+    /// May session `sid` receive a message on `topic`? (The ACL's `read`, checked at delivery.)
+    fn may_read(&self, sid: SessionId, topic: &str) -> bool {
+        self.cfg.acl.as_ref().is_none_or(|acl| {
+            let s = &self.sessions[sid];
+            acl.check(
+                s.username.as_deref(),
+                &s.client_id,
+                topic,
+                crate::auth::acl::Access::Read,
+            )
+        })
+    }
+
+    /// May session `sid` publish to `topic`? (The ACL's `write`.)
+    fn may_write(&self, sid: SessionId, topic: &str) -> bool {
+        self.cfg.acl.as_ref().is_none_or(|acl| {
+            let s = &self.sessions[sid];
+            acl.check(
+                s.username.as_deref(),
+                &s.client_id,
+                topic,
+                crate::auth::acl::Access::Write,
+            )
+        })
+    }
 }
 
 fn peer(p: &Option<SocketAddr>) -> String {

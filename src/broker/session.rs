@@ -53,6 +53,8 @@ pub struct Subscription {
 
 pub struct Session {
     pub client_id: Box<str>,
+    /// The username it connected with (for the ACL).
+    pub username: Option<Box<str>>,
     pub conn: Option<ConnId>,
     /// Seconds the session outlives its connection: 0 = not at all, NEVER_EXPIRES = for ever.
     pub expiry: u32,
@@ -86,6 +88,7 @@ impl Session {
     pub fn new(client_id: &str, expiry: u32) -> Self {
         Session {
             client_id: client_id.into(),
+            username: None,
             conn: None,
             expiry,
             subscriptions: Vec::new(),

@@ -12,8 +12,18 @@ use std::time::Instant;
 /// SUBACK codes: 3.1.1 failure, MQTT 5 Topic Filter invalid.
 const FAILURE_V3: u8 = 0x80;
 const TOPIC_FILTER_INVALID: u8 = 0x8F;
+/// SUBACK (MQTT 5): Not authorized.
+const NOT_AUTHORIZED: u8 = 0x87;
 /// UNSUBACK (MQTT 5): No subscription existed.
 const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+
+/// Would the ACL ever let a message through this filter? (Shared: the filter inside.)
+fn may_subscribe(b: &Broker, sid: SessionId, filter: &str) -> bool {
+    b.cfg.acl.as_ref().is_none_or(|acl| {
+        let s = &b.sessions[sid];
+        acl.may_subscribe(s.username.as_deref(), &s.client_id, split_shared(filter).1)
+    })
+}
 
 /// `$share/<group>/<filter>` → (Some(group), filter); anything else → (None, filter).
 pub(super) fn split_shared(filter: &str) -> (Option<&str>, &str) {
@@ -67,7 +77,8 @@ pub(super) fn subscribe(
     SubAck::encode_header(b.out(id), s.packet_id, count, v5);
     let mut new_flags: u64 = 0;
     for (i, (filter, options)) in s.filters.clone().enumerate() {
-        let code = if valid(filter) {
+        let allowed = valid(filter) && may_subscribe(b, sid, filter);
+        let code = if allowed {
             let qos = options.qos().min(b.cfg.max_qos);
             let (share, f) = split_shared(filter);
             let entry = SubEntry {
@@ -97,6 +108,16 @@ pub(super) fn subscribe(
                 b.sessions[sid].client_id
             );
             qos
+        } else if valid(filter) {
+            log::debug!(
+                "{}: subscription to {filter} denied by the ACL",
+                b.sessions[sid].client_id
+            );
+            if v5 {
+                NOT_AUTHORIZED
+            } else {
+                FAILURE_V3
+            }
         } else {
             log::debug!(
                 "{} sent an invalid filter {filter:?}",
@@ -125,13 +146,20 @@ pub(super) fn subscribe(
             1 => new,
             _ => false,
         };
-        if !send || !valid(filter) || filter.starts_with("$share/") {
+        if !send
+            || !valid(filter)
+            || filter.starts_with("$share/")
+            || !may_subscribe(b, sid, filter)
+        {
             continue;
         }
         let mut found = std::mem::take(&mut b.retained_scratch);
         found.clear();
         b.retained.for_each_match(filter, &mut |m| found.push(m));
         for &m in &found {
+            if !b.may_read(sid, b.pool.get(m).topic_str()) {
+                continue;
+            }
             let q = options.qos().min(b.cfg.max_qos).min(b.pool.get(m).qos);
             deliver(b, sid, Source::Stored(m), q, true, None, ids.clone());
         }

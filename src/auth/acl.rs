@@ -149,14 +149,14 @@ impl AclFile {
     /// without a `deny` covering all of it?
     pub fn may_subscribe(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {
         let own = self.own_rules(user);
+        let mut rules: Vec<(Grant, String)> =
+            own.iter().map(|r| (r.grant, r.filter.clone())).collect();
         let mut buf = String::new();
-        let rules =
-            own.iter()
-                .map(|r| (r.grant, r.filter.clone()))
-                .chain(self.patterns.iter().filter_map(|r| {
-                    expand(&r.filter, user, client_id, &mut buf).then(|| (r.grant, buf.clone()))
-                }));
-        let rules: Vec<(Grant, String)> = rules.collect();
+        for r in &self.patterns {
+            if expand(&r.filter, user, client_id, &mut buf) {
+                rules.push((r.grant, buf.clone()));
+            }
+        }
         if rules
             .iter()
             .any(|(g, f)| *g == Grant::Deny && covers(f, filter))

@@ -1,0 +1,51 @@
+//! The codec: frame arbitrary bytes like the event loop does and decode every whole packet at
+//! each protocol level, walking everything a decoded view offers. Must never panic.
+#![no_main]
+use gatemq::wire::{frame_len, Packet};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for level in [0u8, 3, 4, 5] {
+        let mut rest = data;
+        while let Ok(Some(f)) = frame_len(rest, 1 << 20) {
+            if f.total_len > rest.len() {
+                break;
+            }
+            if let Ok(p) = Packet::decode(&rest[..f.total_len], f.header_len, level) {
+                walk(&p);
+            }
+            rest = &rest[f.total_len..];
+        }
+    }
+});
+
+fn walk(p: &Packet<'_>) {
+    match p {
+        Packet::Connect(c) => {
+            let _ = c.is_supported_level();
+            let _ = c.properties.iter().count();
+            if let Some(w) = &c.will {
+                let _ = w.properties.iter().count();
+            }
+        }
+        Packet::Publish(p) => {
+            let _ = p.properties.iter().count();
+        }
+        Packet::Subscribe(s) => {
+            for (f, o) in s.filters.clone() {
+                let _ = (f.len(), o.qos(), o.no_local(), o.retain_handling());
+            }
+            let _ = s.properties.iter().count();
+        }
+        Packet::Unsubscribe(u) => {
+            let _ = u.filters.clone().count();
+        }
+        Packet::Disconnect(d) => {
+            let _ = d.properties.iter().count();
+        }
+        Packet::Auth(a) => {
+            let _ = a.properties.iter().count();
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,96 @@
+"""Writes the seed corpus of the fuzz targets (python3 tests/fuzz/seeds.py): valid packets of
+every kind at each protocol level, and broker scripts in the broker target's format
+([flags] then (op, len, bytes...)*; op 0x30|client = bytes from that client, 0x00 = time
+passes, 0x10|client = client reads, 0x20|client = connection lost)."""
+import pathlib
+import struct
+
+HERE = pathlib.Path(__file__).parent
+
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | 0x80 if n else b])
+        if not n:
+            return out
+
+
+def pkt(first, body):
+    return bytes([first]) + varint(len(body)) + body
+
+
+def s(x):
+    x = x.encode() if isinstance(x, str) else x
+    return struct.pack(">H", len(x)) + x
+
+
+def props(*items):
+    body = b"".join(items)
+    return varint(len(body)) + body
+
+
+def connect(cid, level=4, clean=True, will=None, user=None, p=b""):
+    flags = (0x02 if clean else 0) | (0x80 if user else 0)
+    payload = s(cid)
+    if will:
+        flags |= 0x04 | 0x08
+        payload += (props() if level == 5 else b"") + s(will) + s("gone")
+    if user:
+        payload += s(user)
+    name = "MQIsdp" if level == 3 else "MQTT"
+    return pkt(0x10, s(name) + bytes([level, flags, 0, 2]) + (props(p) if level == 5 else b"") + payload)
+
+
+def publish(topic, payload, qos=0, pid=1, retain=False, level=4, p=b""):
+    first = 0x30 | (qos << 1) | (1 if retain else 0)
+    return pkt(first, s(topic) + (struct.pack(">H", pid) if qos else b"") + (props(p) if level == 5 else b"") + payload)
+
+
+def subscribe(filters, pid=1, level=4, p=b""):
+    return pkt(0x82, struct.pack(">H", pid) + (props(p) if level == 5 else b"") + b"".join(s(f) + bytes([o]) for f, o in filters))
+
+
+decode = {
+    "connect4": connect("c1", will="w/t", user="u"),
+    "connect3": connect("c3", level=3),
+    "connect5": connect("c5", level=5, will="w/5", p=b"\x11\x00\x00\x00\x0a\x21\x00\x05\x22\x00\x04"),
+    "publish": publish("a/b", b"hi", qos=1) + publish("a/b", b"x", qos=2, pid=2, retain=True),
+    "publish5": publish("", b"p", qos=1, level=5, p=b"\x23\x00\x01\x02\x00\x00\x00\x05\x26\x00\x01k\x00\x01v"),
+    "subscribe": subscribe([("a/#", 1), ("+/b", 2)]),
+    "subscribe5": subscribe([("$share/g/t/#", 0x2d)], level=5, p=b"\x0b\x07"),
+    "acks": pkt(0x40, b"\x00\x01") + pkt(0x50, b"\x00\x02") + pkt(0x62, b"\x00\x02") + pkt(0x70, b"\x00\x02"),
+    "misc": pkt(0xC0, b"") + pkt(0xE0, b"") + pkt(0xA2, b"\x00\x03" + s("a/#")) + pkt(0xF0, b"\x00\x00"),
+}
+
+
+def op(client, data):
+    out = b""
+    for i in range(0, len(data), 255):
+        chunk = data[i:i + 255]
+        out += bytes([0x30 | client, len(chunk)]) + chunk
+    return out
+
+
+broker = {
+    "pubsub": b"\x00" + op(0, connect("sub", clean=False)) + op(0, subscribe([("a/#", 2), ("devices/#", 1)]))
+    + op(1, connect("pub", will="a/will")) + op(1, publish("a/b", b"1", qos=1)) + op(1, publish("a/c", b"2", qos=2, pid=2))
+    + op(1, pkt(0x62, b"\x00\x02")) + bytes([0x10, 9]) + bytes([0x20 | 1, 0]) + bytes([0x00, 40]),
+    "devices": b"\x01" + op(2, connect("app", level=5, p=b"\x22\x00\x03\x11\x00\x00\x00\x05"))
+    + op(2, subscribe([("devices/+/+/result", 1)], level=5, p=b"\x0b\x02"))
+    + op(2, publish("devices/lamp/level/set", b"7", qos=1, level=5, p=b"\x08\x00\x05reply"))
+    + op(2, publish("devices/lamp/set", b'{"power":"ON","level":12}', qos=1, pid=3, level=5))
+    + op(3, connect("plug")) + op(3, publish("stat/plug/POWER", b"ON")) + bytes([0x12, 3, 0x00, 9]),
+    "v5flow": b"\x00" + op(0, connect("s5", level=5, clean=False, p=b"\x21\x00\x01\x27\x00\x00\x01\x00"))
+    + op(0, subscribe([("t/#", 1)], level=5)) + op(1, connect("p5", level=5))
+    + b"".join(op(1, publish("t/x", b"m" * 40, qos=1, pid=n, level=5, p=b"\x02\x00\x00\x00\x01")) for n in range(1, 8))
+    + bytes([0x00, 12, 0x10, 20, 0x20, 0]),
+}
+
+for target, seeds in (("decode", decode), ("broker", broker)):
+    d = HERE / "corpus" / target
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in seeds.items():
+        (d / name).write_bytes(data)
+print("seeds written")

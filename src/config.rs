@@ -190,6 +190,20 @@ impl Config {
                 }
                 "max_keepalive" => b.max_keepalive = at.parse_num(at.one(&args)?, 0, 65535)? as u16,
                 "retain_available" => b.retain_available = at.parse_bool(&args)?,
+                "max_topic_length" => {
+                    b.max_topic_length = at.parse_num(at.one(&args)?, 1, 65535)? as usize
+                }
+                "max_topic_levels" => {
+                    b.max_topic_levels = at.parse_num(at.one(&args)?, 1, 32768)? as usize
+                }
+                "max_subscriptions_per_client" => {
+                    b.max_subscriptions_per_client =
+                        at.parse_num(at.one(&args)?, 0, u32::MAX as u64)? as usize
+                }
+                "connect_timeout" => {
+                    b.connect_timeout =
+                        std::time::Duration::from_secs(at.parse_num(at.one(&args)?, 1, 3600)?)
+                }
                 "max_topic_alias" => {
                     b.max_topic_alias = at.parse_num(at.one(&args)?, 0, 65535)? as u16
                 }

@@ -28,7 +28,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     }
     let v5 = c.level == LEVEL_5;
     if let Some(w) = &c.will {
-        if !topic::valid_name(w.topic) {
+        if !topic::valid_name(w.topic) || !b.topic_within_limits(w.topic) {
             return b.protocol_error(id, DecodeError::protocol("invalid will topic"), now);
         }
         if w.retain && !b.cfg.retain_available {

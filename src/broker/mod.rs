@@ -78,6 +78,12 @@ pub struct BrokerConfig {
     pub passwords: Option<crate::auth::password::PasswordFile>,
     /// Mosquitto's `acl_file`: who may publish, subscribe and receive what.
     pub acl: Option<crate::auth::acl::AclFile>,
+    /// Longest topic name or filter accepted, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter (this also bounds the tries' recursion).
+    pub max_topic_levels: usize,
+    /// Subscriptions one client may hold; 0 = no limit.
+    pub max_subscriptions_per_client: usize,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +106,9 @@ impl Default for BrokerConfig {
             response_information: None,
             passwords: None,
             acl: None,
+            max_topic_length: 65535,
+            max_topic_levels: 256,
+            max_subscriptions_per_client: 0,
         }
     }
 }
@@ -581,6 +590,12 @@ fn is_v5_connect(frame: &[u8], header_len: usize) -> bool {
 }
 
 impl Broker {
+    /// Within `max_topic_length` and `max_topic_levels`?
+    fn topic_within_limits(&self, topic: &str) -> bool {
+        topic.len() <= self.cfg.max_topic_length
+            && topic.bytes().filter(|&c| c == b'/').count() < self.cfg.max_topic_levels
+    }
+
     /// May session `sid` receive a message on `topic`? (The ACL's `read`, checked at delivery.)
     fn may_read(&self, sid: SessionId, topic: &str) -> bool {
         self.cfg.acl.as_ref().is_none_or(|acl| {

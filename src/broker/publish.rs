@@ -99,6 +99,14 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
             }
         }
     }
+    if !b.topic_within_limits(&topic) {
+        b.topic_scratch = topic;
+        let err = DecodeError {
+            code: 0x90,
+            reason: "topic longer or deeper than the limits",
+        };
+        return b.protocol_error(id, err, now);
+    }
     let reason = accept_checks(b, sid, &p, &topic);
     let oversized = b.cfg.message_size_limit > 0 && p.payload.len() > b.cfg.message_size_limit;
     if oversized {

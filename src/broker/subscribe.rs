@@ -12,6 +12,8 @@ use std::time::Instant;
 /// SUBACK codes: 3.1.1 failure, MQTT 5 Topic Filter invalid.
 const FAILURE_V3: u8 = 0x80;
 const TOPIC_FILTER_INVALID: u8 = 0x8F;
+/// SUBACK (MQTT 5): Quota exceeded.
+const QUOTA_EXCEEDED: u8 = 0x97;
 /// SUBACK (MQTT 5): Not authorized.
 const NOT_AUTHORIZED: u8 = 0x87;
 /// UNSUBACK (MQTT 5): No subscription existed.
@@ -77,7 +79,12 @@ pub(super) fn subscribe(
     SubAck::encode_header(b.out(id), s.packet_id, count, v5);
     let mut new_flags: u64 = 0;
     for (i, (filter, options)) in s.filters.clone().enumerate() {
-        let allowed = valid(filter) && may_subscribe(b, sid, filter);
+        let within = b.topic_within_limits(filter);
+        let subs = &b.sessions[sid].subscriptions;
+        let quota = b.cfg.max_subscriptions_per_client;
+        let over_quota =
+            quota > 0 && subs.len() >= quota && !subs.iter().any(|x| &*x.filter == filter);
+        let allowed = valid(filter) && within && !over_quota && may_subscribe(b, sid, filter);
         let code = if allowed {
             let qos = options.qos().min(b.cfg.max_qos);
             let (share, f) = split_shared(filter);
@@ -108,7 +115,17 @@ pub(super) fn subscribe(
                 b.sessions[sid].client_id
             );
             qos
-        } else if valid(filter) {
+        } else if over_quota && valid(filter) && within {
+            log::debug!(
+                "{}: subscription quota of {quota} reached",
+                b.sessions[sid].client_id
+            );
+            if v5 {
+                QUOTA_EXCEEDED
+            } else {
+                FAILURE_V3
+            }
+        } else if valid(filter) && within {
             log::debug!(
                 "{}: subscription to {filter} denied by the ACL",
                 b.sessions[sid].client_id
@@ -146,11 +163,13 @@ pub(super) fn subscribe(
             1 => new,
             _ => false,
         };
-        if !send
-            || !valid(filter)
-            || filter.starts_with("$share/")
-            || !may_subscribe(b, sid, filter)
-        {
+        // Only for a subscription that was granted (valid, within the limits and the quota,
+        // allowed by the ACL).
+        let kept = b.sessions[sid]
+            .subscriptions
+            .iter()
+            .any(|x| &*x.filter == filter);
+        if !send || !kept || filter.starts_with("$share/") {
             continue;
         }
         let mut found = std::mem::take(&mut b.retained_scratch);

@@ -14,6 +14,8 @@
 mod connect;
 pub mod properties;
 mod publish;
+#[cfg(test)]
+mod roundtrip;
 mod subscribe;
 
 pub use connect::{encode_connack_v5, ConnAck, Connect, Will};

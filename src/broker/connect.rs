@@ -198,7 +198,6 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     });
     let conn = b.conns[id].as_mut().expect("connection is open");
     conn.session = Some(sid);
-    conn.client_id = client_id.into();
     conn.level = c.level;
     conn.v5 = v5;
     conn.keep_alive = keep_alive;

@@ -23,9 +23,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, d: Disconnect<'
         }
         b.sessions[sid].expiry = expiry;
     }
-    if let Some(c) = b.conns[id].as_ref() {
-        log::info!("Client {} disconnected.", c.client_id);
-    }
+    log::info!("Client {} disconnected.", b.who(id));
     b.end_connection(
         id,
         "client disconnected",
@@ -56,7 +54,10 @@ impl Broker {
         let mut will = conn.will.take();
         let (delay, will_expiry) = (conn.will_delay, conn.will_expiry);
         if let Some(sid) = conn.session {
-            log::debug!("Connection of {} ended: {reason}", conn.client_id);
+            log::debug!(
+                "Connection of {} ended: {reason}",
+                self.sessions[sid].client_id
+            );
             self.stats.clients_connected -= 1;
             let s = &mut self.sessions[sid];
             if s.conn == Some(id) {

@@ -127,12 +127,19 @@ pub struct Stats {
     pub bytes_sent: u64,
 }
 
+/// A connection's MQTT 5 topic aliases.
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client (index = alias - 1).
+    inbound: Vec<String>,
+    /// Set by the broker towards the client.
+    outbound: FxHashMap<Box<str>, u16>,
+}
+
 /// One connection's protocol state. The socket itself lives in the event loop.
 struct Conn {
     peer: Option<SocketAddr>,
     session: Option<SessionId>,
-    /// The client id, kept for log lines after the session is gone.
-    client_id: Box<str>,
     level: u8,
     keep_alive: u16,
     opened: Instant,
@@ -151,10 +158,10 @@ struct Conn {
     receive_max: u16,
     /// The client's Maximum Packet Size.
     max_packet: usize,
-    /// Topic aliases the client set (index = alias - 1).
-    aliases_in: Vec<String>,
-    /// Topic aliases the broker set towards the client, and how many it may set.
-    aliases_out: FxHashMap<Box<str>, u16>,
+    /// MQTT 5 topic aliases, made on first use: most clients never use one, and every idle
+    /// connection's bytes count.
+    aliases: Option<Box<Aliases>>,
+    /// How many topic aliases the broker may set towards the client.
     alias_max_out: u16,
     will_delay: u32,
     /// The will's Message Expiry Interval, counted from when it is published.
@@ -269,7 +276,6 @@ impl Broker {
         self.conns[id] = Some(Conn {
             peer,
             session: None,
-            client_id: "".into(),
             level: 0,
             keep_alive: 0,
             opened: now,
@@ -283,8 +289,7 @@ impl Broker {
             v5: false,
             receive_max: u16::MAX,
             max_packet: usize::MAX,
-            aliases_in: Vec::new(),
-            aliases_out: FxHashMap::default(),
+            aliases: None,
             alias_max_out: 0,
             will_delay: 0,
             will_expiry: None,
@@ -501,7 +506,7 @@ impl Broker {
             } else {
                 log::info!(
                     "Client {} has exceeded its keep-alive timeout, disconnecting",
-                    c.client_id
+                    self.who(id)
                 );
                 self.disconnect_v5(id, 0x8D, Some("keep alive timeout"));
                 self.end_connection(id, "keep-alive timeout", true, now);
@@ -541,14 +546,11 @@ impl Broker {
 
     /// A protocol violation: 3.1.1 has no way to say why, so log it and close (with the will).
     fn protocol_error(&mut self, id: ConnId, err: DecodeError, now: Instant) {
-        if let Some(c) = self.conns.get(id).and_then(|c| c.as_ref()) {
-            let who = if c.client_id.is_empty() {
-                peer(&c.peer)
-            } else {
-                c.client_id.to_string()
-            };
-            log::info!("Client {who} disconnected: protocol error: {}", err.reason);
-        }
+        log::info!(
+            "Client {} disconnected: protocol error: {}",
+            self.who(id),
+            err.reason
+        );
         self.disconnect_v5(id, err.code, Some(err.reason));
         self.end_connection(id, err.reason, true, now);
     }
@@ -590,6 +592,18 @@ fn is_v5_connect(frame: &[u8], header_len: usize) -> bool {
 }
 
 impl Broker {
+    /// Who connection `id` is, for a log line: its client id once connected, else its address.
+    /// (Called only from log macros, so only when that line is logged.)
+    fn who(&self, id: ConnId) -> String {
+        match self.conns.get(id).and_then(|c| c.as_ref()) {
+            Some(c) => match c.session.and_then(|s| self.sessions.get(s)) {
+                Some(s) => s.client_id.to_string(),
+                None => peer(&c.peer),
+            },
+            None => format!("(connection {id})"),
+        }
+    }
+
     /// Within `max_topic_length` and `max_topic_levels`?
     fn topic_within_limits(&self, topic: &str) -> bool {
         topic.len() <= self.cfg.max_topic_length

@@ -75,7 +75,8 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
             );
         }
         (Some(a), false) => {
-            let aliases = &mut b.conns[id].as_mut().expect("open").aliases_in;
+            let conn = b.conns[id].as_mut().expect("open");
+            let aliases = &mut conn.aliases.get_or_insert_with(Default::default).inbound;
             if aliases.len() < a as usize {
                 aliases.resize_with(a as usize, String::new);
             }
@@ -85,7 +86,9 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
             topic.push_str(p.topic);
         }
         (Some(a), true) => {
-            let aliases = &b.conns[id].as_ref().expect("open").aliases_in;
+            let empty = Vec::new();
+            let conn = b.conns[id].as_ref().expect("open");
+            let aliases = conn.aliases.as_ref().map_or(&empty, |a| &a.inbound);
             match aliases.get(a as usize - 1).filter(|t| !t.is_empty()) {
                 Some(t) => topic.push_str(t),
                 None => {
@@ -512,11 +515,17 @@ fn write(
     // Outbound Topic Alias: the first message on a topic carries the topic and a new alias,
     // later ones only the alias (an empty topic), while the client's maximum allows.
     let topic_str = std::str::from_utf8(topic).unwrap_or("");
-    let (alias, send_topic) = match conn.aliases_out.get(topic_str) {
+    let cap = conn.alias_max_out.min(alias_cap);
+    let out_aliases = match (&mut conn.aliases, cap) {
+        (_, 0) => None,
+        (slot, _) => Some(&mut slot.get_or_insert_with(Default::default).outbound),
+    };
+    let (alias, send_topic) = match out_aliases.as_ref().and_then(|m| m.get(topic_str)) {
         Some(&a) => (Some(a), false),
-        None if (conn.aliases_out.len() as u16) < conn.alias_max_out.min(alias_cap) => {
-            let a = conn.aliases_out.len() as u16 + 1;
-            conn.aliases_out.insert(topic_str.into(), a);
+        None if out_aliases.as_ref().is_some_and(|m| (m.len() as u16) < cap) => {
+            let m = out_aliases.expect("aliases");
+            let a = m.len() as u16 + 1;
+            m.insert(topic_str.into(), a);
             (Some(a), true)
         }
         None => (None, true),
@@ -532,7 +541,9 @@ fn write(
     if publish_len(wire_topic.len(), d.qos, Some(props_len), payload.len()) > conn.max_packet {
         if let Some(a) = alias.filter(|_| send_topic) {
             // The alias was never sent: forget it.
-            conn.aliases_out.retain(|_, v| *v != a);
+            if let Some(al) = conn.aliases.as_mut() {
+                al.outbound.retain(|_, v| *v != a);
+            }
         }
         return false;
     }

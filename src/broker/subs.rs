@@ -143,6 +143,10 @@ impl SubscriptionTree {
                 false
             }
             None => {
+                // Most filters have one subscriber: no room for four (Vec's first growth).
+                if subs.capacity() == 0 {
+                    subs.reserve_exact(1);
+                }
                 subs.push(entry);
                 self.count += 1;
                 true

@@ -104,11 +104,17 @@ pub(super) fn subscribe(
                     x.options = options.0;
                     x.sub_id = sub_id;
                 }
-                None => list.push(Subscription {
-                    filter: filter.into(),
-                    options: options.0,
-                    sub_id,
-                }),
+                None => {
+                    // Most clients hold a few subscriptions: grow one at a time from none.
+                    if list.capacity() == list.len() {
+                        list.reserve_exact(1.max(list.len() / 2));
+                    }
+                    list.push(Subscription {
+                        filter: filter.into(),
+                        options: options.0,
+                        sub_id,
+                    });
+                }
             }
             log::debug!(
                 "{} subscribed to {filter} (QoS {qos})",

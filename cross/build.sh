@@ -23,15 +23,7 @@ set -euo pipefail
 target=${1:?usage: cross/build.sh <target> [cargo args...]}
 shift
 cd "$(dirname "$0")/.."
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-need_apt() {
-    local missing=()
-    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-    if [ ${#missing[@]} -gt 0 ]; then
-        as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-}
+. cross/lib.sh
 upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
 
 case "$target" in

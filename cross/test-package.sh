@@ -4,7 +4,7 @@
 # verified by systemd-analyze, then dpkg -r and dpkg -P leave nothing behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+. cross/lib.sh
 deb=$(cross/package.sh amd64 | tail -1)
 echo "  package: $deb ($(du -k "$deb" | cut -f1) KiB)"
 fail() { echo "PACKAGE TEST FAIL: $*" >&2; exit 1; }

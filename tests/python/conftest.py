@@ -92,3 +92,48 @@ def make_broker(tmp_path):
 def broker(make_broker):
     """A broker with default options (and $SYS every second for the $SYS tests)."""
     return make_broker(["sys_interval 1"])
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """Factory: mosquitto(config_lines) -> port. Debian's real mosquitto on a free loopback
+    port, as a peer to compare with or to read files gatemq wrote; stopped by PID."""
+    import socket
+
+    procs = []
+
+    def start(config_lines=()):
+        port = free_port()
+        conf = tmp_path / f"mosquitto-{port}.conf"
+        # `user root`: started as root, mosquitto would switch to its own user, which cannot
+        # read files in the test's private directory.
+        conf.write_text(f"user root\nlistener {port} 127.0.0.1\n" + "".join(l + "\n" for l in config_lines))
+        p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        procs.append(p)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return port
+            except OSError:
+                if p.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with {p.returncode}")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(10)

@@ -3,7 +3,6 @@ Debian's mosquitto and into gatemq, and a table of (user, client id, topic, read
 must get the same allow/deny from both (observed with real clients: is a published message
 delivered?). Both must also agree with the table written here."""
 import queue
-import socket
 import subprocess
 import time
 import uuid
@@ -142,14 +141,6 @@ def expected():
     return e
 
 
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def files(tmp_path):
     pw = tmp_path / "passwd"
@@ -161,28 +152,10 @@ def files(tmp_path):
     return pw, acl
 
 
-def test_gatemq_and_mosquitto_agree_on_every_acl_case(make_broker, files, tmp_path):
+def test_gatemq_and_mosquitto_agree_on_every_acl_case(make_broker, mosquitto, files):
     pw, acl = files
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    # `user root`: as root, mosquitto would switch to a user that cannot read the test's files.
-    conf.write_text(f"user root\nlistener {port} {HOST}\nallow_anonymous true\n"
-                    f"password_file {pw}\nacl_file {acl}\n")
-    mosq = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not start"
-                time.sleep(0.05)
-        theirs = outcomes(port)
-    finally:
-        mosq.terminate()
-        mosq.wait(10)
+    port = mosquitto(["allow_anonymous true", f"password_file {pw}", f"acl_file {acl}"])
+    theirs = outcomes(port)
     g = make_broker([f"password_file {pw}", f"acl_file {acl}", "allow_anonymous true"])
     ours = outcomes(g.port)
     differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}

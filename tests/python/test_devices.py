@@ -20,6 +20,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from conftest import free_port
+
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,13 +118,6 @@ class Client:
         self.c.disconnect()
         self.c.loop_stop()
 
-
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def mosquitto_pub(port, topic, message):

@@ -1,7 +1,6 @@
 """Password files both ways with Mosquitto: a file written by Debian's mosquitto_passwd works
 in gatemq, and a file written by `gatemq passwd` works in Debian's mosquitto."""
 import os
-import socket
 import subprocess
 import time
 
@@ -62,44 +61,6 @@ def test_anonymous_still_allowed_with_a_password_file_when_configured(make_broke
     assert connect_rc(b.port, "alice", "bad") == 4
 
 
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    """Start Debian's mosquitto with a given password file; stopped by PID."""
-    procs = []
-
-    def start(pwfile):
-        port = free_port()
-        conf = tmp_path / f"mosquitto-{port}.conf"
-        # `user root`: started as root, mosquitto would otherwise switch to its own user, which
-        # cannot read a 0600 file in the test's private directory.
-        conf.write_text(f"user root\nlistener {port} {HOST}\nallow_anonymous false\n"
-                        f"password_file {pwfile}\n")
-        p = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        procs.append(p)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((HOST, port), timeout=0.5).close()
-                return port
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    yield start
-    for p in procs:
-        p.terminate()
-        p.wait(10)
-
-
 def pub_rc(port, user, password):
     return subprocess.run(["mosquitto_pub", "-h", HOST, "-p", str(port), "-u", user, "-P", password,
                            "-t", "t", "-m", "x"], capture_output=True, timeout=10).returncode
@@ -111,7 +72,7 @@ def test_gatemq_passwd_file_works_in_mosquitto(mosquitto, tmp_path):
     subprocess.run([BIN, "passwd", "-b", str(pw), "dev2", "second"], check=True)
     subprocess.run([BIN, "passwd", "-b", str(pw), "dev1", "changed"], check=True)
     assert oct(os.stat(pw).st_mode & 0o777) == "0o600"
-    port = mosquitto(pw)
+    port = mosquitto(["allow_anonymous false", f"password_file {pw}"])
     assert pub_rc(port, "dev1", "changed") == 0
     assert pub_rc(port, "dev2", "second") == 0
     assert pub_rc(port, "dev1", "first one") != 0
@@ -127,7 +88,7 @@ def test_gatemq_passwd_delete_and_update_plain_text(mosquitto, make_broker, tmp_
     subprocess.run([BIN, "passwd", "-D", str(pw), "plain2"], check=True)
     missing = subprocess.run([BIN, "passwd", "-D", str(pw), "plain2"], capture_output=True, text=True)
     assert missing.returncode == 1 and "not found" in missing.stderr
-    port = mosquitto(pw)
+    port = mosquitto(["allow_anonymous false", f"password_file {pw}"])
     assert pub_rc(port, "plain1", "one") == 0
     assert pub_rc(port, "plain2", "two") != 0
     b = make_broker([f"password_file {pw}", "allow_anonymous false"])

@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from clients import HOST, TIMEOUT, packet, uid
+from clients import HOST, TIMEOUT, RawClient, packet, uid
 
 MQTTv5 = mqtt.MQTTv5
 MQTTv311 = mqtt.MQTTv311
@@ -493,42 +493,12 @@ def disconnect5(reason=0, properties=()) -> bytes:
     return packet(0xE0, bytes([reason]) + encode_props(properties))
 
 
-class RawV5:
-    """An MQTT 5 client on a plain socket."""
-
-    def __init__(self, port, timeout=TIMEOUT):
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes):
-        self.sock.sendall(data)
-
-    def _fill(self, n, deadline):
-        while len(self.buf) < n:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                raise AssertionError(f"timed out waiting for a packet (have {self.buf!r})") from None
-            if not chunk:
-                raise ConnectionError(f"connection closed by broker (have {self.buf!r})")
-            self.buf += chunk
+class RawV5(RawClient):
+    """An MQTT 5 client on a plain socket: clients.RawClient's socket and framing, with MQTT 5
+    packets decoded."""
 
     def read(self, timeout=TIMEOUT) -> Pkt5:
-        deadline = time.monotonic() + timeout
-        self._fill(2, deadline)
-        length, mult, i = 0, 1, 1
-        while True:
-            self._fill(i + 1, deadline)
-            b = self.buf[i]
-            length += (b & 0x7F) * mult
-            mult *= 128
-            i += 1
-            if not b & 0x80:
-                break
-        self._fill(i + length, deadline)
-        raw, self.buf = self.buf[:i + length], self.buf[i + length:]
-        return decode(raw)
+        return decode(self.read_packet(timeout))
 
     def read_kind(self, kind, timeout=TIMEOUT) -> Pkt5:
         p = self.read(timeout)
@@ -585,5 +555,4 @@ class RawV5:
                 return
             raise AssertionError(f"expected the connection to close, got {chunk!r}")
 
-    def close(self):
-        self.sock.close()
+

@@ -652,9 +652,10 @@ pub(super) fn deliver(
         if can_send_now {
             let packet_id = if qos > 0 {
                 let m = src.hold(pool, qos);
-                let packet_id = s.next_packet_id();
+                let (packet_id, seq) = s.next_packet_id();
                 s.inflight.push_back(Inflight {
                     packet_id,
+                    seq,
                     msg: Some(m),
                     qos,
                     retain,
@@ -817,7 +818,11 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
             wrote = true;
             continue;
         }
-        let packet_id = if q.qos > 0 { s.next_packet_id() } else { 0 };
+        let (packet_id, seq) = if q.qos > 0 {
+            s.next_packet_id()
+        } else {
+            (0, 0)
+        };
         let d = Delivery {
             qos: q.qos,
             retain: q.retain,
@@ -830,6 +835,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
             // The queue's reference moves to the in-flight entry.
             s.inflight.push_back(Inflight {
                 packet_id,
+                seq,
                 msg: Some(q.msg),
                 qos: q.qos,
                 retain: q.retain,

@@ -35,6 +35,8 @@ pub enum Awaiting {
 #[derive(Debug, Clone)]
 pub struct Inflight {
     pub packet_id: u16,
+    /// The allocation number its packet id was given at (see `Session::next_packet_id`).
+    pub seq: u64,
     pub msg: Option<MsgId>,
     pub qos: u8,
     pub retain: bool,
@@ -63,6 +65,8 @@ pub struct Session {
     pub queued_bytes: usize,
     pub inflight: VecDeque<Inflight>,
     next_packet_id: u16,
+    /// Packet ids handed out so far (skipped ones included).
+    allocations: u64,
     /// Incoming QoS 2 packet identifiers between PUBREC and PUBREL: a PUBLISH with one of
     /// these is a resend and is not delivered again.
     pub qos2_incoming: Vec<u16>,
@@ -96,6 +100,7 @@ impl Session {
             queued_bytes: 0,
             inflight: VecDeque::new(),
             next_packet_id: 0,
+            allocations: 0,
             qos2_incoming: Vec::new(),
             match_epoch: 0,
             match_qos: 0,
@@ -114,13 +119,21 @@ impl Session {
         self.expiry > 0
     }
 
-    /// A packet identifier not used by any message in flight.
-    pub fn next_packet_id(&mut self) -> u16 {
+    /// A packet identifier not used by any message in flight, and its allocation number (to
+    /// store in the in-flight entry).
+    ///
+    /// Ids cycle through 1..=65535 and in-flight entries stay in allocation order, so the ids
+    /// of the last 65 534 allocations all differ from the next one: only an entry older than
+    /// that (the front is the oldest) can collide, and only then is the window scanned. This
+    /// keeps a long in-flight window from costing a scan per message.
+    pub fn next_packet_id(&mut self) -> (u16, u64) {
         loop {
             self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-            let id = self.next_packet_id;
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
-                return id;
+            self.allocations += 1;
+            let (id, seq) = (self.next_packet_id, self.allocations);
+            let old_enough = self.inflight.front().is_some_and(|f| seq - f.seq >= 65_535);
+            if !old_enough || !self.inflight.iter().any(|i| i.packet_id == id) {
+                return (id, seq);
             }
         }
     }

@@ -452,3 +452,30 @@ fn publishers_never_pause_in_a_cycle() {
     }
     assert!(h.b.wants_read(1));
 }
+
+#[test]
+fn packet_ids_skip_one_still_in_flight_after_a_full_cycle() {
+    use session::{Awaiting, Inflight, Session};
+    let mut s = Session::new("ids", 0);
+    let entry = |packet_id, seq| Inflight {
+        packet_id,
+        seq,
+        msg: None,
+        qos: 1,
+        retain: false,
+        awaiting: Awaiting::PubAck,
+        sub_ids: Default::default(),
+    };
+    // Id 1 stays unacknowledged while 65 534 others are handed out and acknowledged.
+    let (first, seq) = s.next_packet_id();
+    assert_eq!(first, 1);
+    s.inflight.push_back(entry(first, seq));
+    for expected in 2..=65535u32 {
+        assert_eq!(s.next_packet_id().0 as u32, expected);
+    }
+    // The cycle comes round to 1, which is still in flight: skipped.
+    let (id, seq) = s.next_packet_id();
+    assert_eq!(id, 2);
+    s.inflight.push_back(entry(id, seq));
+    assert_eq!(s.next_packet_id().0, 3);
+}

@@ -1,5 +1,7 @@
 //! The `gatemq` command: parse the command line, load the config, start logging, serve.
 
+mod passwd_cmd;
+
 use gatemq::config::{Config, ListenerConfig};
 use gatemq::net::Server;
 use log::LevelFilter;
@@ -61,7 +63,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("passwd") {
-        return gatemq::auth::passwd_cmd::main(&argv[1..]);
+        return passwd_cmd::main(&argv[1..]);
     }
     let args = match parse_args() {
         Ok(Some(a)) => a,

@@ -1,6 +1,5 @@
-//! Authentication and authorisation: Mosquitto's password file (and, with the security work,
-//! its ACL file), read as they are.
+//! Authentication and authorisation: Mosquitto's password and ACL files, read as they are.
+//! (`gatemq passwd`, which edits password files, is part of the binary: src/passwd_cmd.rs.)
 
 pub mod acl;
-pub mod passwd_cmd;
 pub mod password;

@@ -4,6 +4,7 @@
 
 use super::session::{Awaiting, Session, NEVER_EXPIRES};
 use super::{publish, topic, Broker, ConnId};
+use crate::auth::acl::Access;
 use crate::wire::properties::id;
 use crate::wire::{self, ConnAck, Connect, DecodeError, PropBuf, LEVEL_31, LEVEL_5};
 use std::time::Instant;
@@ -169,7 +170,9 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     }
 
     // A will whose topic its client may not publish to is dropped (logged at debug).
-    let will_allowed = c.will.is_none_or(|w| b.may_write(sid, w.topic));
+    let will_allowed = c
+        .will
+        .is_none_or(|w| b.acl_allows(sid, w.topic, Access::Write));
     if !will_allowed {
         log::debug!("{client_id}: will on a topic it may not publish to, dropped");
     }

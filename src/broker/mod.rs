@@ -610,29 +610,12 @@ impl Broker {
             && topic.bytes().filter(|&c| c == b'/').count() < self.cfg.max_topic_levels
     }
 
-    /// May session `sid` receive a message on `topic`? (The ACL's `read`, checked at delivery.)
-    fn may_read(&self, sid: SessionId, topic: &str) -> bool {
+    /// May session `sid` receive (`Read`, checked at delivery) or publish (`Write`) `topic`?
+    /// Always, without an ACL file.
+    fn acl_allows(&self, sid: SessionId, topic: &str, access: crate::auth::acl::Access) -> bool {
         self.cfg.acl.as_ref().is_none_or(|acl| {
             let s = &self.sessions[sid];
-            acl.check(
-                s.username.as_deref(),
-                &s.client_id,
-                topic,
-                crate::auth::acl::Access::Read,
-            )
-        })
-    }
-
-    /// May session `sid` publish to `topic`? (The ACL's `write`.)
-    fn may_write(&self, sid: SessionId, topic: &str) -> bool {
-        self.cfg.acl.as_ref().is_none_or(|acl| {
-            let s = &self.sessions[sid];
-            acl.check(
-                s.username.as_deref(),
-                &s.client_id,
-                topic,
-                crate::auth::acl::Access::Write,
-            )
+            acl.check(s.username.as_deref(), &s.client_id, topic, access)
         })
     }
 }

@@ -13,6 +13,7 @@ use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::{Match, SubEntry};
 use super::{Broker, ConnId, SessionId};
 use super::{BrokerConfig, Conn};
+use crate::auth::acl::Access;
 use crate::devices::Observed;
 use crate::wire::properties::{id, Property};
 use crate::wire::{
@@ -179,7 +180,7 @@ pub(super) fn receive_maximum(cfg: &BrokerConfig) -> u16 {
 fn accept_checks(b: &Broker, sid: SessionId, p: &Publish<'_>, topic: &str) -> Option<u8> {
     // The ACL: 3.1.x drops a denied publish silently (it is still acknowledged), MQTT 5 says
     // 0x87, as Mosquitto does.
-    if !b.may_write(sid, topic) {
+    if !b.acl_allows(sid, topic, Access::Write) {
         log::debug!(
             "{}: publish to {topic} denied by the ACL",
             b.sessions[sid].client_id
@@ -300,7 +301,7 @@ pub(super) fn route(
     let n = match_sessions(b, topic, from);
     for i in 0..n {
         let (sid, q, keep_retain, sub_ids) = matched(b, i, qos, retain);
-        if !b.may_read(sid, topic) {
+        if !b.acl_allows(sid, topic, Access::Read) {
             continue;
         }
         deliver(
@@ -337,7 +338,7 @@ pub(super) fn route_stored(b: &mut Broker, topic: &str, m: MsgId, from: Option<C
     let n = match_sessions(b, topic, from);
     for i in 0..n {
         let (sid, q, keep_retain, sub_ids) = matched(b, i, qos, retain);
-        if !b.may_read(sid, topic) {
+        if !b.acl_allows(sid, topic, Access::Read) {
             continue;
         }
         deliver(b, sid, Source::Stored(m), q, keep_retain, from, sub_ids);

@@ -5,6 +5,7 @@ use super::publish::{deliver, Source};
 use super::session::{SubIds, Subscription};
 use super::subs::SubEntry;
 use super::{topic, Broker, ConnId, SessionId};
+use crate::auth::acl::Access;
 use crate::wire::properties::id;
 use crate::wire::{self, DecodeError, SubAck, Subscribe, Unsubscribe};
 use std::time::Instant;
@@ -182,7 +183,7 @@ pub(super) fn subscribe(
         found.clear();
         b.retained.for_each_match(filter, &mut |m| found.push(m));
         for &m in &found {
-            if !b.may_read(sid, b.pool.get(m).topic_str()) {
+            if !b.acl_allows(sid, b.pool.get(m).topic_str(), Access::Read) {
                 continue;
             }
             let q = options.qos().min(b.cfg.max_qos).min(b.pool.get(m).qos);

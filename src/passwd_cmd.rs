@@ -6,7 +6,7 @@
 //! gatemq passwd -U FILE                     (hash a plain-text user:password file)
 //! ```
 
-use super::password::{valid_username, PasswordFile};
+use gatemq::auth::password::{valid_username, PasswordFile};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -128,37 +128,31 @@ fn ask_password() -> Result<String, String> {
     Ok(first)
 }
 
-/// `-U`: hash every plain-text entry of a `user:password` file (hashed ones are kept).
+/// `-U`: hash every plain-text entry of a `user:password` file (hashed ones are kept as they
+/// are, after checking they parse).
 fn hash_plain_file(path: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read {}: {}",
-            path.display(),
-            crate::config::io_reason(&e)
-        )
-    })?;
-    let mut out = PasswordFile::default();
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {name}: {}", gatemq::config::io_reason(&e)))?;
+    let mut out = String::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
         let (user, secret) = line
             .split_once(':')
-            .ok_or_else(|| format!("{}:{}: expected user:password", path.display(), n + 1))?;
+            .ok_or_else(|| format!("{name}:{}: expected user:password", n + 1))?;
         if secret.starts_with("$6$") || secret.starts_with("$7$") {
-            let one = PasswordFile::parse(line, &path.display().to_string())?;
-            out = merge(out, one);
+            PasswordFile::parse(line, &name)?;
+            out.push_str(line);
+            out.push('\n');
         } else {
-            out.set(user, secret)?;
+            let mut one = PasswordFile::default();
+            one.set(user, secret)?;
+            out.push_str(&one.to_text());
         }
     }
-    write_atomically(path, &out.to_text(), false)
-}
-
-fn merge(mut a: PasswordFile, b: PasswordFile) -> PasswordFile {
-    let text = a.to_text() + &b.to_text();
-    a = PasswordFile::parse(&text, "").unwrap_or(a);
-    a
+    write_atomically(path, &out, false)
 }
 
 /// Write through a temporary file and rename, keeping the old file's permissions (a new file
@@ -174,7 +168,7 @@ fn write_atomically(path: &Path, text: &str, create: bool) -> Result<(), String>
         format!(
             "cannot write {}: {}",
             path.display(),
-            crate::config::io_reason(&e)
+            gatemq::config::io_reason(&e)
         )
     };
     std::fs::write(&tmp, text).map_err(err)?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run an ARM build under qemu-user on a loopback port and drive it from the host with
 # mosquitto_pub/mosquitto_sub: a QoS 1 round trip, a retained message, and a device command
-# with its status and response. Usage: cross/smoke.sh <target>  (after cross/build.sh <target>)
+# with its status and response, and a QoS 1 round trip over a TLS listener (ring's ARM code
+# on the emulated CPU). Usage: cross/smoke.sh <target>  (after cross/build.sh <target>)
 set -euo pipefail
 target=${1:?usage: cross/smoke.sh <target>}
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ arm-unknown-linux-gnueabihf | arm-unknown-linux-musleabihf)
     target=arm-unknown-linux-musleabihf; qemu=(qemu-arm -cpu arm1176); libc=qemu-user ;;
 *) echo "cross/smoke.sh: unknown target $target" >&2; exit 2 ;;
 esac
-need_apt qemu-user "$libc" mosquitto-clients file
+need_apt qemu-user "$libc" mosquitto-clients file openssl
 bin="target/$target/release/gatemq"
 [ -x "$bin" ] || { echo "cross/smoke.sh: $bin missing; run cross/build.sh $target first" >&2; exit 1; }
 
@@ -27,19 +28,28 @@ cat > "$work/devices.toml" <<'TOML'
 commands.power = { type = "bool", initial = "OFF" }
 commands.brightness = { type = "int", min = 0, max = 255, initial = 128 }
 TOML
-printf 'listener 0 127.0.0.1\ndevices_file devices.toml\nsys_interval 0\n' > "$work/gatemq.conf"
+# A throwaway CA and server certificate for the TLS listener.
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+(cd "$work" &&
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 1 -subj /CN=smoke-ca &&
+    openssl req "${ec[@]}" -keyout server.key -out server.csr -subj /CN=localhost &&
+    printf 'subjectAltName=IP:127.0.0.1\n' > server.ext &&
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+        -extfile server.ext -out server.crt) > /dev/null 2>&1
+printf 'listener 0 127.0.0.1\ndevices_file devices.toml\nsys_interval 0\nlistener 0 127.0.0.1\ncertfile server.crt\nkeyfile server.key\n' > "$work/gatemq.conf"
 timeout 120 "${qemu[@]}" "$bin" -c "$work/gatemq.conf" 2> "$work/log" &
 pid=$!
 port=""
 for _ in $(seq 1 200); do
-    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/log" | head -1)
-    [ -n "$port" ] && break
+    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$work/log" | head -1)
+    tls_port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\) (TLS)$/\1/p' "$work/log" | head -1)
+    [ -n "$port" ] && [ -n "$tls_port" ] && break
     kill -0 "$pid" 2>/dev/null || { cat "$work/log" >&2; echo "broker exited under qemu" >&2; exit 1; }
     sleep 0.05
 done
-[ -n "$port" ] || { cat "$work/log" >&2; echo "broker did not listen" >&2; exit 1; }
+[ -n "$port" ] && [ -n "$tls_port" ] || { cat "$work/log" >&2; echo "broker did not listen" >&2; exit 1; }
 file "$bin" | sed 's/^/  /'
-echo "  $target broker under ${qemu[0]} on port $port"
+echo "  $target broker under ${qemu[0]} on port $port, TLS on $tls_port"
 
 fail() { echo "SMOKE FAIL ($target): $*" >&2; cat "$work/log" >&2; exit 1; }
 sub() { timeout 10 mosquitto_sub -h 127.0.0.1 -p "$port" "$@"; }
@@ -74,4 +84,13 @@ sleep 0.5
 pub -t devices/lamp/brightness/set -q 1 -m 300
 wait $s3 || fail "no error response"
 [ "$(cat "$work/err")" = '{"ok":false,"error":"brightness: 300 is above max 255"}' ] || fail "error: $(cat "$work/err")"
-echo "  smoke ok: QoS 1 round trip, retained, device command and refusal ($target)"
+
+# QoS 1 over TLS.
+tls=(--cafile "$work/ca.crt")
+timeout 20 mosquitto_sub -h 127.0.0.1 -p "$tls_port" "${tls[@]}" -t smoke/tls -q 1 -C 1 > "$work/tls" &
+s4=$!
+sleep 1
+timeout 20 mosquitto_pub -h 127.0.0.1 -p "$tls_port" "${tls[@]}" -t smoke/tls -q 1 -m "sealed" || fail "TLS publish"
+wait $s4 || fail "no TLS message"
+[ "$(cat "$work/tls")" = "sealed" ] || fail "TLS payload: $(cat "$work/tls")"
+echo "  smoke ok: QoS 1 round trip, retained, device command and refusal, QoS 1 over TLS ($target)"

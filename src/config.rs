@@ -2,16 +2,67 @@
 //! means the same thing, Mosquitto's option names. An unknown or unsupported option is an
 //! error naming the file, the line and the option; nothing is silently ignored.
 
-use crate::broker::BrokerConfig;
+use crate::broker::{BrokerConfig, ListenerPolicy};
 use log::LevelFilter;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Where a listener listens. `address` is `None` for all interfaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a listener listens and the options of its section (the lines after `listener`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListenerConfig {
     pub port: u16,
+    /// `None` for all interfaces.
     pub address: Option<String>,
+    /// Clients this listener takes at once; `None`: only the global limit.
+    pub max_connections: Option<usize>,
+    /// TLS, when `certfile` is set.
+    pub tls: TlsOptions,
+    /// Its own security options (they count with `per_listener_settings true`).
+    pub security: SecurityOptions,
+    pub use_username_as_clientid: bool,
+}
+
+impl ListenerConfig {
+    pub fn new(port: u16, address: Option<&str>) -> Self {
+        ListenerConfig {
+            port,
+            address: address.map(Into::into),
+            ..Default::default()
+        }
+    }
+}
+
+/// Mosquitto's certificate-based TLS options of one listener. Paths are as written in the
+/// config until [`Config::load`] makes them relative to the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsOptions {
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub cafile: Option<PathBuf>,
+    pub capath: Option<PathBuf>,
+    pub require_certificate: bool,
+    pub use_identity_as_username: bool,
+    /// The oldest TLS version accepted: 12 or 13 (Mosquitto's `tls_version`; `tlsv1.1` is
+    /// taken as 1.2, the oldest this TLS library speaks).
+    pub min_version: Option<u8>,
+    /// The config line of the first TLS option, for errors about the whole set.
+    pub line: usize,
+}
+
+impl TlsOptions {
+    pub fn enabled(&self) -> bool {
+        self.certfile.is_some()
+    }
+}
+
+/// The options `per_listener_settings` is about. `None`: not set, the default applies.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SecurityOptions {
+    pub allow_anonymous: Option<bool>,
+    /// The password file as named in the config, with its line.
+    pub password_file: Option<(PathBuf, usize)>,
+    /// The ACL file as named in the config, with its line.
+    pub acl_file: Option<(PathBuf, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,10 +74,10 @@ pub struct Config {
     /// The most verbose level that `log_type` enabled (information by default, like Mosquitto).
     pub log_level: LevelFilter,
     pub set_tcp_nodelay: bool,
-    /// The password file (`password_file`) as named in the config, with its line.
-    pub password_file: Option<(PathBuf, usize)>,
-    /// The ACL file (`acl_file`) as named in the config, with its line.
-    pub acl_file: Option<(PathBuf, usize)>,
+    /// Security options set anywhere in the file (the last setting wins): they apply to every
+    /// listener unless `per_listener_settings` is true.
+    pub security: SecurityOptions,
+    pub per_listener_settings: bool,
     /// The devices file (`devices_file`) as named in the config, with its line, and its
     /// declarations once loaded.
     pub devices_file: Option<(PathBuf, usize)>,
@@ -40,16 +91,13 @@ impl Default for Config {
     /// No config file: one listener on 127.0.0.1:1883, as Mosquitto 2 does.
     fn default() -> Self {
         Config {
-            listeners: vec![ListenerConfig {
-                port: 1883,
-                address: Some("127.0.0.1".into()),
-            }],
+            listeners: vec![ListenerConfig::new(1883, Some("127.0.0.1"))],
             broker: BrokerConfig::default(),
             max_connections: None,
             log_level: LevelFilter::Info,
             set_tcp_nodelay: true,
-            password_file: None,
-            acl_file: None,
+            security: SecurityOptions::default(),
+            per_listener_settings: false,
             devices_file: None,
             devices: None,
             device_options: crate::devices::Options::default(),
@@ -81,39 +129,44 @@ impl Config {
         })?;
         let name = path.display().to_string();
         let mut c = Config::parse(&text, &name)?;
-        if let Some((file, line)) = &c.password_file {
-            // Relative paths are found next to the config file.
-            let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            let passwords = crate::auth::password::PasswordFile::load(&file).map_err(|e| {
-                if e.starts_with("cannot read") {
-                    ConfigError(format!("{name}:{line}: option 'password_file': {e}"))
-                } else {
-                    ConfigError(e)
-                }
-            })?;
-            c.broker.passwords = Some(passwords);
+        // Relative paths are found next to the config file.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for l in &mut c.listeners {
+            let t = &mut l.tls;
+            for p in [
+                &mut t.certfile,
+                &mut t.keyfile,
+                &mut t.cafile,
+                &mut t.capath,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *p = dir.join(&*p);
+            }
         }
-        if let Some((file, line)) = &c.acl_file {
-            let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            let acl = crate::auth::acl::AclFile::load(&file).map_err(|e| {
-                if e.starts_with("cannot read") {
-                    ConfigError(format!("{name}:{line}: option 'acl_file': {e}"))
-                } else {
-                    ConfigError(e)
-                }
-            })?;
-            c.broker.acl = Some(acl);
+        // Each file is read once, however many listeners use it.
+        let mut passwords = Vec::new();
+        let mut acls = Vec::new();
+        for i in 0..c.listeners.len() {
+            let sec = c.security_of(i).clone();
+            let policy = &mut c.broker.listeners[i];
+            if let Some((file, line)) = &sec.password_file {
+                policy.passwords = Some(load_once(&mut passwords, dir, file, |f| {
+                    crate::auth::password::PasswordFile::load(f)
+                        .map_err(|e| file_error(e, &name, *line, "password_file"))
+                })?);
+            }
+            if let Some((file, line)) = &sec.acl_file {
+                policy.acl = Some(load_once(&mut acls, dir, file, |f| {
+                    crate::auth::acl::AclFile::load(f)
+                        .map_err(|e| file_error(e, &name, *line, "acl_file"))
+                })?);
+            }
         }
         if let Some((file, line)) = &c.devices_file {
-            // A relative devices_file is found next to the config file.
-            let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            let devices = crate::devices::decl::Devices::load(&file).map_err(|e| {
-                if e.starts_with("cannot read") {
-                    ConfigError(format!("{name}:{line}: option 'devices_file': {e}"))
-                } else {
-                    ConfigError(e)
-                }
-            })?;
+            let devices = crate::devices::decl::Devices::load(&dir.join(file))
+                .map_err(|e| file_error(e, &name, *line, "devices_file"))?;
             c.devices = Some(devices);
         }
         c.source = Some(path.to_path_buf());
@@ -129,6 +182,9 @@ impl Config {
         let mut default_port: Option<u16> = None;
         let mut bind_address: Option<String> = None;
         let mut log_types: Option<LevelFilter> = None;
+        // Listener options before any `listener` line belong to the default listener.
+        let mut default_listener = ListenerConfig::default();
+        let mut listener_option_line = 0;
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -145,25 +201,97 @@ impl Config {
             };
             let args: Vec<&str> = rest.split_whitespace().collect();
             let b = &mut c.broker;
+            // The section this line is in: the last `listener`, or the default listener's.
+            let in_listener = !c.listeners.is_empty();
+            let section = match c.listeners.last_mut() {
+                Some(l) => l,
+                None => &mut default_listener,
+            };
+            if !in_listener && LISTENER_OPTIONS.contains(&option) && listener_option_line == 0 {
+                listener_option_line = n + 1;
+            }
             match option {
                 "listener" => {
                     let (port, address) = match args.as_slice() {
                         [p] => (at.parse_num(p, 0, 65535)? as u16, None),
-                        [p, a] => (at.parse_num(p, 0, 65535)? as u16, Some(a.to_string())),
+                        [p, a] => (at.parse_num(p, 0, 65535)? as u16, Some(*a)),
                         _ => return Err(at.err("expects a port and an optional bind address")),
                     };
-                    c.listeners.push(ListenerConfig { port, address });
+                    c.listeners.push(ListenerConfig::new(port, address));
                 }
                 "port" => default_port = Some(at.parse_num(at.one(&args)?, 0, 65535)? as u16),
                 "bind_address" => bind_address = Some(at.one(&args)?.to_string()),
-                "allow_anonymous" => b.allow_anonymous = at.parse_bool(&args)?,
+                "per_listener_settings" => c.per_listener_settings = at.parse_bool(&args)?,
+                "allow_anonymous" => {
+                    let v = Some(at.parse_bool(&args)?);
+                    section.security.allow_anonymous = v;
+                    c.security.allow_anonymous = v;
+                }
+                "password_file" => {
+                    let v = Some((PathBuf::from(at.path(rest)?), n + 1));
+                    section.security.password_file = v.clone();
+                    c.security.password_file = v;
+                }
+                "acl_file" => {
+                    let v = Some((PathBuf::from(at.path(rest)?), n + 1));
+                    section.security.acl_file = v.clone();
+                    c.security.acl_file = v;
+                }
                 "max_connections" => {
                     let v = at.one(&args)?;
-                    c.max_connections = if v == "-1" {
+                    let max = if v == "-1" {
                         None
                     } else {
                         Some(at.parse_num(v, 0, u32::MAX as u64)? as usize)
                     };
+                    // Before any listener: every connection counts against it.
+                    if in_listener {
+                        section.max_connections = max;
+                    } else {
+                        c.max_connections = max;
+                    }
+                }
+                "use_username_as_clientid" => {
+                    section.use_username_as_clientid = at.parse_bool(&args)?
+                }
+                "protocol" => match at.one(&args)? {
+                    "mqtt" => {}
+                    "websockets" => {
+                        return Err(at.err("websockets listeners are not supported yet"))
+                    }
+                    other => {
+                        return Err(at.err(&format!(
+                            "unknown protocol '{other}' (expected mqtt or websockets)"
+                        )))
+                    }
+                },
+                "certfile" | "keyfile" | "cafile" | "capath" => {
+                    let t = &mut section.tls;
+                    let path = Some(PathBuf::from(at.path(rest)?));
+                    match option {
+                        "certfile" => t.certfile = path,
+                        "keyfile" => t.keyfile = path,
+                        "cafile" => t.cafile = path,
+                        _ => t.capath = path,
+                    }
+                    if t.line == 0 {
+                        t.line = n + 1;
+                    }
+                }
+                "require_certificate" => section.tls.require_certificate = at.parse_bool(&args)?,
+                "use_identity_as_username" => {
+                    section.tls.use_identity_as_username = at.parse_bool(&args)?
+                }
+                "tls_version" => {
+                    section.tls.min_version = Some(match at.one(&args)? {
+                        "tlsv1.1" | "tlsv1.2" => 12,
+                        "tlsv1.3" => 13,
+                        other => {
+                            return Err(at.err(&format!(
+                            "unknown TLS version '{other}' (expected tlsv1.1, tlsv1.2 or tlsv1.3)"
+                        )))
+                        }
+                    })
                 }
                 "max_inflight_messages" => {
                     b.max_inflight_messages = at.parse_num(at.one(&args)?, 0, 65535)? as u16
@@ -216,9 +344,7 @@ impl Config {
                 }
                 "sys_interval" => b.sys_interval = at.parse_num(at.one(&args)?, 0, 86_400)? as u32,
                 "set_tcp_nodelay" => c.set_tcp_nodelay = at.parse_bool(&args)?,
-                "devices_file" => c.devices_file = Some((PathBuf::from(rest), n + 1)),
-                "password_file" => c.password_file = Some((PathBuf::from(rest), n + 1)),
-                "acl_file" => c.acl_file = Some((PathBuf::from(rest), n + 1)),
+                "devices_file" => c.devices_file = Some((PathBuf::from(at.path(rest)?), n + 1)),
                 "devices_prefix" => {
                     let p = at.one(&args)?;
                     if !crate::broker::topic::valid_name(p)
@@ -264,6 +390,9 @@ impl Config {
                         )))
                     }
                 },
+                _ if UNSUPPORTED.contains(&option) => {
+                    return Err(at.err("is a Mosquitto option that gatemq does not support"))
+                }
                 _ => {
                     return Err(ConfigError(format!(
                         "{name}:{}: unknown option '{option}'",
@@ -277,7 +406,8 @@ impl Config {
         }
         // Mosquitto: `port`/`bind_address` make the default listener; with neither and no
         // `listener`, the broker listens on the loopback interface only.
-        if default_port.is_some() || bind_address.is_some() || c.listeners.is_empty() {
+        let had_listeners = !c.listeners.is_empty();
+        if default_port.is_some() || bind_address.is_some() || !had_listeners {
             let address = bind_address.or_else(|| {
                 if default_port.is_none() {
                     Some("127.0.0.1".into())
@@ -285,15 +415,128 @@ impl Config {
                     None
                 }
             });
-            c.listeners.insert(
-                0,
-                ListenerConfig {
-                    port: default_port.unwrap_or(1883),
-                    address,
-                },
-            );
+            default_listener.port = default_port.unwrap_or(1883);
+            default_listener.address = address;
+            c.listeners.insert(0, default_listener);
+        } else if listener_option_line > 0 {
+            return Err(ConfigError(format!(
+                "{name}:{listener_option_line}: this listener option comes before any 'listener' line, and there is no default listener ('port') for it"
+            )));
         }
+        for l in &c.listeners {
+            check_tls(&l.tls, name)?;
+        }
+        c.broker.listeners = (0..c.listeners.len())
+            .map(|i| {
+                let l = &c.listeners[i];
+                ListenerPolicy {
+                    allow_anonymous: c.security_of(i).allow_anonymous.unwrap_or(true),
+                    use_username_as_clientid: l.use_username_as_clientid,
+                    use_identity_as_username: l.tls.use_identity_as_username,
+                    ..ListenerPolicy::default()
+                }
+            })
+            .collect();
         Ok(c)
+    }
+
+    /// The security options that apply to listener `i`: its own with `per_listener_settings`,
+    /// else the file's.
+    pub fn security_of(&self, i: usize) -> &SecurityOptions {
+        match self.listeners.get(i) {
+            Some(l) if self.per_listener_settings => &l.security,
+            _ => &self.security,
+        }
+    }
+}
+
+/// Options that belong to a listener's section.
+const LISTENER_OPTIONS: &[&str] = &[
+    "certfile",
+    "keyfile",
+    "cafile",
+    "capath",
+    "require_certificate",
+    "use_identity_as_username",
+    "tls_version",
+    "use_username_as_clientid",
+    "protocol",
+];
+
+/// Mosquitto options gatemq knows but does not implement: named as such, not as typos.
+const UNSUPPORTED: &[&str] = &[
+    "mount_point",
+    "socket_domain",
+    "bind_interface",
+    "http_dir",
+    "ciphers",
+    "ciphers_tls1.3",
+    "crlfile",
+    "dhparamfile",
+    "psk_hint",
+    "psk_file",
+    "use_subject_as_username",
+    "tls_engine",
+    "tls_keyform",
+    "tls_engine_kpass_sha1",
+    "plugin",
+    "auth_plugin",
+    "websockets_log_level",
+    "websockets_headers_size",
+];
+
+/// A listener's TLS options make sense together (each error names the listener's first TLS
+/// line).
+fn check_tls(t: &TlsOptions, name: &str) -> Result<(), ConfigError> {
+    let used = t.certfile.is_some()
+        || t.keyfile.is_some()
+        || t.cafile.is_some()
+        || t.capath.is_some()
+        || t.require_certificate
+        || t.use_identity_as_username
+        || t.min_version.is_some();
+    if !used {
+        return Ok(());
+    }
+    let err = |what: &str| Err(ConfigError(format!("{name}:{}: {what}", t.line.max(1))));
+    if !cfg!(feature = "tls") {
+        return err("this gatemq was built without TLS (the 'tls' feature)");
+    }
+    if t.certfile.is_none() || t.keyfile.is_none() {
+        return err("a TLS listener needs both 'certfile' and 'keyfile'");
+    }
+    if t.require_certificate && t.cafile.is_none() && t.capath.is_none() {
+        return err("'require_certificate true' needs 'cafile' or 'capath' to check client certificates against");
+    }
+    if t.use_identity_as_username && !t.require_certificate {
+        return err("'use_identity_as_username true' needs 'require_certificate true'");
+    }
+    Ok(())
+}
+
+/// Load a file once for every listener that names it.
+fn load_once<T: Clone>(
+    cache: &mut Vec<(PathBuf, T)>,
+    dir: &Path,
+    file: &Path,
+    load: impl FnOnce(&Path) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let file = dir.join(file);
+    if let Some((_, v)) = cache.iter().find(|(p, _)| *p == file) {
+        return Ok(v.clone());
+    }
+    let v = load(&file)?;
+    cache.push((file, v.clone()));
+    Ok(v)
+}
+
+/// A file named by option `option` on line `line` could not be used: a read error gets the
+/// config's file and line in front; a content error names its own file and line already.
+fn file_error(e: String, name: &str, line: usize, option: &str) -> ConfigError {
+    if e.starts_with("cannot read") {
+        ConfigError(format!("{name}:{line}: option '{option}': {e}"))
+    } else {
+        ConfigError(e)
     }
 }
 
@@ -316,6 +559,13 @@ impl Line<'_> {
             [] => Err(self.err("expects a value")),
             _ => Err(self.err("expects a single value")),
         }
+    }
+    /// A path: the rest of the line, spaces included.
+    fn path<'s>(&self, rest: &'s str) -> Result<&'s str, ConfigError> {
+        if rest.is_empty() {
+            return Err(self.err("expects a path"));
+        }
+        Ok(rest)
     }
     fn parse_bool(&self, args: &[&str]) -> Result<bool, ConfigError> {
         match self.one(args)? {
@@ -361,10 +611,7 @@ mod tests {
         let c = Config::parse("# nothing\n\n", "x.conf").unwrap();
         assert_eq!(
             c.listeners,
-            vec![ListenerConfig {
-                port: 1883,
-                address: Some("127.0.0.1".into())
-            }]
+            vec![ListenerConfig::new(1883, Some("127.0.0.1"))]
         );
     }
 
@@ -376,15 +623,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
-        assert_eq!(
-            c.listeners[0],
-            ListenerConfig {
-                port: 1884,
-                address: None
-            }
-        );
+        assert_eq!(c.listeners[0], ListenerConfig::new(1884, None));
         assert_eq!(c.broker.max_inflight_messages, 5);
-        assert!(!c.broker.allow_anonymous);
+        // Without per_listener_settings, allow_anonymous counts for every listener.
+        assert_eq!(c.broker.listeners.len(), 2);
+        assert!(c.broker.listeners.iter().all(|p| !p.allow_anonymous));
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert_eq!(c.max_connections, None);
         assert_eq!(c.broker.sys_interval, 0);
@@ -393,13 +636,83 @@ mod tests {
     #[test]
     fn port_makes_default_listener_on_all_interfaces() {
         let c = Config::parse("port 1999\n", "x.conf").unwrap();
+        assert_eq!(c.listeners, vec![ListenerConfig::new(1999, None)]);
+    }
+
+    #[test]
+    fn per_listener_settings_give_each_listener_its_own_security() {
+        let text = "per_listener_settings true
+allow_anonymous false
+port 1883
+                    listener 8883
+certfile s.crt
+keyfile s.key
+cafile ca.crt
+                    require_certificate true
+use_identity_as_username true
+max_connections 5
+                    listener 1884
+allow_anonymous true
+password_file pw
+use_username_as_clientid true
+";
+        let c = Config::parse(text, "x.conf").unwrap();
+        let ports: Vec<u16> = c.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [1883, 8883, 1884]);
+        let anon: Vec<bool> = c
+            .broker
+            .listeners
+            .iter()
+            .map(|p| p.allow_anonymous)
+            .collect();
+        // The default listener has the lines before any `listener`; 8883 sets nothing (default).
+        assert_eq!(anon, [false, true, true]);
+        assert!(c.listeners[1].tls.enabled() && c.listeners[1].tls.require_certificate);
+        assert!(c.broker.listeners[1].use_identity_as_username);
+        assert_eq!(c.listeners[1].max_connections, Some(5));
+        assert!(c.broker.listeners[2].use_username_as_clientid);
+        assert_eq!(c.security_of(2).password_file, Some(("pw".into(), 13)));
+        assert_eq!(c.security_of(0).password_file, None);
+        // The same file without per_listener_settings: the last setting is everyone's.
+        let c = Config::parse(
+            &text.replace(
+                "true\nallow_anonymous false",
+                "false\nallow_anonymous false",
+            ),
+            "x.conf",
+        )
+        .unwrap();
+        let anon: Vec<bool> = c
+            .broker
+            .listeners
+            .iter()
+            .map(|p| p.allow_anonymous)
+            .collect();
+        assert_eq!(anon, [true, true, true]);
+        assert_eq!(c.security_of(0).password_file, Some(("pw".into(), 13)));
+    }
+
+    #[test]
+    fn tls_options_are_checked_together() {
+        let e = |text: &str| Config::parse(text, "t.conf").unwrap_err().0;
         assert_eq!(
-            c.listeners,
-            vec![ListenerConfig {
-                port: 1999,
-                address: None
-            }]
+            e("listener 8883\ncertfile a.crt\n"),
+            "t.conf:2: a TLS listener needs both 'certfile' and 'keyfile'"
         );
+        assert!(
+            e("listener 8883\ncertfile a\nkeyfile b\nrequire_certificate true\n")
+                .contains("needs 'cafile' or 'capath'")
+        );
+        assert!(
+            e("listener 8883\ncertfile a\nkeyfile b\nuse_identity_as_username true\n")
+                .contains("needs 'require_certificate true'")
+        );
+        assert!(e("listener 1\ntls_version sslv3\n").contains("unknown TLS version 'sslv3'"));
+        assert!(e("listener 1\nprotocol websockets\n").contains("not supported yet"));
+        assert!(e("listener 1\nmount_point x/\n").contains("gatemq does not support"));
+        assert!(e("certfile a\nlisten 1\n").contains("unknown option 'listen'"));
+        assert!(e("certfile a\nkeyfile b\nlistener 1883\n")
+            .starts_with("t.conf:1: this listener option comes before any 'listener'"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 mod passwd_cmd;
 
-use gatemq::config::{Config, ListenerConfig};
+use gatemq::config::Config;
 use gatemq::net::Server;
 use log::LevelFilter;
 use std::path::PathBuf;
@@ -85,12 +85,8 @@ fn main() -> ExitCode {
     };
     if let Some(port) = args.port {
         // Like Mosquitto's -p: the default (first) listener's port.
-        match config.listeners.first_mut() {
-            Some(l) => l.port = port,
-            None => config.listeners.push(ListenerConfig {
-                port,
-                address: None,
-            }),
+        if let Some(l) = config.listeners.first_mut() {
+            l.port = port;
         }
     }
     if args.test_config {

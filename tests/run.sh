@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of gatemq on a fresh Debian 12 machine, installing what the tests need:
-# Debian's mosquitto-clients (mosquitto_pub/sub) and mosquitto, and a Python venv with
-# paho-mqtt and pytest. Used by CI (.ci/run) and by people: ./tests/run.sh
+# Debian's mosquitto-clients (mosquitto_pub/sub), mosquitto and openssl (test certificates),
+# and a Python venv with paho-mqtt and pytest. Used by CI (.ci/run) and by people: ./tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -11,9 +11,10 @@ started=$(date +%s)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "test dependencies"
-if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null; then
+if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null ||
+    ! command -v openssl >/dev/null; then
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null
 fi
 venv="$root/.venv"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/requirements.txt "$venv/.requirements"; then
@@ -27,6 +28,9 @@ cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
+
+step "cargo clippy --no-default-features (the build without TLS stays clean)"
+cargo clippy --quiet --all-targets --no-default-features -- -D warnings
 
 step "cargo build --release"
 cargo build --release --quiet

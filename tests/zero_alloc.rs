@@ -80,10 +80,7 @@ struct InProcess {
 impl InProcess {
     fn start(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = Config {
-            listeners: vec![ListenerConfig {
-                port: 0,
-                address: Some("127.0.0.1".into()),
-            }],
+            listeners: vec![ListenerConfig::new(0, Some("127.0.0.1"))],
             ..Config::default()
         };
         cfg.broker.sys_interval = 0;

@@ -56,10 +56,40 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
             now,
         );
     }
+    let listener = b.conns[id].as_ref().map_or(0, |c| c.listener);
+    let policy = b.policy(listener);
+    let (use_identity, use_username_as_clientid) = (
+        policy.use_identity_as_username,
+        policy.use_username_as_clientid,
+    );
+    // TLS client certificates as identity: the certificate names the user, the CONNECT's
+    // username and password do not count.
+    let identity = b.identities.remove(&id);
+    let username = if use_identity {
+        if identity.is_none() {
+            log::info!("Connection from {who} refused: no client certificate identity");
+            return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
+        }
+        identity.as_deref()
+    } else {
+        c.username
+    };
+    // Mosquitto's use_username_as_clientid: the username is the client id.
+    let c_client_id = if use_username_as_clientid {
+        match username {
+            Some(u) => u,
+            None => {
+                log::info!("Connection from {who} refused: no username to use as client id");
+                return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
+            }
+        }
+    } else {
+        c.client_id
+    };
     // Client identifier rules (3.1.1 section 3.1.3.1; 3.1 requires 1 to 23 characters; MQTT 5
     // assigns one to any empty id and says which in CONNACK).
     let assigned;
-    let client_id = if c.client_id.is_empty() {
+    let client_id = if c_client_id.is_empty() {
         if c.level == LEVEL_31 || (!c.clean_session && !v5) {
             log::info!("Connection from {who} refused: empty client id without clean session");
             return refuse(
@@ -74,7 +104,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         assigned = b.assign_client_id();
         assigned.as_str()
     } else {
-        c.client_id
+        c_client_id
     };
     if c.level == LEVEL_31 && client_id.len() > 23 {
         log::info!("Connection from {who} refused: MQTT 3.1 client id longer than 23 characters");
@@ -111,12 +141,13 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     } else {
         c.keep_alive
     };
-    if c.username.is_none() && !b.cfg.allow_anonymous {
+    let policy = b.policy(listener);
+    if username.is_none() && !policy.allow_anonymous {
         log::info!("Client {client_id} refused: anonymous clients are not allowed");
         return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
     }
     // With a password file, a username must come with its password (Mosquitto's rule).
-    if let (Some(user), Some(passwords)) = (c.username, &b.cfg.passwords) {
+    if let (Some(user), Some(passwords), false) = (username, &policy.passwords, use_identity) {
         if !passwords.check(user, c.password.unwrap_or(&[])) {
             log::info!("Client {client_id} refused: bad username or password (u'{user}')");
             return refuse(
@@ -161,7 +192,8 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     let s = &mut b.sessions[sid];
     s.expiry = expiry;
     s.conn = Some(id);
-    s.username = c.username.map(Into::into);
+    s.username = username.map(Into::into);
+    s.listener = listener;
     // Back in time: the delayed will is not sent (spec 3.1.3.2.2), the session does not expire.
     s.expires_at = None;
     s.timer_gen += 1;
@@ -224,7 +256,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         c.level,
         c.clean_session as u8,
         c.keep_alive,
-        c.username.map(|u| format!(", u'{u}'")).unwrap_or_default()
+        username.map(|u| format!(", u'{u}'")).unwrap_or_default()
     );
     if v5 {
         let mut props = PropBuf::default();

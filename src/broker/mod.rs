@@ -43,7 +43,6 @@ pub type SessionId = usize;
 /// The limits and switches the broker core runs by (the config file's broker options).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
-    pub allow_anonymous: bool,
     /// Outgoing QoS 1/2 messages unacknowledged per client; 0 = no limit (65535).
     pub max_inflight_messages: u16,
     /// Messages queued per client beyond the in-flight window; 0 = no limit.
@@ -74,10 +73,10 @@ pub struct BrokerConfig {
     pub max_qos: u8,
     /// Sent as Response Information to MQTT 5 clients that request it.
     pub response_information: Option<String>,
-    /// Mosquitto's `password_file`: a client giving a username must give its password.
-    pub passwords: Option<crate::auth::password::PasswordFile>,
-    /// Mosquitto's `acl_file`: who may publish, subscribe and receive what.
-    pub acl: Option<crate::auth::acl::AclFile>,
+    /// Who each listener lets in and what they may do, by listener index (the order of the
+    /// config's listeners). A connection on a listener not in the list is treated as on the
+    /// first.
+    pub listeners: Vec<ListenerPolicy>,
     /// Longest topic name or filter accepted, in bytes.
     pub max_topic_length: usize,
     /// Most levels in a topic name or filter (this also bounds the tries' recursion).
@@ -89,7 +88,6 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            allow_anonymous: true,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
@@ -104,11 +102,39 @@ impl Default for BrokerConfig {
             max_topic_alias: 10,
             max_qos: 2,
             response_information: None,
-            passwords: None,
-            acl: None,
+            listeners: vec![ListenerPolicy::default()],
             max_topic_length: 65535,
             max_topic_levels: 256,
             max_subscriptions_per_client: 0,
+        }
+    }
+}
+
+/// What one listener lets in and allows: Mosquitto's security options (per listener with
+/// `per_listener_settings true`, otherwise the same for every listener) and the listener
+/// options that decide who a client is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerPolicy {
+    pub allow_anonymous: bool,
+    /// Mosquitto's `password_file`: a client giving a username must give its password.
+    pub passwords: Option<crate::auth::password::PasswordFile>,
+    /// Mosquitto's `acl_file`: who may publish, subscribe and receive what.
+    pub acl: Option<crate::auth::acl::AclFile>,
+    /// The username becomes the client id (clients without a username are refused).
+    pub use_username_as_clientid: bool,
+    /// TLS with client certificates: the certificate's Common Name is the username and no
+    /// password is asked for (the event loop passes it with [`Broker::set_identity`]).
+    pub use_identity_as_username: bool,
+}
+
+impl Default for ListenerPolicy {
+    fn default() -> Self {
+        ListenerPolicy {
+            allow_anonymous: true,
+            passwords: None,
+            acl: None,
+            use_username_as_clientid: false,
+            use_identity_as_username: false,
         }
     }
 }
@@ -139,6 +165,8 @@ struct Aliases {
 /// One connection's protocol state. The socket itself lives in the event loop.
 struct Conn {
     peer: Option<SocketAddr>,
+    /// Index of the listener it came in on (its [`ListenerPolicy`]).
+    listener: u16,
     session: Option<SessionId>,
     level: u8,
     keep_alive: u16,
@@ -202,6 +230,9 @@ pub struct Broker {
     devices: Option<Box<crate::devices::Executor>>,
     device_out: crate::devices::Outbox,
     rng: u64,
+    /// TLS client certificate identities of connections that have not sent CONNECT yet, on
+    /// listeners that use them as usernames (kept here, not in every `Conn`).
+    identities: FxHashMap<ConnId, Box<str>>,
 }
 
 impl Broker {
@@ -237,6 +268,7 @@ impl Broker {
             devices: None,
             device_out: Default::default(),
             rng: seed | 1,
+            identities: FxHashMap::default(),
         }
     }
 
@@ -267,14 +299,16 @@ impl Broker {
         self.pool.len()
     }
 
-    /// A new connection in slot `id` (the event loop's key for it).
-    pub fn open(&mut self, id: ConnId, peer: Option<SocketAddr>, now: Instant) {
+    /// A new connection in slot `id` (the event loop's key for it) on listener `listener`
+    /// (an index into [`BrokerConfig::listeners`]).
+    pub fn open(&mut self, id: ConnId, peer: Option<SocketAddr>, listener: usize, now: Instant) {
         if self.conns.len() <= id {
             self.conns.resize_with(id + 1, || None);
         }
         self.next_gen += 1;
         self.conns[id] = Some(Conn {
             peer,
+            listener: listener.min(u16::MAX as usize) as u16,
             session: None,
             level: 0,
             keep_alive: 0,
@@ -316,6 +350,23 @@ impl Broker {
         if let Some(slot) = self.conns.get_mut(id) {
             *slot = None;
         }
+        self.identities.remove(&id);
+    }
+
+    /// The verified identity (certificate Common Name) of TLS connection `id`, for a listener
+    /// with `use_identity_as_username`. Given before its CONNECT is handled.
+    pub fn set_identity(&mut self, id: ConnId, identity: &str) {
+        if self.conns.get(id).is_some_and(|c| c.is_some()) {
+            self.identities.insert(id, identity.into());
+        }
+    }
+
+    /// The policy of listener `listener` (the first listener's for an unknown index).
+    fn policy(&self, listener: u16) -> &ListenerPolicy {
+        let l = &self.cfg.listeners;
+        l.get(listener as usize)
+            .or(l.first())
+            .unwrap_or(&OPEN_POLICY)
     }
 
     /// The event loop could not frame the input (bad or oversized fixed header).
@@ -613,12 +664,22 @@ impl Broker {
     /// May session `sid` receive (`Read`, checked at delivery) or publish (`Write`) `topic`?
     /// Always, without an ACL file.
     fn acl_allows(&self, sid: SessionId, topic: &str, access: crate::auth::acl::Access) -> bool {
-        self.cfg.acl.as_ref().is_none_or(|acl| {
-            let s = &self.sessions[sid];
-            acl.check(s.username.as_deref(), &s.client_id, topic, access)
-        })
+        let s = &self.sessions[sid];
+        self.policy(s.listener)
+            .acl
+            .as_ref()
+            .is_none_or(|acl| acl.check(s.username.as_deref(), &s.client_id, topic, access))
     }
 }
+
+/// Anyone may connect and do anything: the policy without a config.
+static OPEN_POLICY: ListenerPolicy = ListenerPolicy {
+    allow_anonymous: true,
+    passwords: None,
+    acl: None,
+    use_username_as_clientid: false,
+    use_identity_as_username: false,
+};
 
 fn peer(p: &Option<SocketAddr>) -> String {
     p.map_or_else(|| "(unknown)".to_string(), |a| a.to_string())

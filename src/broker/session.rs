@@ -57,6 +57,8 @@ pub struct Session {
     pub client_id: Box<str>,
     /// The username it connected with (for the ACL).
     pub username: Option<Box<str>>,
+    /// The listener it last connected on: its ACL applies, online or not.
+    pub listener: u16,
     pub conn: Option<ConnId>,
     /// Seconds the session outlives its connection: 0 = not at all, NEVER_EXPIRES = for ever.
     pub expiry: u32,
@@ -93,6 +95,7 @@ impl Session {
         Session {
             client_id: client_id.into(),
             username: None,
+            listener: 0,
             conn: None,
             expiry,
             subscriptions: Vec::new(),

@@ -22,8 +22,8 @@ const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
 
 /// Would the ACL ever let a message through this filter? (Shared: the filter inside.)
 fn may_subscribe(b: &Broker, sid: SessionId, filter: &str) -> bool {
-    b.cfg.acl.as_ref().is_none_or(|acl| {
-        let s = &b.sessions[sid];
+    let s = &b.sessions[sid];
+    b.policy(s.listener).acl.as_ref().is_none_or(|acl| {
         acl.may_subscribe(s.username.as_deref(), &s.client_id, split_shared(filter).1)
     })
 }

@@ -89,7 +89,7 @@ impl Harness {
     }
 
     fn open(&mut self, id: ConnId) {
-        self.b.open(id, None, self.now);
+        self.b.open(id, None, 0, self.now);
     }
 
     fn send(&mut self, id: ConnId, bytes: &[u8]) {

@@ -7,6 +7,8 @@
 //! starve the rest, and a connection that does not read its own output is not read from.
 
 mod systemd;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use crate::broker::{Broker, ConnId};
 use crate::config::{io_reason, Config};
@@ -34,12 +36,82 @@ struct Connection {
     partial: Vec<u8>,
     /// Readable data may be left unread (budget spent or reading paused).
     read_pending: bool,
+    /// Index of the listener it came in on.
+    listener: u16,
+    /// The TLS session of a connection on a TLS listener.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Its certificate identity has been given to the broker (or is not needed).
+    #[cfg(feature = "tls")]
+    identified: bool,
+}
+
+impl Connection {
+    /// Read plain MQTT bytes (decrypted, on a TLS listener) into `buf`; `Ok(0)` at the end.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls::read(tls, &mut self.stream, buf);
+        }
+        self.stream.read(buf)
+    }
+
+    /// Write MQTT bytes: straight to the socket, or into the TLS session (then sent by
+    /// [`Connection::send_tls`]). Returns what was taken; 0 when nothing more fits now.
+    fn write(&mut self, out: &[u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            self.send_tls()?;
+            if let Some(tls) = &mut self.tls {
+                return tls.writer().write(out);
+            }
+        }
+        self.stream.write(out)
+    }
+
+    /// Tell a TLS peer the connection ends (best effort: what the socket takes now).
+    fn close_notify(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = self.send_tls();
+        }
+    }
+
+    /// Send what the TLS session has ready (records, handshake, alerts), until the socket is
+    /// full (`WouldBlock`) or nothing is left. A no-op for plain connections.
+    fn send_tls(&mut self) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One listening socket and what it needs to take a connection.
+struct Listener {
+    socket: TcpListener,
+    /// Its own connection limit, and how many it holds.
+    max_connections: Option<usize>,
+    connections: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<tls::Context>,
+    /// TLS client certificate identities become usernames.
+    #[cfg(feature = "tls")]
+    identity: bool,
 }
 
 /// A running broker with its listeners open.
 pub struct Server {
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     conns: Slab<Connection>,
     broker: Broker,
     signals: Signals,
@@ -80,6 +152,14 @@ impl Server {
             Poll::new().map_err(|e| StartError(format!("cannot create the event loop: {e}")))?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
+            #[cfg(feature = "tls")]
+            let tls = match l.tls.enabled() {
+                true => Some(
+                    tls::context(&l.tls)
+                        .map_err(|e| StartError(format!("listener on port {}: {e}", l.port)))?,
+                ),
+                false => None,
+            };
             let host = l.address.as_deref().unwrap_or("0.0.0.0");
             let addrs: Vec<SocketAddr> = (host, l.port)
                 .to_socket_addrs()
@@ -95,8 +175,20 @@ impl Server {
                 .register(&mut listener, token, Interest::READABLE)
                 .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
             let local = listener.local_addr().unwrap_or(addr);
-            log::info!("listening on {local}");
-            listeners.push(listener);
+            #[cfg(feature = "tls")]
+            let kind = if tls.is_some() { " (TLS)" } else { "" };
+            #[cfg(not(feature = "tls"))]
+            let kind = "";
+            log::info!("listening on {local}{kind}");
+            listeners.push(Listener {
+                socket: listener,
+                max_connections: l.max_connections,
+                connections: 0,
+                #[cfg(feature = "tls")]
+                tls,
+                #[cfg(feature = "tls")]
+                identity: l.tls.use_identity_as_username,
+            });
         }
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD])
             .map_err(|e| StartError(format!("cannot handle signals: {e}")))?;
@@ -133,7 +225,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
             .collect()
     }
 
@@ -243,10 +335,10 @@ impl Server {
 
     fn accept(&mut self, index: usize, now: Instant) {
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(listener) = self.listeners.get_mut(index) else {
                 return;
             };
-            let (mut stream, peer) = match listener.accept() {
+            let (mut stream, peer) = match listener.socket.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -263,6 +355,28 @@ impl Server {
                 log::info!("Connection from {peer} refused: max_connections reached");
                 continue;
             }
+            if listener
+                .max_connections
+                .is_some_and(|max| listener.connections >= max)
+            {
+                log::info!(
+                    "Connection from {peer} refused: the listener's max_connections reached"
+                );
+                continue;
+            }
+            #[cfg(feature = "tls")]
+            let tls = match &listener.tls {
+                Some(ctx) => match tls::accept(ctx) {
+                    Some(t) => Some(t),
+                    None => {
+                        log::warn!("cannot start TLS for {peer}");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            #[cfg(feature = "tls")]
+            let identified = !listener.identity;
             if self.nodelay {
                 let _ = stream.set_nodelay(true);
             }
@@ -280,8 +394,14 @@ impl Server {
                 stream,
                 partial: Vec::new(),
                 read_pending: false,
+                listener: index as u16,
+                #[cfg(feature = "tls")]
+                tls,
+                #[cfg(feature = "tls")]
+                identified,
             });
-            self.broker.open(id, Some(peer), now);
+            self.listeners[index].connections += 1;
+            self.broker.open(id, Some(peer), index, now);
             log::debug!("New connection from {peer} (slot {id})");
         }
     }
@@ -308,16 +428,39 @@ impl Server {
                 return;
             }
             conn.read_pending = false;
-            let n = match conn.stream.read(&mut self.scratch[..]) {
+            let n = match conn.read(&mut self.scratch[..]) {
                 Ok(0) => return self.lost(id, "connection closed by peer", now),
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // A TLS handshake may have something to answer.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return self.flush(id, now),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return self.lost(id, &io_reason(&e), now),
+                Err(e) => {
+                    // A TLS error's alert goes out before the close.
+                    let _ = conn.send_tls();
+                    return self.lost(id, &io_reason(&e), now);
+                }
             };
+            #[cfg(feature = "tls")]
+            self.identify(id);
             budget = budget.saturating_sub(n);
             self.broker.count_bytes_received(n);
             self.process(id, n, now);
+        }
+    }
+
+    /// Give the broker the client certificate's identity before the first packet is handled,
+    /// on a listener that uses it as the username.
+    #[cfg(feature = "tls")]
+    fn identify(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.identified {
+            return;
+        }
+        conn.identified = true;
+        if let Some(cn) = conn.tls.as_deref().and_then(tls::peer_common_name) {
+            self.broker.set_identity(id, &cn);
         }
     }
 
@@ -366,13 +509,27 @@ impl Server {
                 return;
             };
             let out = self.broker.output(id);
-            if out.is_empty() {
-                break;
-            }
-            match conn.stream.write(out) {
+            let written = if out.is_empty() {
+                // Nothing from the broker; a TLS session may still hold records to send.
+                conn.send_tls().map(|_| 0)
+            } else {
+                conn.write(out)
+            };
+            match written {
+                Ok(0) if out.is_empty() => break,
+                // The TLS session's buffer is full and the socket takes no more.
+                Ok(0) => return,
                 Ok(n) => self.broker.consume_output(id, n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.lost(id, &io_reason(&e), now),
+            }
+        }
+        // What the last round put into a TLS session goes out now.
+        if let Some(conn) = self.conns.get_mut(id) {
+            match conn.send_tls() {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => return self.lost(id, &io_reason(&e), now),
             }
         }
@@ -399,6 +556,9 @@ impl Server {
     fn close(&mut self, id: ConnId, now: Instant) {
         if let Some(mut conn) = self.conns.try_remove(id) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
+            if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
+                l.connections -= 1;
+            }
             self.broker.release(id, now);
         }
     }
@@ -423,7 +583,8 @@ impl Server {
                 let id = self.work[i];
                 // Last words (a refusing CONNACK) go out before the close, if the socket takes them.
                 self.flush(id, now);
-                if let Some(conn) = self.conns.get(id) {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.close_notify();
                     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 }
                 self.close(id, now);
@@ -434,8 +595,8 @@ impl Server {
     /// Stop accepting, write what is queued, close every connection.
     fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
-        for mut l in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut l);
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut l.socket);
         }
         let now = Instant::now();
         self.broker.stopping();
@@ -447,8 +608,12 @@ impl Server {
             self.flush(id, now);
         }
         for id in ids {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.close_notify();
+            }
             self.close(id, now);
         }
+        self.listeners.clear();
         log::info!("gatemq stopped");
     }
 }

@@ -45,11 +45,15 @@ class Client:
     """A paho client with blocking helpers. Messages go to `self.messages` (a queue of Msg)."""
 
     def __init__(self, port, client_id=None, clean_session=True, protocol=MQTTv311,
-                 keepalive=60, will=None):
+                 keepalive=60, will=None, tls=None, username=None, password=None):
         self.port = port
         self.client_id = uid() if client_id is None else client_id
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              clean_session=clean_session, protocol=protocol)
+        if tls is not None:  # an ssl.SSLContext
+            self.c.tls_set_context(tls)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.keepalive = keepalive
         if will is not None:
             self.c.will_set(**will)
@@ -109,6 +113,10 @@ class Client:
         """Connect and wait for CONNACK; returns (return code, session_present)."""
         self.c.connect(HOST, self.port, keepalive=self.keepalive)
         self._thread = threading.Thread(target=self._run, daemon=True)
+        # paho writes a packet from the publishing thread itself unless it knows a loop
+        # thread runs; two threads writing at once can swap packets (seen with TLS: message 7
+        # before 6). Told of ours, paho wakes it and only it writes.
+        self.c._thread = self._thread
         self._thread.start()
         assert self.connected.wait(timeout), f"{self.client_id}: no CONNACK within {timeout}s"
         if expect_ok:

@@ -39,11 +39,14 @@ class Broker:
             stderr=self.log_file,
             env=env,
         )
+        listeners = sum(1 for l in self.conf.read_text().splitlines() if l.startswith("listener "))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = LISTEN_RE.search(self.log())
-            if m:
-                self.port = int(m.group(1))
+            found = LISTEN_RE.findall(self.log())
+            if found and len(found) >= listeners:
+                # Every listener's port in config order; `port` is the first one's.
+                self.ports = [int(p) for p in found]
+                self.port = self.ports[0]
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gatemq exited with {self.proc.returncode}:\n{self.log()}")

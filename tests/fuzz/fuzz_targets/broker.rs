@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let mut pending: Vec<Vec<u8>> = vec![Vec::new(); CLIENTS];
     let mut open = [true; CLIENTS];
     for id in 0..CLIENTS {
-        b.open(id, None, now);
+        b.open(id, None, 0, now);
     }
     let mut closing = Vec::new();
     let mut i = 1;
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                 if open[id] {
                     b.release(id, now);
                 }
-                b.open(id, None, now);
+                b.open(id, None, 0, now);
                 open[id] = true;
                 pending[id].clear();
             }

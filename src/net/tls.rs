@@ -1,0 +1,278 @@
+//! TLS listeners (the `tls` feature): rustls on the same non-blocking sockets and the same
+//! loop. A TLS connection reads records from its socket into rustls and hands the plaintext to
+//! the broker exactly as a plain connection's bytes; output is encrypted as the socket takes
+//! it, with rustls's own buffer bounded (64 KiB) so backpressure works as for plain TCP.
+
+use crate::config::TlsOptions;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
+use rustls::RootCertStore;
+use std::io::{self, ErrorKind, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A listener's TLS setup, built once at start.
+pub type Context = Arc<ServerConfig>;
+
+/// Build a listener's TLS context from its options, or say in one sentence what is wrong
+/// (which file, and why).
+pub fn context(t: &TlsOptions) -> Result<Context, String> {
+    let (Some(certfile), Some(keyfile)) = (&t.certfile, &t.keyfile) else {
+        return Err("a TLS listener needs both certfile and keyfile".into());
+    };
+    let certs = certificates(certfile, "certfile")?;
+    let key_pem = read_file(keyfile, "keyfile")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| format!("keyfile {} holds no private key", keyfile.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
+        Some(13) => &[&rustls::version::TLS13],
+        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let builder = if t.require_certificate {
+        let mut roots = RootCertStore::empty();
+        if let Some(cafile) = &t.cafile {
+            add_roots(&mut roots, cafile, "cafile")?;
+        }
+        if let Some(capath) = &t.capath {
+            let dir = std::fs::read_dir(capath).map_err(|e| {
+                format!(
+                    "cannot read capath {}: {}",
+                    capath.display(),
+                    crate::config::io_reason(&e)
+                )
+            })?;
+            // Every file in the folder that holds certificates (c_rehash's links included).
+            for entry in dir.flatten() {
+                let p = entry.path();
+                if p.is_file() {
+                    let _ = add_roots(&mut roots, &p, "capath file");
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(
+                "require_certificate is set, but cafile/capath hold no CA certificate".into(),
+            );
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| format!("cannot check client certificates: {e}"))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "certfile {} and keyfile {} cannot be used together: {e}",
+            certfile.display(),
+            keyfile.display()
+        )
+    })?;
+    Ok(Arc::new(config))
+}
+
+fn read_file(path: &Path, option: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read {option} {}: {}",
+            path.display(),
+            crate::config::io_reason(&e)
+        )
+    })
+}
+
+fn certificates(path: &Path, option: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_file(path, option)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{option} {} is not a PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{option} {} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn add_roots(roots: &mut RootCertStore, path: &Path, option: &str) -> Result<(), String> {
+    for cert in certificates(path, option)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{option} {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A new server side of a TLS connection.
+pub fn accept(ctx: &Context) -> Option<Box<ServerConnection>> {
+    ServerConnection::new(ctx.clone()).ok().map(Box::new)
+}
+
+/// Read plaintext into `buf`: what rustls holds already, else the next records from the
+/// socket. `Ok(0)` is the end of the connection; `WouldBlock` means nothing more for now
+/// (the caller then flushes, as the handshake may have something to send).
+pub fn read(
+    tls: &mut ServerConnection,
+    stream: &mut impl Read,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            // Closed without close_notify: the end all the same.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // The alert that says why is queued: the caller's flush sends it.
+            return Err(io::Error::new(ErrorKind::InvalidData, format!("TLS: {e}")));
+        }
+    }
+}
+
+/// The Common Name of the client certificate's subject (the first one, as Mosquitto takes).
+pub fn peer_common_name(tls: &ServerConnection) -> Option<String> {
+    common_name(tls.peer_certificates()?.first()?)
+}
+
+/// The subject Common Name of a DER certificate. Reads only the structure it walks through
+/// and never panics on a bad one (the verifier has checked it; this is for the name).
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert, _) = tlv(der, Some(0x30))?;
+    let (_, tbs, _) = tlv(cert, Some(0x30))?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xA0) {
+        rest = tlv(rest, None)?.2; // version
+    }
+    // serialNumber, signature, issuer, validity; then the subject.
+    for _ in 0..4 {
+        rest = tlv(rest, None)?.2;
+    }
+    let (_, mut rdns, _) = tlv(rest, Some(0x30))?;
+    while !rdns.is_empty() {
+        let (_, mut set, next) = tlv(rdns, Some(0x31))?;
+        while !set.is_empty() {
+            let (_, atv, after) = tlv(set, Some(0x30))?;
+            let (_, oid, value) = tlv(atv, Some(0x06))?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (tag, v, _) = tlv(value, None)?;
+                return match tag {
+                    // BMPString: UTF-16 big-endian.
+                    0x1E => {
+                        let units: Vec<u16> = v
+                            .chunks_exact(2)
+                            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                            .collect();
+                        String::from_utf16(&units).ok()
+                    }
+                    _ => String::from_utf8(v.to_vec()).ok(),
+                };
+            }
+            set = after;
+        }
+        rdns = next;
+    }
+    None
+}
+
+/// One DER tag-length-value at the start of `b` (with tag `want` if given): (tag, value, rest).
+fn tlv(b: &[u8], want: Option<u8>) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    if want.is_some_and(|w| w != tag) {
+        return None;
+    }
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (first as usize, b)
+    } else {
+        let n = (first & 0x7F) as usize;
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n]
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | x as usize);
+        (len, &b[n..])
+    };
+    if b.len() < len {
+        return None;
+    }
+    Some((tag, &b[..len], &b[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DER element with a short or long length.
+    fn el(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        if body.len() < 0x80 {
+            v.push(body.len() as u8);
+        } else {
+            v.push(0x82);
+            v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        }
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn name(attrs: &[(&[u8], u8, &[u8])]) -> Vec<u8> {
+        let mut rdns = Vec::new();
+        for (oid, tag, value) in attrs {
+            let atv = [el(0x06, oid), el(*tag, value)].concat();
+            rdns.extend(el(0x31, &el(0x30, &atv)));
+        }
+        el(0x30, &rdns)
+    }
+
+    fn cert(subject: &[u8]) -> Vec<u8> {
+        let tbs = [
+            el(0xA0, &el(0x02, &[2])),
+            el(0x02, &[1, 2, 3]),
+            el(0x30, &el(0x06, &[1, 2])),
+            name(&[(&[0x55, 4, 3], 0x0C, b"issuer")]),
+            el(0x30, &[]),
+            subject.to_vec(),
+            vec![0u8; 200], // the rest, long enough for a long-form length
+        ]
+        .concat();
+        el(0x30, &[el(0x30, &tbs), el(0x30, &[])].concat())
+    }
+
+    #[test]
+    fn common_name_of_the_subject_not_the_issuer() {
+        let subject = name(&[
+            (&[0x55, 4, 6], 0x13, b"DE"),
+            (&[0x55, 4, 3], 0x0C, b"sensor-7"),
+            (&[0x55, 4, 3], 0x0C, b"second"),
+        ]);
+        assert_eq!(common_name(&cert(&subject)).as_deref(), Some("sensor-7"));
+        let bmp = name(&[(&[0x55, 4, 3], 0x1E, &[0, b'h', 0, b'i'])]);
+        assert_eq!(common_name(&cert(&bmp)).as_deref(), Some("hi"));
+        let no_cn = name(&[(&[0x55, 4, 10], 0x0C, b"org")]);
+        assert_eq!(common_name(&cert(&no_cn)), None);
+    }
+
+    #[test]
+    fn broken_certificates_give_none_never_a_panic() {
+        let good = cert(&name(&[(&[0x55, 4, 3], 0x0C, b"x")]));
+        for cut in 0..good.len() {
+            let _ = common_name(&good[..cut]);
+        }
+        let mut flipped = good.clone();
+        for i in 0..good.len() {
+            flipped[i] ^= 0xFF;
+            let _ = common_name(&flipped);
+            flipped[i] ^= 0xFF;
+        }
+        assert_eq!(common_name(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+    }
+}

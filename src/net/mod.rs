@@ -69,6 +69,15 @@ impl Connection {
         self.stream.write(out)
     }
 
+    /// A TLS session has records (handshake, alerts) waiting to be sent.
+    fn tls_wants_write(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return tls.wants_write();
+        }
+        false
+    }
+
     /// Tell a TLS peer the connection ends (best effort: what the socket takes now).
     fn close_notify(&mut self) {
         #[cfg(feature = "tls")]
@@ -431,8 +440,14 @@ impl Server {
             let n = match conn.read(&mut self.scratch[..]) {
                 Ok(0) => return self.lost(id, "connection closed by peer", now),
                 Ok(n) => n,
-                // A TLS handshake may have something to answer.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return self.flush(id, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    // A TLS handshake may have something to answer now; anything else is
+                    // written at the end of the turn.
+                    if conn.tls_wants_write() {
+                        self.flush(id, now);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // A TLS error's alert goes out before the close.

@@ -169,14 +169,14 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     };
 
     // Takeover: a connection already using this client id is closed, with its will.
-    let existing = b.by_client_id.get(client_id).copied();
+    let existing = b.by_client_id.get(&b.sessions, client_id);
     if let Some(old_conn) = existing.and_then(|sid| b.sessions[sid].conn) {
         log::info!("Client {client_id} already connected, closing the old connection");
         b.disconnect_v5(old_conn, 0x8E, Some("session taken over"));
         b.end_connection(old_conn, "session taken over", true, now);
     }
     // The old connection's end may have removed a session that does not outlive it.
-    let existing = b.by_client_id.get(client_id).copied();
+    let existing = b.by_client_id.get(&b.sessions, client_id);
     // Clean session / Clean Start 0 resumes the session (spec 3.1.2.4).
     let (sid, session_present) = match existing {
         Some(sid) if !c.clean_session => (sid, true),
@@ -185,7 +185,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
                 b.remove_session(sid);
             }
             let sid = b.sessions.insert(Session::new(client_id, expiry));
-            b.by_client_id.insert(client_id.into(), sid);
+            b.by_client_id.insert(&b.sessions, sid);
             (sid, false)
         }
     };

@@ -131,9 +131,7 @@ impl Broker {
         if let Some((w, _)) = s.pending_will {
             self.pool.release(w);
         }
-        if self.by_client_id.get(&*s.client_id) == Some(&sid) {
-            self.by_client_id.remove(&*s.client_id);
-        }
+        self.by_client_id.remove(&s.client_id, sid);
     }
 }
 

@@ -177,7 +177,7 @@ struct Conn {
     dirty: bool,
     closing: bool,
     /// Timer entries carrying another generation are stale.
-    timer_gen: u64,
+    timer_gen: u32,
     /// Not read from until this session's queue drains (its QoS 1/2 messages could not be queued).
     paused_on: Option<SessionId>,
     /// MQTT 5 state (defaults for 3.1.x).
@@ -202,13 +202,16 @@ pub struct Broker {
     cfg: BrokerConfig,
     conns: Vec<Option<Conn>>,
     sessions: Slab<Session>,
-    by_client_id: FxHashMap<Box<str>, SessionId>,
+    by_client_id: session::ClientIds,
     subs: SubscriptionTree,
     retained: RetainedStore,
     pool: MessagePool,
     /// Keep-alive and CONNECT deadlines: one live entry per connection; an entry is
     /// re-armed when it fires early, so activity never touches the heap.
-    timers: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
+    /// An entry is (milliseconds since `epoch`, connection, generation): 16 bytes, as every
+    /// connection has one.
+    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    epoch: Instant,
     next_gen: u64,
     /// Session expiry and delayed-will deadlines: one live entry per offline session.
     session_timers: BinaryHeap<Reverse<(Instant, SessionId, u64)>>,
@@ -247,11 +250,12 @@ impl Broker {
             cfg,
             conns: Vec::new(),
             sessions: Slab::new(),
-            by_client_id: FxHashMap::default(),
+            by_client_id: session::ClientIds::default(),
             subs: SubscriptionTree::default(),
             retained: RetainedStore::default(),
             pool: MessagePool::default(),
             timers: BinaryHeap::new(),
+            epoch: now,
             next_gen: 0,
             session_timers: BinaryHeap::new(),
             now,
@@ -318,7 +322,7 @@ impl Broker {
             out: Vec::new(),
             dirty: false,
             closing: false,
-            timer_gen: self.next_gen,
+            timer_gen: self.next_gen as u32,
             paused_on: None,
             v5: false,
             receive_max: u16::MAX,
@@ -329,8 +333,7 @@ impl Broker {
             will_expiry: None,
             connect_expiry: 0,
         });
-        self.timers
-            .push(Reverse((now + self.cfg.connect_timeout, id, self.next_gen)));
+        self.push_timer(now + self.cfg.connect_timeout, id, self.next_gen as u32);
     }
 
     /// Forget connection `id` once the event loop has closed its socket. If the broker did not
@@ -511,7 +514,10 @@ impl Broker {
 
     /// How long the event loop may sleep before [`Broker::handle_timeout`] has work.
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let timer = self
+            .timers
+            .peek()
+            .map(|Reverse((t, _, _))| self.instant(*t));
         let session = self.session_timers.peek().map(|Reverse((t, _, _))| *t);
         let devices = self.devices.as_ref().and_then(|d| d.next_deadline());
         [timer, session, self.sys.next, devices]
@@ -525,10 +531,11 @@ impl Broker {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         while let Some(&Reverse((at, id, gen))) = self.timers.peek() {
-            if at > now {
+            if self.instant(at) > now {
                 break;
             }
             self.timers.pop();
+            let id = id as ConnId;
             let Some(c) = self.conns.get(id).and_then(|c| c.as_ref()) else {
                 continue;
             };
@@ -547,7 +554,7 @@ impl Broker {
                 c.last_rx + Duration::from_millis(c.keep_alive as u64 * 1500)
             };
             if deadline > now {
-                self.timers.push(Reverse((deadline, id, gen)));
+                self.push_timer(deadline, id, gen);
             } else if c.session.is_none() {
                 log::info!(
                     "Connection from {} sent no CONNECT in time, closing",
@@ -570,17 +577,34 @@ impl Broker {
         devices::on_timeout(self, now);
     }
 
-    /// Arm the keep-alive timer of a newly connected client.
+    /// Arm the keep-alive timer of a newly connected client. Its CONNECT-timeout entry is
+    /// still in the heap and re-arms itself for the keep-alive when it fires; only a
+    /// keep-alive shorter than that needs an entry of its own (a new generation, so one entry
+    /// per connection stays live).
     fn arm_keep_alive(&mut self, id: ConnId, now: Instant) {
-        self.next_gen += 1;
-        let gen = self.next_gen;
-        if let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) {
-            c.timer_gen = gen;
-            if c.keep_alive > 0 {
-                let at = now + Duration::from_millis(c.keep_alive as u64 * 1500);
-                self.timers.push(Reverse((at, id, gen)));
-            }
+        let connect_deadline = self.cfg.connect_timeout;
+        let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let at = now + Duration::from_millis(c.keep_alive as u64 * 1500);
+        if c.keep_alive > 0 && at < c.opened + connect_deadline {
+            self.next_gen += 1;
+            c.timer_gen = self.next_gen as u32;
+            let gen = c.timer_gen;
+            self.push_timer(at, id, gen);
         }
+    }
+
+    fn push_timer(&mut self, at: Instant, id: ConnId, gen: u32) {
+        // Rounded up, so an entry never fires before its deadline.
+        let d = at.saturating_duration_since(self.epoch);
+        let ms = d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0);
+        self.timers.push(Reverse((ms, id as u32, gen)));
+    }
+
+    /// The instant of a timer entry's milliseconds.
+    fn instant(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
     }
 
     /// The output buffer of `id`, marked for flushing this loop turn.
@@ -628,7 +652,7 @@ impl Broker {
             self.rng ^= self.rng << 25;
             self.rng ^= self.rng >> 27;
             let id = format!("auto-{:016x}", self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d));
-            if !self.by_client_id.contains_key(id.as_str()) {
+            if self.by_client_id.get(&self.sessions, &id).is_none() {
                 return id;
             }
         }

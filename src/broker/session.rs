@@ -147,3 +147,40 @@ impl Session {
             .position(|i| i.packet_id == packet_id && i.awaiting == awaiting)
     }
 }
+
+/// Sessions by client id. The table holds only session keys: the id is kept once, in the
+/// session, instead of again as a map key (every client has a session, so every byte here
+/// is paid per client).
+#[derive(Default)]
+pub struct ClientIds {
+    table: hashbrown::HashTable<super::SessionId>,
+}
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = super::fxhash::FxHasher::default();
+    h.write(id.as_bytes());
+    h.finish()
+}
+
+impl ClientIds {
+    pub fn get(&self, sessions: &slab::Slab<Session>, id: &str) -> Option<super::SessionId> {
+        self.table
+            .find(id_hash(id), |&s| &*sessions[s].client_id == id)
+            .copied()
+    }
+
+    /// Index session `sid` under its client id (which no other indexed session has).
+    pub fn insert(&mut self, sessions: &slab::Slab<Session>, sid: super::SessionId) {
+        let h = id_hash(&sessions[sid].client_id);
+        self.table
+            .insert_unique(h, sid, |&s| id_hash(&sessions[s].client_id));
+    }
+
+    /// Forget session `sid` (indexed under `id`), if it is the one indexed.
+    pub fn remove(&mut self, id: &str, sid: super::SessionId) {
+        if let Ok(entry) = self.table.find_entry(id_hash(id), |&s| s == sid) {
+            entry.remove();
+        }
+    }
+}

@@ -55,16 +55,31 @@ struct SharedGroup {
     next: usize,
 }
 
-#[derive(Default)]
+/// A level of the trie. Kept small, as every distinct filter has one (an idle client with
+/// its own topic costs a node): a node knows neither its parent nor its own level (its
+/// parent's map holds the level once; removal walks down again from the filter), and the
+/// wildcard children are u32 slots.
 struct Node {
-    parent: usize,
-    /// This node's level in its parent (empty for the root and the wildcard children).
-    level: Box<str>,
     children: FxHashMap<Box<str>, usize>,
-    plus: Option<usize>,
-    hash: Option<usize>,
     subs: Vec<SubEntry>,
     shared: Vec<SharedGroup>,
+    plus: u32,
+    hash: u32,
+}
+
+/// No `+` or `#` child.
+const NONE: u32 = u32::MAX;
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            children: FxHashMap::default(),
+            subs: Vec::new(),
+            shared: Vec::new(),
+            plus: NONE,
+            hash: NONE,
+        }
+    }
 }
 
 impl Node {
@@ -72,8 +87,16 @@ impl Node {
         self.subs.is_empty()
             && self.shared.is_empty()
             && self.children.is_empty()
-            && self.plus.is_none()
-            && self.hash.is_none()
+            && self.plus == NONE
+            && self.hash == NONE
+    }
+
+    fn plus(&self) -> Option<usize> {
+        (self.plus != NONE).then_some(self.plus as usize)
+    }
+
+    fn hash(&self) -> Option<usize> {
+        (self.hash != NONE).then_some(self.hash as usize)
     }
 
     fn report(&self, node: usize, f: &mut impl FnMut(Match)) {
@@ -87,6 +110,8 @@ impl Node {
 pub struct SubscriptionTree {
     nodes: Slab<Node>,
     count: usize,
+    /// Scratch for removal: the nodes from the root down a filter's path.
+    path: Vec<usize>,
 }
 
 const ROOT: usize = 0;
@@ -95,7 +120,11 @@ impl Default for SubscriptionTree {
     fn default() -> Self {
         let mut nodes = Slab::new();
         nodes.insert(Node::default());
-        SubscriptionTree { nodes, count: 0 }
+        SubscriptionTree {
+            nodes,
+            count: 0,
+            path: Vec::new(),
+        }
     }
 }
 
@@ -156,23 +185,20 @@ impl SubscriptionTree {
 
     fn child_or_insert(&mut self, node: usize, level: &str) -> usize {
         let existing = match level {
-            "+" => self.nodes[node].plus,
-            "#" => self.nodes[node].hash,
+            "+" => self.nodes[node].plus(),
+            "#" => self.nodes[node].hash(),
             _ => self.nodes[node].children.get(level).copied(),
         };
         if let Some(c) = existing {
             return c;
         }
-        let wildcard = level == "+" || level == "#";
-        let child = self.nodes.insert(Node {
-            parent: node,
-            level: if wildcard { "".into() } else { level.into() },
-            ..Node::default()
-        });
+        let child = self.nodes.insert(Node::default());
+        // More than 2^32 - 1 nodes cannot be made: the memory runs out long before.
+        let slot = u32::try_from(child).unwrap_or(NONE);
         let n = &mut self.nodes[node];
         match level {
-            "+" => n.plus = Some(child),
-            "#" => n.hash = Some(child),
+            "+" => n.plus = slot,
+            "#" => n.hash = slot,
             _ => {
                 n.children.insert(level.into(), child);
             }
@@ -180,16 +206,20 @@ impl SubscriptionTree {
         child
     }
 
-    fn find(&self, filter: &str) -> Option<usize> {
+    /// The node of `filter`, with the nodes on the way (root first) in `path` if given.
+    fn find(&self, filter: &str, mut path: Option<&mut Vec<usize>>) -> Option<usize> {
         let mut node = ROOT;
         let mut rest = Some(filter);
         while let Some(r) = rest {
+            if let Some(p) = path.as_deref_mut() {
+                p.push(node);
+            }
             let (level, tail) = split_level(r);
             rest = tail;
             let n = &self.nodes[node];
             node = match level {
-                "+" => n.plus?,
-                "#" => n.hash?,
+                "+" => n.plus()?,
+                "#" => n.hash()?,
                 _ => *n.children.get(level)?,
             };
         }
@@ -198,9 +228,36 @@ impl SubscriptionTree {
 
     /// Remove `session`'s subscription to `filter` (in `share` group). True if there was one.
     pub fn remove(&mut self, filter: &str, session: SessionId, share: Option<&str>) -> bool {
-        let Some(mut node) = self.find(filter) else {
-            return false;
-        };
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        let found = self.find(filter, Some(&mut path));
+        let removed = found.is_some_and(|node| self.remove_at(node, session, share));
+        if removed {
+            // Prune the now-empty branch so a churn of distinct filters cannot grow the trie:
+            // up the path, each empty node leaves its parent's map under its level.
+            let mut node = found.unwrap_or(ROOT);
+            for (level, &parent) in filter.rsplit('/').zip(path.iter().rev()) {
+                if !self.nodes[node].is_empty() {
+                    break;
+                }
+                self.nodes.remove(node);
+                let p = &mut self.nodes[parent];
+                match level {
+                    "+" => p.plus = NONE,
+                    "#" => p.hash = NONE,
+                    _ => {
+                        p.children.remove(level);
+                    }
+                }
+                node = parent;
+            }
+        }
+        self.path = path;
+        removed
+    }
+
+    /// Remove `session`'s entry (in `share` group) at `node`. True if there was one.
+    fn remove_at(&mut self, node: usize, session: SessionId, share: Option<&str>) -> bool {
         let n = &mut self.nodes[node];
         let removed = match share {
             None => match n.subs.iter().position(|s| s.session == session) {
@@ -228,24 +285,10 @@ impl SubscriptionTree {
                 None => false,
             },
         };
-        if !removed {
-            return false;
+        if removed {
+            self.count -= 1;
         }
-        self.count -= 1;
-        // Prune the now-empty branch so a churn of distinct filters cannot grow the trie.
-        while node != ROOT && self.nodes[node].is_empty() {
-            let gone = self.nodes.remove(node);
-            let parent = &mut self.nodes[gone.parent];
-            if parent.plus == Some(node) {
-                parent.plus = None;
-            } else if parent.hash == Some(node) {
-                parent.hash = None;
-            } else {
-                parent.children.remove(&gone.level);
-            }
-            node = gone.parent;
-        }
-        true
+        removed
     }
 
     /// Call `f` for every subscription and shared group whose filter matches `topic`.
@@ -260,17 +303,17 @@ impl SubscriptionTree {
         let Some(rest) = rest else {
             n.report(node, f);
             // "a/#" also matches "a" (spec 4.7.1.2).
-            if let Some(h) = n.hash {
+            if let Some(h) = n.hash() {
                 self.nodes[h].report(h, f);
             }
             return;
         };
         let (level, tail) = split_level(rest);
         if !dollar {
-            if let Some(h) = n.hash {
+            if let Some(h) = n.hash() {
                 self.nodes[h].report(h, f);
             }
-            if let Some(p) = n.plus {
+            if let Some(p) = n.plus() {
                 self.walk(p, tail, false, f);
             }
         }
@@ -357,6 +400,19 @@ mod tests {
         assert!(t.remove("x/+/#", 1, None));
         assert_eq!(t.node_count(), 1);
         assert!(t.is_empty());
+        // Branches share a prefix: removing one keeps what the other still uses.
+        for f in ["a/b/c", "a/b", "a/+/c", "a//", "#", "a/b/c/#"] {
+            assert!(t.insert(f, e(2, 0), None));
+        }
+        assert!(t.insert("$share/g/a/b/c", e(3, 0), Some("g")));
+        assert!(t.remove("a/b", 2, None));
+        assert_eq!(matches(&t, "a/b/c").len(), 4); // a/b/c, a/+/c, #, a/b/c/#
+        for f in ["a/b/c", "#", "a/+/c", "a//", "a/b/c/#"] {
+            assert!(t.remove(f, 2, None));
+        }
+        assert!(!t.remove("a/b/c", 3, None));
+        assert!(t.remove("a/b/c", 3, Some("g")));
+        assert_eq!(t.node_count(), 1);
     }
 
     #[test]

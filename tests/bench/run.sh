@@ -51,9 +51,18 @@ fi
 
 step "cargo build --release"
 cargo build --release --quiet --bin gatemq --bin gatemq-bench
+# The same broker as one static musl binary, for its RSS at start beside the glibc build's
+# (gcc compiles ring's C for it; skipped if rustup cannot add the target).
+static_bin=""
+if rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 &&
+    CC_x86_64_unknown_linux_musl=gcc cargo build --release --quiet --bin gatemq \
+        --target x86_64-unknown-linux-musl; then
+    static_bin=target/x86_64-unknown-linux-musl/release/gatemq
+fi
 work=$(mktemp -d /tmp/gatemq-bench.XXXXXX)
 # Copies, so a rebuild during the run changes nothing.
 cp target/release/gatemq target/release/gatemq-bench "$work/"
+[ -z "$static_bin" ] || cp "$static_bin" "$work/gatemq-static"
 bench="$work/gatemq-bench"
 gatemq="$work/gatemq"
 records="$work/records.tsv"
@@ -162,6 +171,16 @@ for rep in $(seq 1 "$REPS"); do
     wait "$idle_g" "$idle_m"
     both connections --connections 1000
     stop_brokers
+    if [ -n "$static_bin" ]; then
+        port=$("$bench" free-port)
+        "${prio[@]}" taskset -c 0 "$work/gatemq-static" -p "$port" 2>>"$work/gatemq-static.log" &
+        static_pid=$!
+        "$bench" wait --port "$port"
+        "${prio[@]}" taskset -c 1 "$bench" idle --broker gatemq-static --port "$port" \
+            --pid "$static_pid" --record "$records" --seconds 1 || true
+        kill -TERM "$static_pid"
+        wait "$static_pid" || true
+    fi
 
     step "repetition $rep of $REPS: $BIG_CONNECTIONS connections"
     quiet

@@ -83,8 +83,20 @@ pub struct Config {
     pub devices_file: Option<(PathBuf, usize)>,
     pub devices: Option<crate::devices::decl::Devices>,
     pub device_options: crate::devices::Options,
+    /// Mosquitto's `persistence true` with its location and file, and when to sync.
+    pub persistence: Option<Persistence>,
     /// The file this was read from, if any.
     pub source: Option<PathBuf>,
+}
+
+/// Where and how the state is kept across restarts (see `src/store/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    /// The folder (`persistence_location`; relative to the config file's folder).
+    pub location: PathBuf,
+    /// The snapshot's file name (`persistence_file`); the journal is this + `.journal`.
+    pub file: String,
+    pub sync: crate::store::SyncPolicy,
 }
 
 impl Default for Config {
@@ -101,6 +113,7 @@ impl Default for Config {
             devices_file: None,
             devices: None,
             device_options: crate::devices::Options::default(),
+            persistence: None,
             source: None,
         }
     }
@@ -145,6 +158,9 @@ impl Config {
                 *p = dir.join(&*p);
             }
         }
+        if let Some(p) = &mut c.persistence {
+            p.location = dir.join(&p.location);
+        }
         // Each file is read once, however many listeners use it.
         let mut passwords = Vec::new();
         let mut acls = Vec::new();
@@ -185,6 +201,10 @@ impl Config {
         // Listener options before any `listener` line belong to the default listener.
         let mut default_listener = ListenerConfig::default();
         let mut listener_option_line = 0;
+        let mut persistence = false;
+        let mut location = PathBuf::new();
+        let mut file = "gatemq.db".to_string();
+        let mut sync = crate::store::SyncPolicy::Always;
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -222,6 +242,34 @@ impl Config {
                 "port" => default_port = Some(at.parse_num(at.one(&args)?, 0, 65535)? as u16),
                 "bind_address" => bind_address = Some(at.one(&args)?.to_string()),
                 "per_listener_settings" => c.per_listener_settings = at.parse_bool(&args)?,
+                "persistence" => persistence = at.parse_bool(&args)?,
+                "persistence_location" => location = PathBuf::from(at.path(rest)?),
+                "persistence_file" => {
+                    let f = at.one(&args)?;
+                    if f.contains('/') {
+                        return Err(at.err("is a file name; the folder is persistence_location"));
+                    }
+                    file = f.to_string();
+                }
+                "persistence_sync" => {
+                    sync = match args.as_slice() {
+                        ["always"] => crate::store::SyncPolicy::Always,
+                        ["never"] => crate::store::SyncPolicy::Never,
+                        ["interval", n] => crate::store::SyncPolicy::Interval(
+                            std::time::Duration::from_secs(at.parse_num(n, 1, 86_400)?),
+                        ),
+                        _ => return Err(at.err("expects always, never or interval SECONDS")),
+                    }
+                }
+                // Mosquitto saves a snapshot every autosave_interval; gatemq journals every
+                // change, so these have nothing to set. Accepted so Mosquitto configs load.
+                "autosave_interval" | "autosave_on_changes" => {
+                    at.one(&args)?;
+                    log::debug!(
+                        "{name}:{}: {option} is not needed: gatemq journals every change",
+                        n + 1
+                    );
+                }
                 "allow_anonymous" => {
                     let v = Some(at.parse_bool(&args)?);
                     section.security.allow_anonymous = v;
@@ -400,6 +448,13 @@ impl Config {
                     )))
                 }
             }
+        }
+        if persistence {
+            c.persistence = Some(Persistence {
+                location,
+                file,
+                sync,
+            });
         }
         if let Some(level) = log_types {
             c.log_level = level;

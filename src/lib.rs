@@ -9,4 +9,5 @@ pub mod broker;
 pub mod config;
 pub mod devices;
 pub mod net;
+pub mod store;
 pub mod wire;

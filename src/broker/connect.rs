@@ -194,6 +194,8 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     s.conn = Some(id);
     s.username = username.map(Into::into);
     s.listener = listener;
+    b.session_changed(sid);
+    let s = &mut b.sessions[sid];
     // Back in time: the delayed will is not sent (spec 3.1.3.2.2), the session does not expire.
     s.expires_at = None;
     s.timer_gen += 1;

@@ -22,6 +22,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, d: Disconnect<'
             return b.protocol_error(id, err, now);
         }
         b.sessions[sid].expiry = expiry;
+        b.session_changed(sid);
     }
     log::info!("Client {} disconnected.", b.who(id));
     b.end_connection(
@@ -100,7 +101,7 @@ impl Broker {
     }
 
     /// Arm the session's timer for its next deadline: a delayed will, or its expiry.
-    fn arm_session_timer(&mut self, sid: SessionId) {
+    pub(super) fn arm_session_timer(&mut self, sid: SessionId) {
         self.next_gen += 1;
         let gen = self.next_gen;
         let s = &mut self.sessions[sid];
@@ -132,6 +133,7 @@ impl Broker {
             self.pool.release(w);
         }
         self.by_client_id.remove(&s.client_id, sid);
+        self.journal_end_session(&s);
     }
 }
 

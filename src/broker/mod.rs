@@ -15,6 +15,7 @@ mod devices;
 mod disconnect;
 pub(crate) mod fxhash;
 pub mod message;
+mod persist;
 mod publish;
 pub mod retain;
 pub mod session;
@@ -236,6 +237,10 @@ pub struct Broker {
     /// TLS client certificate identities of connections that have not sent CONNECT yet, on
     /// listeners that use them as usernames (kept here, not in every `Conn`).
     identities: FxHashMap<ConnId, Box<str>>,
+    /// Records of this loop turn's changes, when persistence is on.
+    journal: Option<Vec<u8>>,
+    /// Sessions whose record is written at the end of the turn.
+    dirty_sessions: Vec<SessionId>,
 }
 
 impl Broker {
@@ -273,6 +278,8 @@ impl Broker {
             device_out: Default::default(),
             rng: seed | 1,
             identities: FxHashMap::default(),
+            journal: None,
+            dirty_sessions: Vec::new(),
         }
     }
 

@@ -357,16 +357,19 @@ fn update_retained(
     payload: &[u8],
     qos: u8,
 ) {
-    let old = if empty {
-        b.retained.remove(topic)
+    let (old, new) = if empty {
+        (b.retained.remove(topic), None)
     } else {
         let m = match stored() {
             Some(m) => m,
             None => *slot.get_or_insert_with(|| b.pool.store(topic, payload, qos, true)),
         };
         b.pool.retain(m);
-        b.retained.set(topic, m)
+        (b.retained.set(topic, m), Some(m))
     };
+    if old.is_some() || new.is_some() {
+        b.journal_retained(topic, new);
+    }
     if let Some(old) = old {
         b.pool.release(old);
     }

@@ -87,6 +87,14 @@ impl RetainedStore {
         Some(old)
     }
 
+    /// Call `f` with every retained message (for a snapshot; each message holds its topic).
+    pub fn for_each(&self, mut f: impl FnMut(MsgId)) {
+        self.nodes
+            .iter()
+            .filter_map(|(_, n)| n.msg)
+            .for_each(&mut f);
+    }
+
     /// Call `f` with every retained message whose topic matches the valid filter `filter`.
     pub fn for_each_match(&self, filter: &str, f: &mut impl FnMut(MsgId)) {
         self.walk(ROOT, Some(filter), true, f);

@@ -59,6 +59,8 @@ pub struct Session {
     pub username: Option<Box<str>>,
     /// The listener it last connected on: its ACL applies, online or not.
     pub listener: u16,
+    /// Persistence holds a record of it.
+    pub stored: bool,
     pub conn: Option<ConnId>,
     /// Seconds the session outlives its connection: 0 = not at all, NEVER_EXPIRES = for ever.
     pub expiry: u32,
@@ -96,6 +98,7 @@ impl Session {
             client_id: client_id.into(),
             username: None,
             listener: 0,
+            stored: false,
             conn: None,
             expiry,
             subscriptions: Vec::new(),

@@ -79,6 +79,7 @@ pub(super) fn subscribe(
     let count = s.filters.clone().count();
     SubAck::encode_header(b.out(id), s.packet_id, count, v5);
     let mut new_flags: u64 = 0;
+    b.session_changed(sid);
     for (i, (filter, options)) in s.filters.clone().enumerate() {
         let within = b.topic_within_limits(filter);
         let subs = &b.sessions[sid].subscriptions;
@@ -198,6 +199,7 @@ pub(super) fn unsubscribe(b: &mut Broker, id: ConnId, sid: SessionId, u: Unsubsc
     if v5 {
         SubAck::encode_unsuback_header_v5(b.out(id), u.packet_id, u.filters.clone().count());
     }
+    b.session_changed(sid);
     for (filter, _) in u.filters {
         let (share, f) = split_shared(filter);
         let existed = b.subs.remove(f, sid, share);

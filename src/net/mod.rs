@@ -139,6 +139,9 @@ pub struct Server {
     /// When to refresh STATUS= next, and the counters at the last refresh.
     next_status: Option<Instant>,
     status_from: (Instant, u64),
+    /// Persistence: the files, and the records of the turn being written.
+    store: Option<crate::store::Store>,
+    records: Vec<u8>,
 }
 
 /// How often STATUS= (clients, messages/s) is refreshed for `systemctl status`.
@@ -159,6 +162,12 @@ impl Server {
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let poll =
             Poll::new().map_err(|e| StartError(format!("cannot create the event loop: {e}")))?;
+        // The kept state is read before any listener opens: a client never sees it half-read.
+        let mut broker = Broker::new(config.broker.clone(), Instant::now());
+        let store = match &config.persistence {
+            Some(p) => Some(open_store(p, &mut broker)?),
+            None => None,
+        };
         let mut listeners = Vec::new();
         for l in &config.listeners {
             #[cfg(feature = "tls")]
@@ -204,7 +213,7 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| StartError(format!("cannot watch signals: {e}")))?;
-        let mut broker = Broker::new(config.broker.clone(), Instant::now());
+
         if let Some(devices) = &config.devices {
             log::info!("{} devices declared", devices.devices.len());
             let ex = crate::devices::Executor::new(devices.clone(), config.device_options.clone());
@@ -227,6 +236,8 @@ impl Server {
             notifier: systemd::Notifier::from_env(),
             next_status: None,
             status_from: (Instant::now(), 0),
+            store,
+            records: Vec::new(),
         })
     }
 
@@ -261,7 +272,8 @@ impl Server {
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
         let now = Instant::now();
         let timeout = if self.pending_reads.is_empty() {
-            let ours = [self.notifier.next_deadline(), self.next_status]
+            let sync = self.store.as_ref().and_then(|s| s.next_sync());
+            let ours = [self.notifier.next_deadline(), self.next_status, sync]
                 .into_iter()
                 .flatten()
                 .min()
@@ -302,12 +314,37 @@ impl Server {
             self.read(self.reading[i], now);
         }
         self.broker.handle_timeout(now);
+        // Group commit: this turn's changes are in the journal before its acknowledgements
+        // leave.
+        self.persist(false);
         self.flush_and_close(now);
         self.notifier.tick(now);
         if self.next_status.is_some_and(|t| t <= now) {
             self.status(now);
         }
         Ok(())
+    }
+
+    /// Write the journal records of this turn (and compact, or sync, when due). At shutdown
+    /// (`last`) the whole state becomes the snapshot.
+    fn persist(&mut self, last: bool) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        self.records.clear();
+        self.broker.take_journal(&mut self.records);
+        let mut result = store.append(&self.records);
+        if last || store.wants_compaction() {
+            self.records.clear();
+            self.broker.snapshot(&mut self.records);
+            result = result.and_then(|_| store.compact(&self.records));
+        } else if store.next_sync().is_some_and(|t| t <= Instant::now()) {
+            result = result.and_then(|_| store.sync_now());
+        }
+        if let Err(e) = result {
+            // Serving goes on; the warning repeats at most once per turn that fails.
+            log::warn!("persistence: cannot write: {}", io_reason(&e));
+        }
     }
 
     /// STATUS= for `systemctl status`: clients connected and messages per second.
@@ -629,8 +666,30 @@ impl Server {
             self.close(id, now);
         }
         self.listeners.clear();
+        self.persist(true);
         log::info!("gatemq stopped");
     }
+}
+
+/// Read the persisted state into `broker` and start the files anew from it.
+fn open_store(
+    p: &crate::config::Persistence,
+    broker: &mut Broker,
+) -> Result<crate::store::Store, StartError> {
+    let loaded = crate::store::load(&p.location, &p.file).map_err(StartError)?;
+    for w in &loaded.warnings {
+        log::warn!("persistence: {w}");
+    }
+    broker.enable_journal();
+    let (retained, sessions) = broker.restore(&loaded.records, Instant::now());
+    log::info!(
+        "persistence: {} retained messages and {sessions} sessions restored from {}",
+        retained,
+        p.location.join(&p.file).display()
+    );
+    let mut state = Vec::new();
+    broker.snapshot(&mut state);
+    crate::store::Store::open(&p.location, &p.file, &loaded, &state, p.sync).map_err(StartError)
 }
 
 /// Hand every whole packet at the start of `data` to the broker; return the bytes used.

@@ -1,0 +1,302 @@
+//! Persistence: a snapshot of the state plus an append-only journal of the changes since.
+//!
+//! The broker core writes [`record`]s of what changed into a buffer; once per loop turn, before
+//! that turn's output (acknowledgements included) goes to any socket, the event loop appends
+//! the buffer to the journal in one write (group commit) and, with `persistence_sync always`,
+//! `fdatasync`s it. A process that is killed has therefore written everything it acknowledged;
+//! a machine that loses power has too, with `always`.
+//!
+//! When the journal outgrows its limit, the broker's whole state is written as a new snapshot
+//! (temporary file, fsync, rename) and a new, empty journal is started the same way. Both
+//! files carry a generation number: a journal whose generation is not the snapshot's was left
+//! by a crash in the middle of that switch and is already contained in the snapshot.
+//!
+//! Reading at start never stops the broker: a torn last record is dropped with a warning, and a
+//! damaged file is moved aside (`.damaged-<unix time>`) after everything before the damage has
+//! been read. The state that was read is then written as a fresh snapshot.
+
+pub mod record;
+
+use record::Frame;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"GATEMQS1";
+const JOURNAL_MAGIC: &[u8; 8] = b"GATEMQJ1";
+const HEADER: usize = 16;
+/// The journal is compacted into a snapshot when it is larger than this and than the last
+/// snapshot (so a large state is not rewritten for every few changes).
+const COMPACT_MIN: u64 = 4 * 1024 * 1024;
+
+/// When the journal is forced to the storage (`persistence_sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// After every loop turn's write, before that turn's acknowledgements leave.
+    Always,
+    /// At most this often; the OS writes in between.
+    Interval(Duration),
+    /// Never asked for: the OS writes when it likes (a process crash loses nothing; a power
+    /// cut loses what the OS had not written).
+    Never,
+}
+
+/// The files of one `persistence_location`.
+pub struct Store {
+    snapshot: PathBuf,
+    journal_path: PathBuf,
+    journal: File,
+    generation: u64,
+    journal_len: u64,
+    snapshot_len: u64,
+    sync: SyncPolicy,
+    last_sync: Instant,
+    unsynced: bool,
+    /// Bytes written to both files since start (for metrics and the wear figures).
+    pub bytes_written: u64,
+}
+
+/// What was read at start.
+pub struct Loaded {
+    /// The intact records of the snapshot, then of the journal, as frames.
+    pub records: Vec<u8>,
+    /// What could not be read, one sentence each (logged by the caller).
+    pub warnings: Vec<String>,
+    generation: u64,
+}
+
+/// Read the snapshot and journal `file` (+ `.journal`) in `dir`; missing files are an empty
+/// state. Only a directory that cannot be made or read is an error.
+pub fn load(dir: &Path, file: &str) -> Result<Loaded, String> {
+    fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create persistence_location {}: {}",
+            dir.display(),
+            crate::config::io_reason(&e)
+        )
+    })?;
+    let snapshot = dir.join(file);
+    let journal = journal_path(&snapshot);
+    let mut loaded = Loaded {
+        records: Vec::new(),
+        warnings: Vec::new(),
+        generation: 0,
+    };
+    if let Some(generation) = read_file(&snapshot, SNAPSHOT_MAGIC, None, &mut loaded)? {
+        loaded.generation = generation;
+    }
+    let generation = loaded.generation;
+    read_file(&journal, JOURNAL_MAGIC, Some(generation), &mut loaded)?;
+    Ok(loaded)
+}
+
+fn journal_path(snapshot: &Path) -> PathBuf {
+    let mut p = snapshot.as_os_str().to_owned();
+    p.push(".journal");
+    PathBuf::from(p)
+}
+
+/// Append the intact records of `path` to `loaded.records`. Returns the file's generation, or
+/// `None` if there is no usable file. A journal of another generation than `want` is stale.
+fn read_file(
+    path: &Path,
+    magic: &[u8; 8],
+    want: Option<u64>,
+    loaded: &mut Loaded,
+) -> Result<Option<u64>, String> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::config::io_reason(&e)
+            ))
+        }
+    };
+    let name = path.display();
+    if data.len() < HEADER || &data[..8] != magic {
+        loaded.warnings.push(format!(
+            "{name} is not a gatemq {} file; moved aside, not read",
+            kind(magic)
+        ));
+        move_aside(path, &mut loaded.warnings);
+        return Ok(None);
+    }
+    let generation = u64::from_le_bytes(data[8..16].try_into().unwrap_or_default());
+    if want.is_some_and(|g| g != generation) {
+        // Left by a crash between writing a snapshot and starting its journal: its records
+        // are in the snapshot.
+        return Ok(None);
+    }
+    let mut at = HEADER;
+    let mut count = 0usize;
+    loop {
+        match record::decode(&data[at..]) {
+            Frame::Record(_, n) => {
+                loaded.records.extend_from_slice(&data[at..at + n]);
+                at += n;
+                count += 1;
+            }
+            Frame::End => break,
+            Frame::Torn => {
+                loaded.warnings.push(format!(
+                    "{name}: the last record was cut short ({} bytes, a write interrupted by a crash); dropped, the {count} records before it were read",
+                    data.len() - at
+                ));
+                break;
+            }
+            Frame::Damaged => {
+                loaded.warnings.push(format!(
+                    "{name}: record {} at byte {at} is damaged; the {count} records before it were read, the {} bytes from it on were not (the file is moved aside)",
+                    count + 1,
+                    data.len() - at
+                ));
+                move_aside(path, &mut loaded.warnings);
+                break;
+            }
+        }
+    }
+    Ok(Some(generation))
+}
+
+fn kind(magic: &[u8; 8]) -> &'static str {
+    if magic == SNAPSHOT_MAGIC {
+        "snapshot"
+    } else {
+        "journal"
+    }
+}
+
+/// Keep a damaged file for a person to look at, under a name that is never read again.
+fn move_aside(path: &Path, warnings: &mut Vec<String>) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{secs}"));
+    if let Err(e) = fs::rename(path, &aside) {
+        warnings.push(format!(
+            "cannot move {} aside: {}",
+            path.display(),
+            crate::config::io_reason(&e)
+        ));
+    }
+}
+
+impl Store {
+    /// Start writing in `dir`: `state` (the records of the whole state, as read and applied)
+    /// becomes a fresh snapshot and an empty journal follows it.
+    pub fn open(
+        dir: &Path,
+        file: &str,
+        loaded: &Loaded,
+        state: &[u8],
+        sync: SyncPolicy,
+    ) -> Result<Store, String> {
+        let snapshot = dir.join(file);
+        let journal_path = journal_path(&snapshot);
+        let mut store = Store {
+            journal: File::open("/dev/null").map_err(|e| e.to_string())?,
+            snapshot,
+            journal_path,
+            generation: loaded.generation,
+            journal_len: 0,
+            snapshot_len: 0,
+            sync,
+            last_sync: Instant::now(),
+            unsynced: false,
+            bytes_written: 0,
+        };
+        store.compact(state).map_err(|e| {
+            format!(
+                "cannot write {}: {}",
+                store.snapshot.display(),
+                crate::config::io_reason(&e)
+            )
+        })?;
+        Ok(store)
+    }
+
+    /// Append one loop turn's records (before that turn's output is written). An error is
+    /// returned for the caller to log; the broker goes on serving.
+    pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.journal.write_all(records)?;
+        self.journal_len += records.len() as u64;
+        self.bytes_written += records.len() as u64;
+        self.unsynced = true;
+        match self.sync {
+            SyncPolicy::Always => self.sync_now()?,
+            SyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync_now()?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// With `persistence_sync interval`, when the journal next needs syncing.
+    pub fn next_sync(&self) -> Option<Instant> {
+        match self.sync {
+            SyncPolicy::Interval(every) if self.unsynced => Some(self.last_sync + every),
+            _ => None,
+        }
+    }
+
+    /// Sync what is unsynced (the interval policy's deadline, and at shutdown).
+    pub fn sync_now(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.journal.sync_data()?;
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Is the journal big enough to be folded into a new snapshot?
+    pub fn wants_compaction(&self) -> bool {
+        self.journal_len > COMPACT_MIN.max(self.snapshot_len)
+    }
+
+    /// Write `state` as the next generation's snapshot and start its empty journal.
+    pub fn compact(&mut self, state: &[u8]) -> io::Result<()> {
+        let generation = self.generation + 1;
+        let mut header = [0u8; HEADER];
+        header[..8].copy_from_slice(SNAPSHOT_MAGIC);
+        header[8..].copy_from_slice(&generation.to_le_bytes());
+        write_atomically(&self.snapshot, &[&header, state])?;
+        header[..8].copy_from_slice(JOURNAL_MAGIC);
+        write_atomically(&self.journal_path, &[&header])?;
+        self.journal = OpenOptions::new().append(true).open(&self.journal_path)?;
+        self.generation = generation;
+        self.snapshot_len = (HEADER + state.len()) as u64;
+        self.journal_len = 0;
+        self.bytes_written += (2 * HEADER + state.len()) as u64;
+        self.unsynced = false;
+        Ok(())
+    }
+}
+
+/// Write `parts` to `path` so that `path` is always either the old file or the whole new one:
+/// a temporary file, fsync, rename, fsync of the folder.
+fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = File::create(&tmp)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // The rename itself must reach the disk.
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! The records of the snapshot and the journal: one change (or, in a snapshot, one piece of
+//! state) each, framed so that a torn or damaged record is recognised and never misread.
+//!
+//! A frame is `length: u32 LE` (of what follows the checksum), `crc32: u32 LE` (of the same
+//! bytes), `kind: u8`, then the body. Strings are `u16 LE` length + UTF-8, byte strings
+//! `u32 LE` length + bytes. Decoding reads only inside the frame and never panics: anything
+//! that does not add up is `None`.
+
+/// Largest frame body accepted when reading (a retained message is at most a packet).
+pub const MAX_FRAME: usize = crate::wire::MAX_REMAINING_LENGTH + 64 * 1024;
+
+const RETAIN: u8 = 1;
+const UNRETAIN: u8 = 2;
+const SESSION: u8 = 3;
+const END_SESSION: u8 = 4;
+
+/// One record, borrowing from the bytes it was decoded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// The retained message of `topic` (replacing any). `expiry`: Unix seconds, 0 = never.
+    Retain {
+        topic: &'a str,
+        qos: u8,
+        expiry: u64,
+        props: &'a [u8],
+        payload: &'a [u8],
+    },
+    /// `topic` has no retained message any more.
+    Unretain { topic: &'a str },
+    /// A session that outlives its connection, as it is now (replacing any of that id).
+    Session {
+        client_id: &'a str,
+        /// Session Expiry Interval in seconds (u32::MAX: never).
+        expiry: u32,
+        username: Option<&'a str>,
+        listener: u16,
+        subscriptions: Subscriptions<'a>,
+    },
+    /// The session of `client_id` ended.
+    EndSession { client_id: &'a str },
+}
+
+/// A session's subscriptions inside a record: (filter as subscribed, QoS + option bits,
+/// subscription identifier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscriptions<'a> {
+    count: u16,
+    bytes: &'a [u8],
+}
+
+impl<'a> Subscriptions<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, u8, u32)> + 'a {
+        let mut r = Reader(self.bytes);
+        (0..self.count).map_while(move |_| Some((r.str()?, r.u8()?, r.u32()?)))
+    }
+}
+
+/// Append one record's frame to `out`.
+pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    match rec {
+        Record::Retain {
+            topic,
+            qos,
+            expiry,
+            props,
+            payload,
+        } => {
+            out.push(RETAIN);
+            put_str(out, topic);
+            out.push(*qos);
+            out.extend_from_slice(&expiry.to_le_bytes());
+            put_bytes(out, props);
+            put_bytes(out, payload);
+        }
+        Record::Unretain { topic } => {
+            out.push(UNRETAIN);
+            put_str(out, topic);
+        }
+        Record::Session {
+            client_id,
+            expiry,
+            username,
+            listener,
+            subscriptions,
+        } => {
+            out.push(SESSION);
+            put_str(out, client_id);
+            out.extend_from_slice(&expiry.to_le_bytes());
+            match username {
+                Some(u) => {
+                    out.push(1);
+                    put_str(out, u);
+                }
+                None => out.push(0),
+            }
+            out.extend_from_slice(&listener.to_le_bytes());
+            out.extend_from_slice(&subscriptions.count.to_le_bytes());
+            out.extend_from_slice(subscriptions.bytes);
+        }
+        Record::EndSession { client_id } => {
+            out.push(END_SESSION);
+            put_str(out, client_id);
+        }
+    }
+    seal(out, start);
+}
+
+/// Append a session record whose subscriptions come from an iterator.
+pub fn encode_session<'s>(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    expiry: u32,
+    username: Option<&str>,
+    listener: u16,
+    subscriptions: impl Iterator<Item = (&'s str, u8, u32)>,
+) {
+    let mut subs = Vec::new();
+    let mut count = 0u16;
+    for (filter, options, id) in subscriptions.take(u16::MAX as usize) {
+        put_str(&mut subs, filter);
+        subs.push(options);
+        subs.extend_from_slice(&id.to_le_bytes());
+        count += 1;
+    }
+    encode(
+        out,
+        &Record::Session {
+            client_id,
+            expiry,
+            username,
+            listener,
+            subscriptions: Subscriptions {
+                count,
+                bytes: &subs,
+            },
+        },
+    );
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Topics, filters and ids are at most 65 535 bytes (MQTT strings).
+    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Fill in the length and checksum of the frame that starts at `start`.
+fn seal(out: &mut [u8], start: usize) {
+    let body = &out[start + 8..];
+    let len = (body.len() as u32).to_le_bytes();
+    let crc = crc32(body).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + 8].copy_from_slice(&crc);
+}
+
+/// What is at the start of `data`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A whole, intact record of `len` bytes (frame included).
+    Record(Record<'a>, usize),
+    /// Nothing left.
+    End,
+    /// The bytes end inside a frame (a write cut short by a crash).
+    Torn,
+    /// A frame whose checksum or contents do not add up.
+    Damaged,
+}
+
+/// Read the frame at the start of `data`.
+pub fn decode(data: &[u8]) -> Frame<'_> {
+    if data.is_empty() {
+        return Frame::End;
+    }
+    let Some(head) = data.get(..8) else {
+        return Frame::Torn;
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 || len > MAX_FRAME {
+        return Frame::Damaged;
+    }
+    let Some(body) = data.get(8..8 + len) else {
+        return Frame::Torn;
+    };
+    if crc32(body) != crc {
+        return Frame::Damaged;
+    }
+    match parse(body) {
+        Some(r) => Frame::Record(r, 8 + len),
+        None => Frame::Damaged,
+    }
+}
+
+fn parse(body: &[u8]) -> Option<Record<'_>> {
+    let mut r = Reader(body);
+    let rec = match r.u8()? {
+        RETAIN => Record::Retain {
+            topic: r.str()?,
+            qos: r.u8()?,
+            expiry: r.u64()?,
+            props: r.bytes()?,
+            payload: r.bytes()?,
+        },
+        UNRETAIN => Record::Unretain { topic: r.str()? },
+        SESSION => {
+            let client_id = r.str()?;
+            let expiry = r.u32()?;
+            let username = match r.u8()? {
+                0 => None,
+                1 => Some(r.str()?),
+                _ => return None,
+            };
+            let listener = r.u16()?;
+            let count = r.u16()?;
+            let subscriptions = Subscriptions { count, bytes: r.0 };
+            // Every subscription must be readable.
+            if subscriptions.iter().count() != count as usize {
+                return None;
+            }
+            r.0 = &[];
+            Record::Session {
+                client_id,
+                expiry,
+                username,
+                listener,
+                subscriptions,
+            }
+        }
+        END_SESSION => Record::EndSession {
+            client_id: r.str()?,
+        },
+        _ => return None,
+    };
+    // Nothing may be left over.
+    r.0.is_empty().then_some(rec)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (a, b) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+/// CRC-32 (IEEE), bitwise with a small table: records are written once per change, so this is
+/// not on the message path of a broker without persistence.
+pub fn crc32(data: &[u8]) -> u32 {
+    const fn table() -> [u32; 16] {
+        let mut t = [0u32; 16];
+        let mut i = 0;
+        while i < 16 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 4 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    }
+    const T: [u32; 16] = table();
+    let mut c = !0u32;
+    for &b in data {
+        c = T[((c ^ b as u32) & 0xF) as usize] ^ (c >> 4);
+        c = T[((c ^ (b as u32 >> 4)) & 0xF) as usize] ^ (c >> 4);
+    }
+    !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(
+            &mut out,
+            &Record::Retain {
+                topic: "home/lamp/state",
+                qos: 1,
+                expiry: 1_900_000_000,
+                props: &[0x03, 0, 4, b't', b'e', b'x', b't'],
+                payload: b"{\"power\":\"ON\"}",
+            },
+        );
+        encode(&mut out, &Record::Unretain { topic: "a/b" });
+        encode_session(
+            &mut out,
+            "sensor-1",
+            u32::MAX,
+            Some("alice"),
+            2,
+            [("a/+/c", 1u8, 0u32), ("$share/g/x/#", 0x06, 7)].into_iter(),
+        );
+        encode(&mut out, &Record::EndSession { client_id: "gone" });
+        out
+    }
+
+    fn all(mut data: &[u8]) -> (Vec<Record<'_>>, Frame<'_>) {
+        let mut v = Vec::new();
+        loop {
+            match decode(data) {
+                Frame::Record(r, n) => {
+                    v.push(r);
+                    data = &data[n..];
+                }
+                other => return (v, other),
+            }
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let data = samples();
+        let (recs, end) = all(&data);
+        assert_eq!(end, Frame::End);
+        assert_eq!(recs.len(), 4);
+        match &recs[2] {
+            Record::Session {
+                client_id,
+                expiry,
+                username,
+                listener,
+                subscriptions,
+            } => {
+                assert_eq!(
+                    (*client_id, *expiry, *username, *listener),
+                    ("sensor-1", u32::MAX, Some("alice"), 2)
+                );
+                let subs: Vec<_> = subscriptions.iter().collect();
+                assert_eq!(subs, [("a/+/c", 1, 0), ("$share/g/x/#", 6, 7)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn every_cut_is_torn_and_every_flip_is_caught() {
+        let data = samples();
+        let whole = all(&data).0.len();
+        for cut in 0..data.len() {
+            let (recs, end) = all(&data[..cut]);
+            assert!(recs.len() < whole || end == Frame::End);
+            assert!(
+                matches!(end, Frame::Torn | Frame::End | Frame::Damaged),
+                "{cut}"
+            );
+        }
+        let mut d = data.clone();
+        for i in 0..d.len() {
+            for bit in [0x01, 0x80] {
+                d[i] ^= bit;
+                // No panic; the damaged record and what follows are not read as intact.
+                let (recs, _) = all(&d);
+                assert!(recs.len() < whole, "flip at {i} went unnoticed");
+                d[i] ^= bit;
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+"""Persistence (`persistence true`): retained messages and persistent sessions with their
+subscriptions survive a restart, a kill -9 right after the acknowledgement, and damaged files.
+
+The journal format is read here too (16-byte header, then frames of u32 length, u32 CRC-32,
+body) to know exactly which records lie before a cut or a flipped byte."""
+import os
+import random
+import shutil
+import signal
+import struct
+import time
+import zlib
+
+import pytest
+
+from clients import Client, uid
+
+MQTTv5 = 5
+
+
+def persist_lines(d, *extra):
+    return ["persistence true", f"persistence_location {d}", *extra]
+
+
+def retained(port, prefix="r/", wait=1.0):
+    """{topic: payload} of the retained messages under prefix."""
+    c = Client(port)
+    c.connect()
+    c.subscribe(prefix + "#", 1)
+    got = {}
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            m = c.messages.get(timeout=0.2)
+        except Exception:
+            continue
+        assert m.retain
+        got[m.topic] = m.payload
+    c.disconnect()
+    return got
+
+
+def publish_retained(port, items, qos=1):
+    c = Client(port)
+    c.connect()
+    for topic, payload in items:
+        c.publish(topic, payload, qos=qos, retain=True)  # waits for PUBACK
+    c.disconnect()
+
+
+def journal_frames(path):
+    """(start, end) byte offsets of each frame in a journal or snapshot file."""
+    data = path.read_bytes()
+    out, at = [], 16
+    while at + 8 <= len(data):
+        n, crc = struct.unpack_from("<II", data, at)
+        body = data[at + 8:at + 8 + n]
+        if len(body) < n or zlib.crc32(body) != crc:
+            break
+        out.append((at, at + 8 + n))
+        at += 8 + n
+    return out
+
+
+def test_retained_and_sessions_survive_a_restart(make_broker, tmp_path):
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    publish_retained(b.port, [("r/a", b"one"), ("r/b/c", b"two"), ("r/gone", b"x")])
+    publish_retained(b.port, [("r/gone", b"")])  # deleted again
+    v5 = Client(b.port, protocol=MQTTv5, clean_session=None)
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "text/plain"
+    props.UserProperty = [("k", "v")]
+    v5.connect()
+    v5.c.publish("r/props", b"with props", qos=1, retain=True, properties=props).wait_for_publish(5)
+    v5.disconnect()
+    sub = Client(b.port, client_id="keeper", clean_session=False)
+    sub.connect()
+    sub.subscribe([("s/#", 1), ("t/+/x", 2)])
+    sub.disconnect()
+    assert b.stop() == 0
+    assert "restored" in b.log()
+
+    b2 = make_broker(persist_lines(d))
+    assert "3 retained messages and 1 sessions restored" in b2.log(), b2.log()
+    assert retained(b2.port) == {"r/a": b"one", "r/b/c": b"two", "r/props": b"with props"}
+    # The subscriptions are back: messages for the offline session are queued.
+    pub = Client(b2.port)
+    pub.connect()
+    pub.publish("s/1", b"while away", qos=1)
+    pub.publish("t/y/x", b"qos2 filter", qos=2)
+    pub.disconnect()
+    sub = Client(b2.port, client_id="keeper", clean_session=False)
+    rc, present = sub.connect()
+    assert present
+    got = sorted((m.topic, m.payload, m.qos) for m in sub.get_n(2))
+    assert got == [("s/1", b"while away", 1), ("t/y/x", b"qos2 filter", 2)]
+    sub.disconnect()
+    # MQTT 5 properties of a retained message came back too.
+    got = []
+    c = Client(b2.port, protocol=MQTTv5, clean_session=None)
+    c.c.on_message = lambda cl, u, m: got.append(m)
+    c.connect()
+    c.subscribe("r/props", 1)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.disconnect()
+    assert got and got[0].properties.ContentType == "text/plain"
+    assert got[0].properties.UserProperty == [("k", "v")]
+
+
+def test_kill_9_right_after_the_acknowledgement_loses_nothing(make_broker, tmp_path):
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    items = [(f"r/{i}", f"v{i}".encode()) for i in range(200)]
+    publish_retained(b.port, items)  # every one acknowledged (PUBACK) before the kill
+    sub = Client(b.port, client_id="k9", clean_session=False)
+    sub.connect()
+    sub.subscribe("q/#", 1)
+    sub.disconnect()
+    b.stop(sig=signal.SIGKILL)
+    b2 = make_broker(persist_lines(d))
+    assert retained(b2.port) == dict(items)
+    assert "1 sessions restored" in b2.log()
+
+
+def test_a_session_that_ends_is_not_restored(make_broker, tmp_path):
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    c = Client(b.port, client_id="temp", clean_session=False)
+    c.connect()
+    c.subscribe("x/#", 1)
+    c.disconnect()
+    # Clean session: the old session ends.
+    c = Client(b.port, client_id="temp", clean_session=True)
+    c.connect()
+    c.disconnect()
+    b.stop(sig=signal.SIGKILL)
+    b2 = make_broker(persist_lines(d))
+    assert "0 sessions restored" in b2.log(), b2.log()
+
+
+def test_nothing_is_written_while_nothing_changes(make_broker, tmp_path):
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    publish_retained(b.port, [("r/a", b"1")])
+    time.sleep(0.3)
+    journal = d / "gatemq.db.journal"
+    size = journal.stat().st_size
+    # Clean-session clients coming and going and QoS 0 traffic change nothing kept.
+    for _ in range(5):
+        c = Client(b.port)
+        c.connect()
+        c.subscribe("n/#", 0)
+        c.publish("n/x", b"transient", qos=1)
+        c.disconnect()
+    time.sleep(1.5)
+    assert journal.stat().st_size == size
+    assert b.stop() == 0
+    # The final snapshot holds the state; the journal starts empty.
+    assert journal.stat().st_size == 16
+    assert len(journal_frames(d / "gatemq.db")) == 1
+
+
+def make_journal(make_broker, tmp_path, n=30):
+    """A data folder whose journal holds n retained-message records (the broker killed)."""
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    publish_retained(b.port, [(f"r/{i:02}", f"v{i}".encode()) for i in range(n)])
+    b.stop(sig=signal.SIGKILL)
+    frames = journal_frames(d / "gatemq.db.journal")
+    assert len(frames) == n
+    return d, frames
+
+
+def test_a_journal_cut_anywhere_keeps_every_record_before_the_cut(make_broker, tmp_path):
+    d, frames = make_journal(make_broker, tmp_path)
+    journal = d / "gatemq.db.journal"
+    data = journal.read_bytes()
+    rnd = random.Random(5)
+    cuts = sorted(rnd.sample(range(17, len(data)), 6)) + [frames[-1][1] - 1]
+    for cut in cuts:
+        run = tmp_path / f"cut{cut}"
+        shutil.copytree(d, run)
+        (run / "gatemq.db.journal").write_bytes(data[:cut])
+        b = make_broker(persist_lines(run))
+        whole = sum(1 for s, e in frames if e <= cut)
+        assert retained(b.port, wait=0.5) == {f"r/{i:02}": f"v{i}".encode() for i in range(whole)}
+        if cut not in {e for _, e in frames}:
+            assert "was cut short" in b.log()
+        b.stop()
+
+
+def test_flipped_bytes_keep_the_records_before_them_and_the_file_is_moved_aside(make_broker, tmp_path):
+    d, frames = make_journal(make_broker, tmp_path)
+    data = (d / "gatemq.db.journal").read_bytes()
+    rnd = random.Random(9)
+    for k in range(5):
+        at = rnd.randrange(16, len(data))
+        bad = bytearray(data)
+        bad[at] ^= 1 << rnd.randrange(8)
+        run = tmp_path / f"flip{k}"
+        shutil.copytree(d, run)
+        (run / "gatemq.db.journal").write_bytes(bytes(bad))
+        b = make_broker(persist_lines(run))
+        before = sum(1 for s, e in frames if e <= at)
+        assert retained(b.port, wait=0.5) == {f"r/{i:02}": f"v{i}".encode() for i in range(before)}
+        log = b.log()
+        assert "is damaged" in log or "was cut short" in log, log
+        assert b.alive()
+        b.stop()
+        if "is damaged" in log:
+            assert any(p.name.startswith("gatemq.db.journal.damaged-") for p in run.iterdir())
+
+
+def test_a_snapshot_that_is_not_ours_is_moved_aside_and_the_broker_serves(make_broker, tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "gatemq.db").write_bytes(os.urandom(300))
+    b = make_broker(persist_lines(d))
+    assert "is not a gatemq snapshot file" in b.log()
+    assert any(p.name.startswith("gatemq.db.damaged-") for p in d.iterdir())
+    publish_retained(b.port, [("r/new", b"ok")])
+    assert retained(b.port) == {"r/new": b"ok"}
+
+
+def test_persistence_options(make_broker, tmp_path):
+    d = tmp_path / "other"
+    b = make_broker(persist_lines(d, "persistence_file state.db", "persistence_sync interval 1",
+                                  "autosave_interval 1800"))
+    publish_retained(b.port, [("r/a", b"1")])
+    b.stop(sig=signal.SIGKILL)
+    assert (d / "state.db").exists() and (d / "state.db.journal").exists()
+    b2 = make_broker(persist_lines(d, "persistence_file state.db", "persistence_sync never"))
+    assert retained(b2.port) == {"r/a": b"1"}

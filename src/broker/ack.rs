@@ -1,5 +1,6 @@
 //! PUBACK, PUBREC, PUBREL, PUBCOMP: the QoS 1 and 2 acknowledgement flows in both directions.
 
+use super::persist::AckStep;
 use super::session::Awaiting;
 use super::{publish, Broker, ConnId, SessionId};
 use crate::wire::{self, kind, Ack};
@@ -22,6 +23,7 @@ pub(super) fn puback(b: &mut Broker, sid: SessionId, a: Ack) {
         if let Some(m) = s.inflight.remove(i).and_then(|e| e.msg) {
             b.pool.release(m);
         }
+        b.journal_ack(sid, AckStep::Done(a.packet_id));
         publish::pump(b, sid);
     }
 }
@@ -36,6 +38,7 @@ pub(super) fn pubrec(b: &mut Broker, id: ConnId, sid: SessionId, a: Ack) {
             if let Some(m) = s.inflight.remove(i).and_then(|e| e.msg) {
                 b.pool.release(m);
             }
+            b.journal_ack(sid, AckStep::Done(a.packet_id));
             publish::pump(b, sid);
             return;
         }
@@ -45,6 +48,7 @@ pub(super) fn pubrec(b: &mut Broker, id: ConnId, sid: SessionId, a: Ack) {
             if let Some(m) = e.msg.take() {
                 b.pool.release(m);
             }
+            b.journal_ack(sid, AckStep::Released(a.packet_id));
             true
         }
         // A repeated PUBREC for a message already past it: PUBREL again.
@@ -68,6 +72,7 @@ pub(super) fn pubcomp(b: &mut Broker, _id: ConnId, sid: SessionId, a: Ack) {
     let s = &mut b.sessions[sid];
     if let Some(i) = s.inflight_position(a.packet_id, Awaiting::PubComp) {
         s.inflight.remove(i);
+        b.journal_ack(sid, AckStep::Done(a.packet_id));
         publish::pump(b, sid);
     }
 }
@@ -83,6 +88,9 @@ pub(super) fn pubrel(b: &mut Broker, id: ConnId, sid: SessionId, a: Ack) {
         }
         None => false,
     };
+    if known {
+        b.journal_ack(sid, AckStep::Qos2InDone(a.packet_id));
+    }
     if is_v5(b, id) {
         let code = if known { 0 } else { PACKET_ID_NOT_FOUND };
         wire::encode_ack_v5(b.out(id), kind::PUBCOMP, a.packet_id, code, None);

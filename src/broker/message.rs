@@ -17,6 +17,8 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5 Message Expiry: after this instant the message is never delivered.
     pub expiry: Option<Instant>,
+    /// Its id in the persistence journal once written there; 0 = not written.
+    pub store_id: u64,
     topic_len: usize,
     props_len: usize,
     /// The topic's bytes, the MQTT 5 properties forwarded with it (encoded, without Message
@@ -110,6 +112,7 @@ impl MessagePool {
             qos,
             retain,
             expiry,
+            store_id: 0,
             topic_len: topic.len(),
             props_len,
             data,
@@ -123,6 +126,11 @@ impl MessagePool {
     /// Set a message's expiry (a will's, when it is published).
     pub fn set_expiry(&mut self, id: MsgId, expiry: Option<Instant>) {
         self.slots[id as usize].expiry = expiry;
+    }
+
+    /// Note the id the message was written to the journal under.
+    pub fn set_store_id(&mut self, id: MsgId, store_id: u64) {
+        self.slots[id as usize].store_id = store_id;
     }
 
     /// Take one more reference.

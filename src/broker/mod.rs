@@ -239,8 +239,8 @@ pub struct Broker {
     identities: FxHashMap<ConnId, Box<str>>,
     /// Records of this loop turn's changes, when persistence is on.
     journal: Option<Vec<u8>>,
-    /// Sessions whose record is written at the end of the turn.
-    dirty_sessions: Vec<SessionId>,
+    /// The last store id given to a message written to the journal.
+    next_store_id: u64,
 }
 
 impl Broker {
@@ -279,7 +279,7 @@ impl Broker {
             rng: seed | 1,
             identities: FxHashMap::default(),
             journal: None,
-            dirty_sessions: Vec::new(),
+            next_store_id: 0,
         }
     }
 

@@ -2,11 +2,14 @@
 //! turn, as journal records; the whole state, as snapshot records; and the state rebuilt from
 //! them at start.
 //!
-//! Stored now: retained messages (with their MQTT 5 properties and expiry) and the sessions
-//! that outlive their connections, with their subscriptions. A session's record is written
-//! whole when it changes (at most once per turn), so replay is "last record wins".
+//! Stored: retained messages (with their MQTT 5 properties and expiry); the sessions that
+//! outlive their connections, with their subscriptions (a session's record is written whole
+//! when it changes: replay is "last record wins"); the QoS 1/2 messages those sessions hold,
+//! queued or in flight, by store id, and each step of their acknowledgement; and the QoS 2
+//! packet ids received from them and not yet released.
 
-use super::session::Session;
+use super::message::{MessagePool, MsgId};
+use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::SubEntry;
 use super::subscribe::split_shared;
 use super::{Broker, SessionId};
@@ -23,17 +26,6 @@ impl Broker {
     /// Append this turn's records to `out`; the event loop writes them before this turn's
     /// output leaves.
     pub fn take_journal(&mut self, out: &mut Vec<u8>) {
-        if self.journal.is_none() {
-            return;
-        }
-        let mut dirty = std::mem::take(&mut self.dirty_sessions);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for &sid in &dirty {
-            self.journal_session(sid);
-        }
-        dirty.clear();
-        self.dirty_sessions = dirty;
         if let Some(j) = &mut self.journal {
             out.extend_from_slice(j);
             j.clear();
@@ -41,14 +33,8 @@ impl Broker {
     }
 
     /// Session `sid` changed in a way a restart must keep (created, resumed, subscribed,
-    /// expiry changed).
+    /// expiry changed): its record is written now, before anything it holds.
     pub(super) fn session_changed(&mut self, sid: SessionId) {
-        if self.journal.is_some() {
-            self.dirty_sessions.push(sid);
-        }
-    }
-
-    fn journal_session(&mut self, sid: SessionId) {
         let (Some(j), Some(s)) = (&mut self.journal, self.sessions.get_mut(sid)) else {
             return;
         };
@@ -93,8 +79,39 @@ impl Broker {
         }
     }
 
+    /// A step of an acknowledgement flow of session `sid` (if its state is kept).
+    pub(super) fn journal_ack(&mut self, sid: SessionId, rec: AckStep) {
+        let (Some(j), Some(s)) = (&mut self.journal, self.sessions.get(sid)) else {
+            return;
+        };
+        if !s.stored {
+            return;
+        }
+        let client_id = &*s.client_id;
+        let rec = match rec {
+            AckStep::Done(packet_id) => Record::Done {
+                client_id,
+                msg: 0,
+                packet_id,
+            },
+            AckStep::Released(packet_id) => Record::Released {
+                client_id,
+                packet_id,
+            },
+            AckStep::Qos2In(packet_id) => Record::Qos2In {
+                client_id,
+                packet_id,
+            },
+            AckStep::Qos2InDone(packet_id) => Record::Qos2InDone {
+                client_id,
+                packet_id,
+            },
+        };
+        record::encode(j, &rec);
+    }
+
     /// The whole state to keep, as records (a new snapshot).
-    pub fn snapshot(&self, out: &mut Vec<u8>) {
+    pub fn snapshot(&mut self, out: &mut Vec<u8>) {
         let now = self.now;
         self.retained.for_each(|m| {
             let msg = self.pool.get(m);
@@ -102,8 +119,43 @@ impl Broker {
                 write_retained(out, msg, now);
             }
         });
-        for (_, s) in self.sessions.iter().filter(|(_, s)| s.persistent()) {
+        let mut written = std::collections::HashSet::new();
+        let Broker {
+            sessions,
+            pool,
+            next_store_id,
+            ..
+        } = self;
+        for (_, s) in sessions.iter().filter(|(_, s)| s.persistent()) {
             write_session(out, s);
+            for i in &s.inflight {
+                let msg = match i.msg {
+                    Some(m) => message(out, next_store_id, pool, m, now, &mut written),
+                    None => 0,
+                };
+                record::encode_hold(
+                    out,
+                    &s.client_id,
+                    msg,
+                    i.qos,
+                    i.retain,
+                    i.packet_id,
+                    &i.sub_ids,
+                );
+            }
+            for q in &s.queue {
+                let msg = message(out, next_store_id, pool, q.msg, now, &mut written);
+                record::encode_hold(out, &s.client_id, msg, q.qos, q.retain, 0, &q.sub_ids);
+            }
+            for &p in &s.qos2_incoming {
+                record::encode(
+                    out,
+                    &Record::Qos2In {
+                        client_id: &s.client_id,
+                        packet_id: p,
+                    },
+                );
+            }
         }
     }
 
@@ -111,6 +163,8 @@ impl Broker {
     /// client connects. Restored sessions are offline and their expiry counts from now.
     pub fn restore(&mut self, mut records: &[u8], now: Instant) -> (usize, usize) {
         self.now = now;
+        // Messages by store id while replaying; each holds one reference, let go at the end.
+        let mut messages: std::collections::HashMap<u64, MsgId> = Default::default();
         while let Frame::Record(rec, n) = record::decode(records) {
             records = &records[n..];
             match rec {
@@ -141,15 +195,27 @@ impl Broker {
                     listener,
                     subscriptions,
                 } => {
-                    if let Some(old) = self.by_client_id.get(&self.sessions, client_id) {
-                        self.remove_session(old);
-                    }
-                    let mut s = Session::new(client_id, expiry);
+                    // The same session again: new settings and subscriptions, same messages.
+                    let sid = match self.by_client_id.get(&self.sessions, client_id) {
+                        Some(sid) => {
+                            let old = std::mem::take(&mut self.sessions[sid].subscriptions);
+                            for sub in &old {
+                                let (share, f) = split_shared(&sub.filter);
+                                self.subs.remove(f, sid, share);
+                            }
+                            self.sessions[sid].expiry = expiry;
+                            sid
+                        }
+                        None => {
+                            let sid = self.sessions.insert(Session::new(client_id, expiry));
+                            self.by_client_id.insert(&self.sessions, sid);
+                            sid
+                        }
+                    };
+                    let s = &mut self.sessions[sid];
                     s.username = username.map(Into::into);
                     s.listener = listener;
                     s.stored = true;
-                    let sid = self.sessions.insert(s);
-                    self.by_client_id.insert(&self.sessions, sid);
                     for (filter, options, sub_id) in subscriptions.iter() {
                         self.restore_subscription(sid, filter, options, sub_id);
                     }
@@ -160,13 +226,173 @@ impl Broker {
                         self.remove_session(sid);
                     }
                 }
+                Record::Message {
+                    id,
+                    topic,
+                    qos,
+                    retain,
+                    expiry,
+                    props,
+                    payload,
+                } => {
+                    let expiry = instant_of(expiry, now);
+                    let m =
+                        self.pool
+                            .store_with(topic, &[props], payload, qos.min(2), retain, expiry);
+                    self.pool.set_store_id(m, id);
+                    self.next_store_id = self.next_store_id.max(id);
+                    if let Some(old) = messages.insert(id, m) {
+                        self.pool.release(old);
+                    }
+                }
+                Record::Hold {
+                    client_id,
+                    msg,
+                    qos,
+                    retain,
+                    packet_id,
+                    sub_ids,
+                } => {
+                    let Some(sid) = self.by_client_id.get(&self.sessions, client_id) else {
+                        continue;
+                    };
+                    let m = messages.get(&msg).copied();
+                    if msg != 0 && m.is_none() {
+                        continue;
+                    }
+                    let ids: SubIds = sub_ids.iter().take(4).collect();
+                    let s = &mut self.sessions[sid];
+                    match (m, packet_id) {
+                        (Some(m), 0) => {
+                            self.pool.retain(m);
+                            s.queued_bytes += self.pool.get(m).payload().len();
+                            s.queue.push_back(Queued {
+                                msg: m,
+                                qos,
+                                retain,
+                                sub_ids: ids,
+                            });
+                        }
+                        (m, packet_id) if packet_id != 0 => {
+                            if let Some(m) = m {
+                                self.pool.retain(m);
+                            }
+                            s.inflight.push_back(Inflight {
+                                packet_id,
+                                seq: 0,
+                                msg: m,
+                                qos,
+                                retain,
+                                awaiting: match (m, qos) {
+                                    (None, _) => Awaiting::PubComp,
+                                    (_, 1) => Awaiting::PubAck,
+                                    _ => Awaiting::PubRec,
+                                },
+                                sub_ids: ids,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                Record::Sent {
+                    client_id,
+                    msg,
+                    packet_id,
+                } => {
+                    let Some(sid) = self.by_client_id.get(&self.sessions, client_id) else {
+                        continue;
+                    };
+                    let pool = &self.pool;
+                    let s = &mut self.sessions[sid];
+                    if let Some(i) = s.queue.iter().position(|q| pool.get(q.msg).store_id == msg) {
+                        let q = s.queue.remove(i).expect("position");
+                        s.queued_bytes -= pool.get(q.msg).payload().len();
+                        s.inflight.push_back(Inflight {
+                            packet_id,
+                            seq: 0,
+                            msg: Some(q.msg),
+                            qos: q.qos,
+                            retain: q.retain,
+                            awaiting: if q.qos == 1 {
+                                Awaiting::PubAck
+                            } else {
+                                Awaiting::PubRec
+                            },
+                            sub_ids: q.sub_ids,
+                        });
+                    }
+                }
+                Record::Done {
+                    client_id,
+                    msg,
+                    packet_id,
+                } => {
+                    let Some(sid) = self.by_client_id.get(&self.sessions, client_id) else {
+                        continue;
+                    };
+                    let s = &mut self.sessions[sid];
+                    let gone = if packet_id != 0 {
+                        let i = s.inflight.iter().position(|i| i.packet_id == packet_id);
+                        i.and_then(|i| s.inflight.remove(i)).and_then(|i| i.msg)
+                    } else {
+                        let pool = &self.pool;
+                        let i = s.queue.iter().position(|q| pool.get(q.msg).store_id == msg);
+                        let q = i.and_then(|i| s.queue.remove(i));
+                        if let Some(q) = &q {
+                            s.queued_bytes -= pool.get(q.msg).payload().len();
+                        }
+                        q.map(|q| q.msg)
+                    };
+                    if let Some(m) = gone {
+                        self.pool.release(m);
+                    }
+                }
+                Record::Released {
+                    client_id,
+                    packet_id,
+                } => {
+                    let Some(sid) = self.by_client_id.get(&self.sessions, client_id) else {
+                        continue;
+                    };
+                    let s = &mut self.sessions[sid];
+                    if let Some(i) = s.inflight.iter_mut().find(|i| i.packet_id == packet_id) {
+                        i.awaiting = Awaiting::PubComp;
+                        if let Some(m) = i.msg.take() {
+                            self.pool.release(m);
+                        }
+                    }
+                }
+                Record::Qos2In {
+                    client_id,
+                    packet_id,
+                } => {
+                    if let Some(sid) = self.by_client_id.get(&self.sessions, client_id) {
+                        let ids = &mut self.sessions[sid].qos2_incoming;
+                        if !ids.contains(&packet_id) {
+                            ids.push(packet_id);
+                        }
+                    }
+                }
+                Record::Qos2InDone {
+                    client_id,
+                    packet_id,
+                } => {
+                    if let Some(sid) = self.by_client_id.get(&self.sessions, client_id) {
+                        self.sessions[sid].qos2_incoming.retain(|&p| p != packet_id);
+                    }
+                }
             }
+        }
+        for (_, m) in messages {
+            self.pool.release(m);
+        }
+        for (_, s) in self.sessions.iter_mut() {
+            s.after_restore();
         }
         // Replaying wrote records of its own (session removals): the new snapshot has them.
         if let Some(j) = &mut self.journal {
             j.clear();
         }
-        self.dirty_sessions.clear();
         (self.retained.len(), self.sessions.len())
     }
 
@@ -201,6 +427,110 @@ impl Broker {
                 sub_id,
             });
     }
+}
+
+/// What an acknowledgement did, for [`Broker::journal_ack`].
+#[derive(Clone, Copy)]
+pub(super) enum AckStep {
+    /// The in-flight message with this packet id is done (PUBACK, PUBCOMP, refused).
+    Done(u16),
+    /// PUBREC for this packet id: only PUBREL is left.
+    Released(u16),
+    /// An incoming QoS 2 packet id was recorded / released.
+    Qos2In(u16),
+    Qos2InDone(u16),
+}
+
+/// The store id of message `m`, writing its Message record first if it has none yet (or, in a
+/// snapshot, if `written` has not seen it).
+fn message(
+    out: &mut Vec<u8>,
+    next_store_id: &mut u64,
+    pool: &mut MessagePool,
+    m: MsgId,
+    now: Instant,
+    written: &mut std::collections::HashSet<u64>,
+) -> u64 {
+    let mut id = pool.get(m).store_id;
+    if id == 0 {
+        *next_store_id += 1;
+        id = *next_store_id;
+        pool.set_store_id(m, id);
+    }
+    if written.insert(id) {
+        let msg = pool.get(m);
+        record::encode(
+            out,
+            &Record::Message {
+                id,
+                topic: msg.topic_str(),
+                qos: msg.qos,
+                retain: msg.retain,
+                expiry: msg.expiry.map_or(0, |e| unix_of(e, now)),
+                props: msg.properties(),
+                payload: msg.payload(),
+            },
+        );
+    }
+    id
+}
+
+/// Journal that session `s` now holds message `m` (queued, or in flight under `packet_id`).
+/// Called from delivery with the broker's fields borrowed apart.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn journal_hold(
+    journal: &mut Option<Vec<u8>>,
+    next_store_id: &mut u64,
+    pool: &mut MessagePool,
+    s: &Session,
+    m: MsgId,
+    qos: u8,
+    retain: bool,
+    packet_id: u16,
+    sub_ids: &[u32],
+    now: Instant,
+) {
+    let Some(j) = journal else {
+        return;
+    };
+    if !s.stored {
+        return;
+    }
+    let known = pool.get(m).store_id;
+    let id = if known != 0 {
+        known
+    } else {
+        message(j, next_store_id, pool, m, now, &mut Default::default())
+    };
+    record::encode_hold(j, &s.client_id, id, qos, retain, packet_id, sub_ids);
+}
+
+/// Journal that session `s`'s queued message `m` was sent (`packet_id` > 0) or let go (0).
+pub(super) fn journal_unqueue(
+    journal: &mut Option<Vec<u8>>,
+    pool: &MessagePool,
+    s: &Session,
+    m: MsgId,
+    packet_id: u16,
+) {
+    let (Some(j), true) = (journal, s.stored) else {
+        return;
+    };
+    let (client_id, msg) = (&*s.client_id, pool.get(m).store_id);
+    let rec = if packet_id == 0 {
+        Record::Done {
+            client_id,
+            msg,
+            packet_id: 0,
+        }
+    } else {
+        Record::Sent {
+            client_id,
+            msg,
+            packet_id,
+        }
+    };
+    record::encode(j, &rec);
 }
 
 fn write_session(out: &mut Vec<u8>, s: &Session) {

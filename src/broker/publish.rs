@@ -11,7 +11,7 @@
 use super::message::{MessagePool, MsgId};
 use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::{Match, SubEntry};
-use super::{Broker, ConnId, SessionId};
+use super::{persist, Broker, ConnId, SessionId};
 use super::{BrokerConfig, Conn};
 use crate::auth::acl::Access;
 use crate::devices::Observed;
@@ -160,6 +160,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
                 }
                 if reason.is_none() {
                     b.sessions[sid].qos2_incoming.push(p.packet_id);
+                    b.journal_ack(sid, persist::AckStep::Qos2In(p.packet_id));
                 }
             }
             ack(b, id, v5, wire::kind::PUBREC, p.packet_id, reason, matched);
@@ -631,6 +632,8 @@ pub(super) fn deliver(
         cfg,
         dirty,
         stats,
+        journal,
+        next_store_id,
         ..
     } = b;
     let s = &mut sessions[sid];
@@ -657,6 +660,18 @@ pub(super) fn deliver(
             let packet_id = if qos > 0 {
                 let m = src.hold(pool, qos);
                 let (packet_id, seq) = s.next_packet_id();
+                persist::journal_hold(
+                    journal,
+                    next_store_id,
+                    pool,
+                    s,
+                    m,
+                    qos,
+                    retain,
+                    packet_id,
+                    &sub_ids,
+                    now,
+                );
                 s.inflight.push_back(Inflight {
                     packet_id,
                     seq,
@@ -709,6 +724,18 @@ pub(super) fn deliver(
         return;
     }
     let m = src.hold(pool, qos);
+    persist::journal_hold(
+        journal,
+        next_store_id,
+        pool,
+        s,
+        m,
+        qos,
+        retain,
+        0,
+        &sub_ids,
+        now,
+    );
     s.queued_bytes += len;
     s.queue.push_back(Queued {
         msg: m,
@@ -795,6 +822,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
         dirty,
         stats,
         resumed,
+        journal,
         ..
     } = b;
     let s = &mut sessions[sid];
@@ -817,6 +845,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
         let src = Source::Stored(q.msg);
         if msg.is_expired(now) || !fits(conn, &src, pool, q.qos, &q.sub_ids) {
             // Expired while queued (never delivered, spec 3.3.2.3.3) or too large for the client.
+            persist::journal_unqueue(journal, pool, s, q.msg, 0);
             pool.release(q.msg);
             stats.publish_dropped += 1;
             wrote = true;
@@ -835,6 +864,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
             sub_ids: &q.sub_ids,
         };
         write(conn, &src, pool, &d, now, cfg.max_topic_alias);
+        persist::journal_unqueue(journal, pool, s, q.msg, packet_id);
         if q.qos > 0 {
             // The queue's reference moves to the in-flight entry.
             s.inflight.push_back(Inflight {

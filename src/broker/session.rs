@@ -144,6 +144,16 @@ impl Session {
         }
     }
 
+    /// After in-flight entries were restored with the packet ids they had: ids are not in
+    /// allocation order any more, so every allocation checks for a collision until they are
+    /// acknowledged (restored entries have allocation number 0).
+    pub fn after_restore(&mut self) {
+        self.allocations = self.allocations.max(65_535);
+        if let Some(last) = self.inflight.back() {
+            self.next_packet_id = last.packet_id;
+        }
+    }
+
     pub fn inflight_position(&self, packet_id: u16, awaiting: Awaiting) -> Option<usize> {
         self.inflight
             .iter()

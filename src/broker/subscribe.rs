@@ -79,7 +79,6 @@ pub(super) fn subscribe(
     let count = s.filters.clone().count();
     SubAck::encode_header(b.out(id), s.packet_id, count, v5);
     let mut new_flags: u64 = 0;
-    b.session_changed(sid);
     for (i, (filter, options)) in s.filters.clone().enumerate() {
         let within = b.topic_within_limits(filter);
         let subs = &b.sessions[sid].subscriptions;
@@ -157,6 +156,8 @@ pub(super) fn subscribe(
         b.out(id).push(code);
     }
     b.stats.messages_sent += 1;
+    // The session's record with its new subscriptions, before any retained message it holds.
+    b.session_changed(sid);
 
     // Retained messages after the SUBACK, with RETAIN set (spec 3.3.1.3): not for shared
     // subscriptions, and as Retain Handling says (0 always, 1 only if new, 2 never).
@@ -199,7 +200,6 @@ pub(super) fn unsubscribe(b: &mut Broker, id: ConnId, sid: SessionId, u: Unsubsc
     if v5 {
         SubAck::encode_unsuback_header_v5(b.out(id), u.packet_id, u.filters.clone().count());
     }
-    b.session_changed(sid);
     for (filter, _) in u.filters {
         let (share, f) = split_shared(filter);
         let existed = b.subs.remove(f, sid, share);
@@ -217,4 +217,5 @@ pub(super) fn unsubscribe(b: &mut Broker, id: ConnId, sid: SessionId, u: Unsubsc
         wire::encode_unsuback(b.out(id), u.packet_id);
     }
     b.stats.messages_sent += 1;
+    b.session_changed(sid);
 }

@@ -13,6 +13,13 @@ const RETAIN: u8 = 1;
 const UNRETAIN: u8 = 2;
 const SESSION: u8 = 3;
 const END_SESSION: u8 = 4;
+const MESSAGE: u8 = 5;
+const HOLD: u8 = 6;
+const SENT: u8 = 7;
+const DONE: u8 = 8;
+const RELEASED: u8 = 9;
+const QOS2_IN: u8 = 10;
+const QOS2_IN_DONE: u8 = 11;
 
 /// One record, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,86 @@ pub enum Record<'a> {
     },
     /// The session of `client_id` ended.
     EndSession { client_id: &'a str },
+    /// A message that sessions hold (queued or in flight), under its store id `id`.
+    /// `expiry`: Unix seconds, 0 = never.
+    Message {
+        id: u64,
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        expiry: u64,
+        props: &'a [u8],
+        payload: &'a [u8],
+    },
+    /// `client_id` holds message `msg` for delivery at `qos`: queued (`packet_id` 0) or in
+    /// flight under `packet_id`. `msg` 0 with a packet id: a QoS 2 delivery past PUBREC.
+    Hold {
+        client_id: &'a str,
+        msg: u64,
+        qos: u8,
+        retain: bool,
+        packet_id: u16,
+        sub_ids: SubIdList<'a>,
+    },
+    /// `client_id`'s queued message `msg` was sent under `packet_id`.
+    Sent {
+        client_id: &'a str,
+        msg: u64,
+        packet_id: u16,
+    },
+    /// `client_id` no longer holds the message: in flight under `packet_id` (if not 0), else
+    /// queued message `msg` (acknowledged, expired or dropped).
+    Done {
+        client_id: &'a str,
+        msg: u64,
+        packet_id: u16,
+    },
+    /// QoS 2 outgoing: `client_id` acknowledged `packet_id` with PUBREC; only PUBREL is left.
+    Released { client_id: &'a str, packet_id: u16 },
+    /// QoS 2 incoming: `packet_id` from `client_id` was received and PUBREC sent.
+    Qos2In { client_id: &'a str, packet_id: u16 },
+    /// QoS 2 incoming: PUBREL for `packet_id` came; the id is free.
+    Qos2InDone { client_id: &'a str, packet_id: u16 },
+}
+
+/// Up to four Subscription Identifiers of a held message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubIdList<'a>(&'a [u8]);
+
+impl<'a> SubIdList<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = u32> + 'a {
+        self.0
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+}
+
+/// Append a Hold record.
+pub fn encode_hold(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    msg: u64,
+    qos: u8,
+    retain: bool,
+    packet_id: u16,
+    sub_ids: &[u32],
+) {
+    let mut ids = [0u8; 16];
+    let n = sub_ids.len().min(4);
+    for (i, id) in sub_ids.iter().take(n).enumerate() {
+        ids[i * 4..i * 4 + 4].copy_from_slice(&id.to_le_bytes());
+    }
+    encode(
+        out,
+        &Record::Hold {
+            client_id,
+            msg,
+            qos,
+            retain,
+            packet_id,
+            sub_ids: SubIdList(&ids[..n * 4]),
+        },
+    );
 }
 
 /// A session's subscriptions inside a record: (filter as subscribed, QoS + option bits,
@@ -102,6 +189,80 @@ pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
         Record::EndSession { client_id } => {
             out.push(END_SESSION);
             put_str(out, client_id);
+        }
+        Record::Message {
+            id,
+            topic,
+            qos,
+            retain,
+            expiry,
+            props,
+            payload,
+        } => {
+            out.push(MESSAGE);
+            out.extend_from_slice(&id.to_le_bytes());
+            put_str(out, topic);
+            out.push(*qos);
+            out.push(*retain as u8);
+            out.extend_from_slice(&expiry.to_le_bytes());
+            put_bytes(out, props);
+            put_bytes(out, payload);
+        }
+        Record::Hold {
+            client_id,
+            msg,
+            qos,
+            retain,
+            packet_id,
+            sub_ids,
+        } => {
+            out.push(HOLD);
+            put_str(out, client_id);
+            out.extend_from_slice(&msg.to_le_bytes());
+            out.push(*qos);
+            out.push(*retain as u8);
+            out.extend_from_slice(&packet_id.to_le_bytes());
+            out.push((sub_ids.0.len() / 4) as u8);
+            out.extend_from_slice(sub_ids.0);
+        }
+        Record::Sent {
+            client_id,
+            msg,
+            packet_id,
+        }
+        | Record::Done {
+            client_id,
+            msg,
+            packet_id,
+        } => {
+            out.push(if matches!(rec, Record::Sent { .. }) {
+                SENT
+            } else {
+                DONE
+            });
+            put_str(out, client_id);
+            out.extend_from_slice(&msg.to_le_bytes());
+            out.extend_from_slice(&packet_id.to_le_bytes());
+        }
+        Record::Released {
+            client_id,
+            packet_id,
+        }
+        | Record::Qos2In {
+            client_id,
+            packet_id,
+        }
+        | Record::Qos2InDone {
+            client_id,
+            packet_id,
+        } => {
+            out.push(match rec {
+                Record::Released { .. } => RELEASED,
+                Record::Qos2In { .. } => QOS2_IN,
+                _ => QOS2_IN_DONE,
+            });
+            put_str(out, client_id);
+            out.extend_from_slice(&packet_id.to_le_bytes());
         }
     }
     seal(out, start);
@@ -236,6 +397,56 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
         END_SESSION => Record::EndSession {
             client_id: r.str()?,
         },
+        MESSAGE => Record::Message {
+            id: r.u64()?,
+            topic: r.str()?,
+            qos: r.u8()?,
+            retain: r.u8()? != 0,
+            expiry: r.u64()?,
+            props: r.bytes()?,
+            payload: r.bytes()?,
+        },
+        HOLD => {
+            let client_id = r.str()?;
+            let msg = r.u64()?;
+            let qos = r.u8()?;
+            let retain = r.u8()? != 0;
+            let packet_id = r.u16()?;
+            let n = r.u8()? as usize;
+            if n > 4 {
+                return None;
+            }
+            Record::Hold {
+                client_id,
+                msg,
+                qos,
+                retain,
+                packet_id,
+                sub_ids: SubIdList(r.take(n * 4)?),
+            }
+        }
+        SENT => Record::Sent {
+            client_id: r.str()?,
+            msg: r.u64()?,
+            packet_id: r.u16()?,
+        },
+        DONE => Record::Done {
+            client_id: r.str()?,
+            msg: r.u64()?,
+            packet_id: r.u16()?,
+        },
+        RELEASED => Record::Released {
+            client_id: r.str()?,
+            packet_id: r.u16()?,
+        },
+        QOS2_IN => Record::Qos2In {
+            client_id: r.str()?,
+            packet_id: r.u16()?,
+        },
+        QOS2_IN_DONE => Record::Qos2InDone {
+            client_id: r.str()?,
+            packet_id: r.u16()?,
+        },
         _ => return None,
     };
     // Nothing may be left over.
@@ -329,6 +540,45 @@ mod tests {
             [("a/+/c", 1u8, 0u32), ("$share/g/x/#", 0x06, 7)].into_iter(),
         );
         encode(&mut out, &Record::EndSession { client_id: "gone" });
+        encode(
+            &mut out,
+            &Record::Message {
+                id: 7,
+                topic: "q/1",
+                qos: 2,
+                retain: false,
+                expiry: 0,
+                props: &[],
+                payload: b"p",
+            },
+        );
+        encode_hold(&mut out, "sensor-1", 7, 2, false, 513, &[1, 70000]);
+        for rec in [
+            Record::Sent {
+                client_id: "c",
+                msg: 7,
+                packet_id: 9,
+            },
+            Record::Done {
+                client_id: "c",
+                msg: 0,
+                packet_id: 9,
+            },
+            Record::Released {
+                client_id: "c",
+                packet_id: 10,
+            },
+            Record::Qos2In {
+                client_id: "c",
+                packet_id: 11,
+            },
+            Record::Qos2InDone {
+                client_id: "c",
+                packet_id: 11,
+            },
+        ] {
+            encode(&mut out, &rec);
+        }
         out
     }
 
@@ -350,7 +600,27 @@ mod tests {
         let data = samples();
         let (recs, end) = all(&data);
         assert_eq!(end, Frame::End);
-        assert_eq!(recs.len(), 4);
+        assert_eq!(recs.len(), 11);
+        match &recs[5] {
+            Record::Hold {
+                msg,
+                qos,
+                packet_id,
+                sub_ids,
+                ..
+            } => {
+                assert_eq!((*msg, *qos, *packet_id), (7, 2, 513));
+                assert_eq!(sub_ids.iter().collect::<Vec<_>>(), [1, 70000]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            recs[9],
+            Record::Qos2In {
+                client_id: "c",
+                packet_id: 11
+            }
+        );
         match &recs[2] {
             Record::Session {
                 client_id,

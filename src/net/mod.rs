@@ -129,6 +129,10 @@ pub struct Server {
     scratch: Box<[u8]>,
     spare_buffers: Vec<Vec<u8>>,
     pending_reads: Vec<ConnId>,
+    /// Connections whose output was not all written in their last flush although their
+    /// socket took everything offered (the round limit): no writable event will come for
+    /// them, so they are flushed again next turn.
+    pending_writes: Vec<ConnId>,
     /// Scratch lists, reused every turn (never swapped with another list, so each keeps its
     /// capacity and a warm loop allocates nothing).
     reading: Vec<ConnId>,
@@ -230,6 +234,7 @@ impl Server {
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             spare_buffers: Vec::new(),
             pending_reads: Vec::new(),
+            pending_writes: Vec::new(),
             reading: Vec::new(),
             work: Vec::new(),
             stopping: false,
@@ -271,7 +276,7 @@ impl Server {
     /// One turn of the loop. Public so tests and the bench can drive a server in-process.
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
         let now = Instant::now();
-        let timeout = if self.pending_reads.is_empty() {
+        let timeout = if self.pending_reads.is_empty() && self.pending_writes.is_empty() {
             let sync = self.store.as_ref().and_then(|s| s.next_sync());
             let ours = [self.notifier.next_deadline(), self.next_status, sync]
                 .into_iter()
@@ -305,6 +310,13 @@ impl Server {
                     }
                 }
             }
+        }
+        // Output left over by the round limit of last turn's flushes.
+        self.reading.clear();
+        self.reading.extend_from_slice(&self.pending_writes);
+        self.pending_writes.clear();
+        for i in 0..self.reading.len() {
+            self.flush(self.reading[i], now);
         }
         // Connections whose read budget ran out last turn get their next share.
         self.reading.clear();
@@ -555,7 +567,9 @@ impl Server {
 
     /// Write connection `id`'s output until it is empty or the socket is full.
     fn flush(&mut self, id: ConnId, now: Instant) {
-        // Each write may let the broker move more queued messages in; bound the rounds.
+        // Each write may let the broker move more queued messages in; bound the rounds (the
+        // rest is flushed next turn, so one busy connection does not hold up the loop).
+        let mut drained = false;
         for _ in 0..64 {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
@@ -568,7 +582,10 @@ impl Server {
                 conn.write(out)
             };
             match written {
-                Ok(0) if out.is_empty() => break,
+                Ok(0) if out.is_empty() => {
+                    drained = true;
+                    break;
+                }
                 // The TLS session's buffer is full and the socket takes no more.
                 Ok(0) => return,
                 Ok(n) => self.broker.consume_output(id, n),
@@ -584,6 +601,9 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => return self.lost(id, &io_reason(&e), now),
             }
+        }
+        if !drained && !self.pending_writes.contains(&id) {
+            self.pending_writes.push(id);
         }
         // Reading was paused while the client left its output unread; resume.
         self.resume(id);

@@ -36,7 +36,7 @@ ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
     printf 'subjectAltName=IP:127.0.0.1\n' > server.ext &&
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
         -extfile server.ext -out server.crt) > /dev/null 2>&1
-printf 'listener 0 127.0.0.1\ndevices_file devices.toml\nsys_interval 0\nlistener 0 127.0.0.1\ncertfile server.crt\nkeyfile server.key\n' > "$work/gatemq.conf"
+printf 'allow_anonymous true\nlistener 0 127.0.0.1\ndevices_file devices.toml\nsys_interval 0\nlistener 0 127.0.0.1\ncertfile server.crt\nkeyfile server.key\n' > "$work/gatemq.conf"
 timeout 120 "${qemu[@]}" "$bin" -c "$work/gatemq.conf" 2> "$work/log" &
 pid=$!
 port=""

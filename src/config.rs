@@ -201,6 +201,7 @@ impl Config {
         // Listener options before any `listener` line belong to the default listener.
         let mut default_listener = ListenerConfig::default();
         let mut listener_option_line = 0;
+        let mut security_before_listener = 0;
         let mut persistence = false;
         let mut location = PathBuf::new();
         let mut file = "gatemq.db".to_string();
@@ -229,6 +230,10 @@ impl Config {
             };
             if !in_listener && LISTENER_OPTIONS.contains(&option) && listener_option_line == 0 {
                 listener_option_line = n + 1;
+            }
+            let security = matches!(option, "allow_anonymous" | "password_file" | "acl_file");
+            if !in_listener && security && security_before_listener == 0 {
+                security_before_listener = n + 1;
             }
             match option {
                 "listener" => {
@@ -462,6 +467,11 @@ impl Config {
         // Mosquitto: `port`/`bind_address` make the default listener; with neither and no
         // `listener`, the broker listens on the loopback interface only.
         let had_listeners = !c.listeners.is_empty();
+        // Mosquitto 2: anonymous clients are refused unless allowed, once the config names a
+        // listener; with none, the broker listens on the loopback interface only and lets
+        // them in.
+        let anonymous_default =
+            !(had_listeners || default_port.is_some() || bind_address.is_some());
         if default_port.is_some() || bind_address.is_some() || !had_listeners {
             let address = bind_address.or_else(|| {
                 if default_port.is_none() {
@@ -477,7 +487,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "{name}:{listener_option_line}: this listener option comes before any 'listener' line, and there is no default listener ('port') for it"
             )));
+        } else if c.per_listener_settings && security_before_listener > 0 {
+            return Err(ConfigError(format!(
+                "{name}:{security_before_listener}: with per_listener_settings true this option belongs to the default listener ('port'), which this config does not have; put it after the 'listener' line it is for"
+            )));
         }
+
         for l in &c.listeners {
             check_tls(&l.tls, name)?;
         }
@@ -485,7 +500,10 @@ impl Config {
             .map(|i| {
                 let l = &c.listeners[i];
                 ListenerPolicy {
-                    allow_anonymous: c.security_of(i).allow_anonymous.unwrap_or(true),
+                    allow_anonymous: c
+                        .security_of(i)
+                        .allow_anonymous
+                        .unwrap_or(anonymous_default),
                     use_username_as_clientid: l.use_username_as_clientid,
                     use_identity_as_username: l.tls.use_identity_as_username,
                     ..ListenerPolicy::default()
@@ -663,6 +681,22 @@ mod tests {
 
     #[test]
     fn defaults_without_listener() {
+        // No listener named: loopback only, anonymous clients allowed (Mosquitto 2).
+        assert!(Config::parse("", "x.conf").unwrap().broker.listeners[0].allow_anonymous);
+        assert!(
+            !Config::parse("listener 1883\n", "x.conf")
+                .unwrap()
+                .broker
+                .listeners[0]
+                .allow_anonymous
+        );
+        assert!(
+            !Config::parse("port 1883\n", "x.conf")
+                .unwrap()
+                .broker
+                .listeners[0]
+                .allow_anonymous
+        );
         let c = Config::parse("# nothing\n\n", "x.conf").unwrap();
         assert_eq!(
             c.listeners,
@@ -720,8 +754,9 @@ use_username_as_clientid true
             .iter()
             .map(|p| p.allow_anonymous)
             .collect();
-        // The default listener has the lines before any `listener`; 8883 sets nothing (default).
-        assert_eq!(anon, [false, true, true]);
+        // The default listener has the lines before any `listener`; 8883 sets nothing, and
+        // a config with listeners refuses anonymous clients by default (Mosquitto 2).
+        assert_eq!(anon, [false, false, true]);
         assert!(c.listeners[1].tls.enabled() && c.listeners[1].tls.require_certificate);
         assert!(c.broker.listeners[1].use_identity_as_username);
         assert_eq!(c.listeners[1].max_connections, Some(5));
@@ -768,6 +803,11 @@ use_username_as_clientid true
         assert!(e("certfile a\nlisten 1\n").contains("unknown option 'listen'"));
         assert!(e("certfile a\nkeyfile b\nlistener 1883\n")
             .starts_with("t.conf:1: this listener option comes before any 'listener'"));
+        assert!(e("per_listener_settings true\nacl_file acl\nlistener 1883\n").starts_with(
+            "t.conf:2: with per_listener_settings true this option belongs to the default listener"
+        ));
+        // Without per_listener_settings the same line is for every listener.
+        assert!(Config::parse("acl_file acl\nlistener 1883\n", "t.conf").is_ok());
     }
 
     #[test]

@@ -200,7 +200,10 @@ fn port_flag_without_config() {
 
 #[test]
 fn verbose_flag_logs_debug() {
-    let conf = write_temp("verbose.conf", "listener 0 127.0.0.1\nlog_type error\n");
+    let conf = write_temp(
+        "verbose.conf",
+        "listener 0 127.0.0.1\nallow_anonymous true\nlog_type error\n",
+    );
     let b = Broker::spawn(&[os("-c"), path_os(&conf), os("-v")], None);
     let mut c = b.client("verbose-client");
     c.ping();

@@ -169,19 +169,24 @@ impl AclFile {
     }
 }
 
-/// Replace whole-level `%c` and `%u` in a pattern; false if `%u` is used and there is no user.
+/// Replace whole-level `%c` and `%u` in a pattern; false (the pattern does not apply) if `%u`
+/// is used and there is no user, or if the value is not one plain topic level: a client id
+/// `+` or `#` would turn `cl/%c/#` into a wildcard over every client's topics (Mosquitto's
+/// CVE-2017-7650), and `victim/x` would reach into `victim`'s own subtree.
 fn expand(pattern: &str, user: Option<&str>, client_id: &str, out: &mut String) -> bool {
+    let plain = |v: &str| !v.contains(['+', '#', '/']);
     out.clear();
     for (i, level) in pattern.split('/').enumerate() {
         if i > 0 {
             out.push('/');
         }
         match level {
-            "%c" => out.push_str(client_id),
+            "%c" if plain(client_id) => out.push_str(client_id),
             "%u" => match user {
-                Some(u) => out.push_str(u),
-                None => return false,
+                Some(u) if plain(u) => out.push_str(u),
+                _ => return false,
             },
+            "%c" => return false,
             l => out.push_str(l),
         }
     }
@@ -229,6 +234,25 @@ fn covers(deny: &str, filter: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ids_that_are_not_one_plain_level_get_no_pattern_rule() {
+        let acl = AclFile::parse(
+            "pattern readwrite cl/%c/#\npattern read users/%u/#\n",
+            "acl",
+        )
+        .unwrap();
+        assert!(acl.check(None, "victim", "cl/victim/secret", Access::Read));
+        for id in ["+", "#", "victim/x", "a+b"] {
+            assert!(
+                !acl.check(None, id, "cl/victim/secret", Access::Read),
+                "{id}"
+            );
+            assert!(!acl.may_subscribe(None, id, "cl/+/#"), "{id}");
+        }
+        assert!(acl.check(Some("bob"), "c", "users/bob/x", Access::Read));
+        assert!(!acl.check(Some("#"), "c", "users/bob/x", Access::Read));
+    }
+
     use super::*;
 
     const ACL: &str = "# anonymous\ntopic read pub/#\n\nuser alice\ntopic read a/#\ntopic write b/#\ntopic c/+/x\ntopic deny c/secret/x\npattern readwrite dev/%u/#\npattern read cl/%c\n";

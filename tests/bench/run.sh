@@ -113,6 +113,7 @@ start_brokers() { # $1: label for the log files
     while [ "$mosquitto_port" = "$gatemq_port" ]; do mosquitto_port=$("$bench" free-port); done
     cat >"$work/gatemq.conf" <<EOF
 listener $gatemq_port 127.0.0.1
+allow_anonymous true
 max_inflight_messages 0
 max_queued_messages 10000
 sys_interval 0

@@ -55,7 +55,7 @@ impl Broker {
     pub fn start(extra: &str) -> Broker {
         let conf = write_temp(
             "broker.conf",
-            &format!("listener 0 127.0.0.1\nsys_interval 0\n{extra}\n"),
+            &format!("listener 0 127.0.0.1\nallow_anonymous true\nsys_interval 0\n{extra}\n"),
         );
         let mut b = Broker::spawn(&["-c".as_ref(), conf.as_os_str()], None);
         b.conf = Some(conf);

@@ -26,7 +26,7 @@ pub struct Broker5 {
 impl Broker5 {
     /// Start with these config lines after `listener 0 127.0.0.1`.
     pub fn start(extra: &[&str]) -> Broker5 {
-        let mut text = String::from("listener 0 127.0.0.1\n");
+        let mut text = String::from("listener 0 127.0.0.1\nallow_anonymous true\n");
         for l in extra {
             text.push_str(l);
             text.push('\n');

@@ -23,7 +23,10 @@ class Broker:
     def __init__(self, tmp_path: Path, config_lines=(), args=()):
         self.tmp = tmp_path
         self.conf = tmp_path / f"gatemq-{uuid.uuid4().hex[:8]}.conf"
-        self.conf.write_text("listener 0 127.0.0.1\n" + "".join(l + "\n" for l in config_lines))
+        # Anonymous clients are allowed in the tests unless a test says otherwise (a config
+        # with a listener refuses them by default, as Mosquitto 2 does).
+        self.conf.write_text("listener 0 127.0.0.1\nallow_anonymous true\n"
+                             + "".join(l + "\n" for l in config_lines))
         self.log_path = self.conf.with_suffix(".log")
         self.args = list(args)
         self.proc = None

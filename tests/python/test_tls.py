@@ -223,7 +223,8 @@ def test_per_listener_settings_plain_with_passwords_tls_anonymous(make_broker, p
 
 def test_per_listener_acl(make_broker, tmp_path):
     (tmp_path / "acl").write_text("topic read open/#\n")
-    b = make_broker(["per_listener_settings true", "acl_file acl", "listener 0 127.0.0.1"])
+    b = make_broker(["per_listener_settings true", "acl_file acl", "listener 0 127.0.0.1",
+                     "allow_anonymous true"])
     restricted, free = b.ports
     watcher = Client(free)
     watcher.connect()

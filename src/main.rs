@@ -97,6 +97,8 @@ fn main() -> ExitCode {
         println!("gatemq: configuration file {name} test is successful");
         return ExitCode::SUCCESS;
     }
+    // The config's log level can change at a reload unless RUST_LOG or -v decided it.
+    let level_from_config = !args.verbose && std::env::var_os("RUST_LOG").is_none();
     init_logging(if args.verbose {
         LevelFilter::Trace
     } else {
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    server.set_command_line(args.port, level_from_config);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -125,9 +128,12 @@ fn main() -> ExitCode {
 /// errors ... `<7>` for debug) and no timestamp, so `journalctl -p` filters them.
 fn init_logging(level: LevelFilter) {
     let mut b = env_logger::Builder::new();
-    b.filter_level(level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    let from_env = std::env::var("RUST_LOG").ok();
+    // Everything passes the logger's own filter and `log`'s maximum level decides, so a
+    // reload can change the level (RUST_LOG's filters, when given, stay as they are).
+    b.filter_level(LevelFilter::Trace);
+    if let Some(spec) = &from_env {
+        b.parse_filters(spec);
     }
     if stderr_is_journal() {
         use std::io::Write;
@@ -144,6 +150,9 @@ fn init_logging(level: LevelFilter) {
         b.format_target(false);
     }
     b.init();
+    if from_env.is_none() {
+        log::set_max_level(level);
+    }
 }
 
 /// `JOURNAL_STREAM` is "device:inode" of the journal's stream; it counts only if stderr is

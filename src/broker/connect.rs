@@ -201,6 +201,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     s.timer_gen += 1;
     if let Some((w, _)) = s.pending_will.take() {
         b.pool.release(w);
+        b.journal_will(sid);
     }
 
     // A will whose topic its client may not publish to is dropped (logged at debug).

@@ -9,9 +9,30 @@ impl Broker {
     /// Hand the device declarations to the broker; announces availability, initial values and
     /// Home Assistant discovery at once.
     pub fn set_devices(&mut self, mut ex: Executor) {
+        // The last values a restart (persistence) or a reload kept, from the retained status
+        // topics `<prefix>/<device>/<command>`.
+        let prefix = ex.options().prefix.clone();
+        let (retained, pool) = (&self.retained, &self.pool);
+        ex.adopt_values(|device, command| {
+            let mut found = None;
+            let topic = format!("{prefix}/{device}/{command}");
+            retained.for_each_match(&topic, &mut |m| {
+                found = std::str::from_utf8(pool.get(m).payload())
+                    .ok()
+                    .map(String::from);
+            });
+            found
+        });
         ex.start(&mut self.device_out);
         self.devices = Some(Box::new(ex));
         flush(self, None);
+    }
+
+    /// A reload removed the devices file: its devices are announced `offline`, and commands
+    /// are ordinary messages from now on.
+    pub fn clear_devices(&mut self) {
+        self.stopping();
+        self.devices = None;
     }
 
     /// The broker is shutting down: devices are announced `offline`.

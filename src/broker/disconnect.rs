@@ -77,6 +77,7 @@ impl Broker {
                         will = None;
                     }
                     self.arm_session_timer(sid);
+                    self.journal_will(sid);
                 }
             }
         }
@@ -166,6 +167,7 @@ pub(super) fn session_timers(b: &mut Broker, now: Instant) {
         if let Some((w, t)) = s.pending_will {
             if t <= now || expired {
                 s.pending_will = None;
+                b.journal_will(sid);
                 publish_will(b, w);
             }
         }

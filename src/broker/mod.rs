@@ -363,6 +363,23 @@ impl Broker {
         self.identities.remove(&id);
     }
 
+    /// A reload: new limits and listener policies. `map[old listener index]` is the index the
+    /// listener has now (`u16::MAX`: removed; its offline sessions get the first listener's
+    /// policy).
+    pub fn reconfigure(&mut self, cfg: BrokerConfig, map: &[u16], now: Instant) {
+        let remap = |l: u16| map.get(l as usize).copied().unwrap_or(u16::MAX);
+        for c in self.conns.iter_mut().flatten() {
+            c.listener = remap(c.listener);
+        }
+        for (_, s) in self.sessions.iter_mut() {
+            s.listener = remap(s.listener);
+        }
+        if cfg.sys_interval != self.cfg.sys_interval {
+            self.sys = sys::SysState::new(now, cfg.sys_interval);
+        }
+        self.cfg = cfg;
+    }
+
     /// The verified identity (certificate Common Name) of TLS connection `id`, for a listener
     /// with `use_identity_as_username`. Given before its CONNECT is handled.
     pub fn set_identity(&mut self, id: ConnId, identity: &str) {

@@ -52,6 +52,25 @@ impl Broker {
         }
     }
 
+    /// Session `sid`'s delayed will is now pending (written whole) or gone.
+    pub(super) fn journal_will(&mut self, sid: SessionId) {
+        let (Some(j), Some(s)) = (&mut self.journal, self.sessions.get(sid)) else {
+            return;
+        };
+        if !s.stored {
+            return;
+        }
+        match s.pending_will {
+            Some((m, at)) => write_will(j, s, self.pool.get(m), at, self.now),
+            None => record::encode(
+                j,
+                &Record::WillGone {
+                    client_id: &s.client_id,
+                },
+            ),
+        }
+    }
+
     /// Session `s` (already out of the slab) ended.
     pub(super) fn journal_end_session(&mut self, s: &Session) {
         if let (Some(j), true) = (&mut self.journal, s.stored) {
@@ -146,6 +165,9 @@ impl Broker {
             for q in &s.queue {
                 let msg = message(out, next_store_id, pool, q.msg, now, &mut written);
                 record::encode_hold(out, &s.client_id, msg, q.qos, q.retain, 0, &q.sub_ids);
+            }
+            if let Some((m, at)) = s.pending_will {
+                write_will(out, s, pool.get(m), at, now);
             }
             for &p in &s.qos2_incoming {
                 record::encode(
@@ -381,6 +403,36 @@ impl Broker {
                         self.sessions[sid].qos2_incoming.retain(|&p| p != packet_id);
                     }
                 }
+                Record::Will {
+                    client_id,
+                    at,
+                    topic,
+                    qos,
+                    retain,
+                    expiry,
+                    props,
+                    payload,
+                } => {
+                    let Some(sid) = self.by_client_id.get(&self.sessions, client_id) else {
+                        continue;
+                    };
+                    let expiry = instant_of(expiry, now);
+                    let m =
+                        self.pool
+                            .store_with(topic, &[props], payload, qos.min(2), retain, expiry);
+                    // Due while the broker was down: published as soon as it runs.
+                    let at = instant_of(at, now).unwrap_or(now);
+                    if let Some((old, _)) = self.sessions[sid].pending_will.replace((m, at)) {
+                        self.pool.release(old);
+                    }
+                }
+                Record::WillGone { client_id } => {
+                    if let Some(sid) = self.by_client_id.get(&self.sessions, client_id) {
+                        if let Some((old, _)) = self.sessions[sid].pending_will.take() {
+                            self.pool.release(old);
+                        }
+                    }
+                }
             }
         }
         for (_, m) in messages {
@@ -388,6 +440,11 @@ impl Broker {
         }
         for (_, s) in self.sessions.iter_mut() {
             s.after_restore();
+        }
+        // Each session's next deadline (expiry or delayed will), from what was read last.
+        let sids: Vec<SessionId> = self.sessions.iter().map(|(sid, _)| sid).collect();
+        for sid in sids {
+            self.arm_session_timer(sid);
         }
         // Replaying wrote records of its own (session removals): the new snapshot has them.
         if let Some(j) = &mut self.journal {
@@ -397,11 +454,11 @@ impl Broker {
     }
 
     /// A restored session starts offline: its expiry runs from now.
+    /// (Its timer is armed when the whole state has been read.)
     fn session_offline(&mut self, sid: SessionId, now: Instant) {
         let s = &mut self.sessions[sid];
         s.expires_at = (s.expiry != super::session::NEVER_EXPIRES)
             .then(|| now + Duration::from_secs(s.expiry as u64));
-        self.arm_session_timer(sid);
     }
 
     fn drop_retained(&mut self, topic: &str) {
@@ -531,6 +588,28 @@ pub(super) fn journal_unqueue(
         }
     };
     record::encode(j, &rec);
+}
+
+fn write_will(
+    out: &mut Vec<u8>,
+    s: &Session,
+    m: &super::message::Message,
+    at: Instant,
+    now: Instant,
+) {
+    record::encode(
+        out,
+        &Record::Will {
+            client_id: &s.client_id,
+            at: unix_of(at, now),
+            topic: m.topic_str(),
+            qos: m.qos,
+            retain: m.retain,
+            expiry: m.expiry.map_or(0, |e| unix_of(e, now)),
+            props: m.properties(),
+            payload: m.payload(),
+        },
+    );
 }
 
 fn write_session(out: &mut Vec<u8>, s: &Session) {

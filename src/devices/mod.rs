@@ -272,6 +272,28 @@ impl Executor {
         &self.opts
     }
 
+    /// Take each command's last known value from `last(device, command)`: the retained status
+    /// topic a restarted (persistence) or reloaded broker still holds. A value that is not
+    /// valid for the command as declared now is ignored; nothing is executed. Called before
+    /// [`Executor::start`], which announces the values.
+    pub fn adopt_values(&mut self, mut last: impl FnMut(&str, &str) -> Option<String>) {
+        let mut v = String::new();
+        for d in &mut self.devices {
+            for (c, cmd) in d.decl.commands.iter().enumerate() {
+                if cmd.kind == Kind::Trigger {
+                    continue;
+                }
+                let Some(text) = last(&d.decl.id, &cmd.name) else {
+                    continue;
+                };
+                if value::normalise(cmd, &text, &d.values[c], &mut v) {
+                    d.values[c].clone_from(&v);
+                    d.known[c] = true;
+                }
+            }
+        }
+    }
+
     /// Announce every device at start: availability, initial values, Home Assistant discovery.
     pub fn start(&mut self, out: &mut Outbox) {
         for d in 0..self.devices.len() {

@@ -11,7 +11,7 @@ mod systemd;
 pub mod tls;
 
 use crate::broker::{Broker, ConnId};
-use crate::config::{io_reason, Config};
+use crate::config::{io_reason, Config, ListenerConfig};
 use crate::wire::frame_len;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -146,6 +146,12 @@ pub struct Server {
     /// Persistence: the files, and the records of the turn being written.
     store: Option<crate::store::Store>,
     records: Vec<u8>,
+    /// The configuration running now (SIGHUP compares the file's new text with it).
+    config: Config,
+    /// `-p`: the first listener's port, kept over a reload.
+    port_override: Option<u16>,
+    /// The log level follows the config (not when RUST_LOG or -v decided it).
+    log_level_from_config: bool,
 }
 
 /// How often STATUS= (clients, messages/s) is refreshed for `systemctl status`.
@@ -174,43 +180,7 @@ impl Server {
         };
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            #[cfg(feature = "tls")]
-            let tls = match l.tls.enabled() {
-                true => Some(
-                    tls::context(&l.tls)
-                        .map_err(|e| StartError(format!("listener on port {}: {e}", l.port)))?,
-                ),
-                false => None,
-            };
-            let host = l.address.as_deref().unwrap_or("0.0.0.0");
-            let addrs: Vec<SocketAddr> = (host, l.port)
-                .to_socket_addrs()
-                .map_err(|e| StartError(format!("cannot resolve listener address {host}: {e}")))?
-                .collect();
-            let addr = *addrs
-                .first()
-                .ok_or_else(|| StartError(format!("listener address {host} has no IP address")))?;
-            let mut listener = TcpListener::bind(addr)
-                .map_err(|e| StartError(format!("cannot listen on {addr}: {}", io_reason(&e))))?;
-            let token = Token(LISTENER_BASE + listeners.len());
-            poll.registry()
-                .register(&mut listener, token, Interest::READABLE)
-                .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
-            let local = listener.local_addr().unwrap_or(addr);
-            #[cfg(feature = "tls")]
-            let kind = if tls.is_some() { " (TLS)" } else { "" };
-            #[cfg(not(feature = "tls"))]
-            let kind = "";
-            log::info!("listening on {local}{kind}");
-            listeners.push(Listener {
-                socket: listener,
-                max_connections: l.max_connections,
-                connections: 0,
-                #[cfg(feature = "tls")]
-                tls,
-                #[cfg(feature = "tls")]
-                identity: l.tls.use_identity_as_username,
-            });
+            listeners.push(open_listener(&poll, l, LISTENER_BASE + listeners.len())?);
         }
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD])
             .map_err(|e| StartError(format!("cannot handle signals: {e}")))?;
@@ -243,6 +213,9 @@ impl Server {
             status_from: (Instant::now(), 0),
             store,
             records: Vec::new(),
+            config: config.clone(),
+            port_override: None,
+            log_level_from_config: false,
         })
     }
 
@@ -382,13 +355,146 @@ impl Server {
                 }
                 SIGHUP => {
                     self.notifier.notify("RELOADING=1");
-                    log::info!("SIGHUP received: configuration reload is not supported yet");
+                    self.reload();
                     self.notifier.notify("READY=1");
                 }
                 SIGCHLD => self.broker.children_exited(Instant::now()),
                 _ => {}
             }
         }
+    }
+
+    /// What a reload needs from the command line: `-p`'s port, and whether the config's log
+    /// level is the one in force (not when RUST_LOG or `-v` set it).
+    pub fn set_command_line(&mut self, port_override: Option<u16>, log_level_from_config: bool) {
+        self.port_override = port_override;
+        self.log_level_from_config = log_level_from_config;
+    }
+
+    /// SIGHUP: read the config file (and the password, ACL and devices files it names) again.
+    /// A file that does not load leaves everything as it is. Listeners are matched by port
+    /// and address: kept ones keep their connections (and take new TLS files and limits),
+    /// new ones are opened, and removed ones are closed with their connections.
+    fn reload(&mut self) {
+        let Some(path) = self.config.source.clone() else {
+            log::info!("SIGHUP received: there is no config file to reload");
+            return;
+        };
+        log::info!("SIGHUP received: reloading {}", path.display());
+        let mut new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload failed, the running configuration stays: {e}");
+                return;
+            }
+        };
+        if let (Some(port), Some(l)) = (self.port_override, new.listeners.first_mut()) {
+            l.port = port;
+        }
+        if new.persistence != self.config.persistence {
+            log::warn!("reload: persistence settings change at the next start, not now");
+            new.persistence = self.config.persistence.clone();
+        }
+        // Match each new listener to a running one with the same port and address.
+        let old = self.config.listeners.clone();
+        let mut taken = vec![false; old.len()];
+        let mut from: Vec<Option<usize>> = Vec::new();
+        for l in &new.listeners {
+            let j = (0..old.len())
+                .find(|&j| !taken[j] && old[j].port == l.port && old[j].address == l.address);
+            if let Some(j) = j {
+                taken[j] = true;
+            }
+            from.push(j);
+        }
+        // Everything that can fail comes first: new sockets, TLS setups of kept listeners.
+        let mut opened = Vec::new();
+        for (i, l) in new.listeners.iter().enumerate() {
+            let result = match from[i] {
+                None => {
+                    open_listener(&self.poll, l, LISTENER_BASE + self.listeners.len() + i).map(Some)
+                }
+                Some(_) => check_tls(l).map(|_| None),
+            };
+            match result {
+                Ok(o) => opened.push(o),
+                Err(e) => {
+                    for mut l in opened.into_iter().flatten() {
+                        let _ = self.poll.registry().deregister(&mut l.socket);
+                    }
+                    log::error!("reload failed, the running configuration stays: {e}");
+                    return;
+                }
+            }
+        }
+        // Commit. Connections of removed listeners are closed.
+        let now = Instant::now();
+        let gone: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !taken[c.listener as usize])
+            .map(|(id, _)| id)
+            .collect();
+        for id in gone {
+            self.close(id, now);
+        }
+        let mut map = vec![u16::MAX; old.len()];
+        let mut old_listeners: Vec<Option<Listener>> = self.listeners.drain(..).map(Some).collect();
+        for (i, o) in opened.into_iter().enumerate() {
+            let l = &new.listeners[i];
+            let mut listener = match (o, from[i]) {
+                (Some(fresh), _) => fresh,
+                (None, Some(j)) => {
+                    map[j] = i as u16;
+                    let mut kept = old_listeners[j].take().expect("matched once");
+                    kept.max_connections = l.max_connections;
+                    #[cfg(feature = "tls")]
+                    {
+                        kept.tls = match l.tls.enabled() {
+                            true => tls::context(&l.tls).ok(),
+                            false => None,
+                        };
+                        kept.identity = l.tls.use_identity_as_username;
+                    }
+                    kept
+                }
+                (None, None) => unreachable!("a listener is either opened or kept"),
+            };
+            let _ = self.poll.registry().reregister(
+                &mut listener.socket,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            );
+            self.listeners.push(listener);
+        }
+        for mut l in old_listeners.into_iter().flatten() {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+            if let Ok(a) = l.socket.local_addr() {
+                log::info!("no longer listening on {a}");
+            }
+        }
+        for (_, c) in self.conns.iter_mut() {
+            c.listener = map[c.listener as usize];
+        }
+        self.broker.reconfigure(new.broker.clone(), &map, now);
+        match &new.devices {
+            Some(devices) => {
+                let ex = crate::devices::Executor::new(devices.clone(), new.device_options.clone());
+                self.broker.set_devices(ex);
+            }
+            None => self.broker.clear_devices(),
+        }
+        self.max_connections = new.max_connections;
+        self.nodelay = new.set_tcp_nodelay;
+        if self.log_level_from_config {
+            log::set_max_level(new.log_level);
+        }
+        log::info!(
+            "configuration reloaded: {} listeners, {} connections kept",
+            self.listeners.len(),
+            self.conns.len()
+        );
+        self.config = new;
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
@@ -689,6 +795,56 @@ impl Server {
         self.persist(true);
         log::info!("gatemq stopped");
     }
+}
+
+/// A kept listener's TLS setup can be built from its (possibly changed) options.
+fn check_tls(_l: &ListenerConfig) -> Result<(), StartError> {
+    #[cfg(feature = "tls")]
+    if _l.tls.enabled() {
+        tls::context(&_l.tls)
+            .map_err(|e| StartError(format!("listener on port {}: {e}", _l.port)))?;
+    }
+    Ok(())
+}
+
+/// Open, bind and watch (as `token`) the listener `l` describes.
+fn open_listener(poll: &Poll, l: &ListenerConfig, token: usize) -> Result<Listener, StartError> {
+    #[cfg(feature = "tls")]
+    let tls = match l.tls.enabled() {
+        true => Some(
+            tls::context(&l.tls)
+                .map_err(|e| StartError(format!("listener on port {}: {e}", l.port)))?,
+        ),
+        false => None,
+    };
+    let host = l.address.as_deref().unwrap_or("0.0.0.0");
+    let addrs: Vec<SocketAddr> = (host, l.port)
+        .to_socket_addrs()
+        .map_err(|e| StartError(format!("cannot resolve listener address {host}: {e}")))?
+        .collect();
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| StartError(format!("listener address {host} has no IP address")))?;
+    let mut listener = TcpListener::bind(addr)
+        .map_err(|e| StartError(format!("cannot listen on {addr}: {}", io_reason(&e))))?;
+    poll.registry()
+        .register(&mut listener, Token(token), Interest::READABLE)
+        .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    #[cfg(feature = "tls")]
+    let kind = if tls.is_some() { " (TLS)" } else { "" };
+    #[cfg(not(feature = "tls"))]
+    let kind = "";
+    log::info!("listening on {local}{kind}");
+    Ok(Listener {
+        socket: listener,
+        max_connections: l.max_connections,
+        connections: 0,
+        #[cfg(feature = "tls")]
+        tls,
+        #[cfg(feature = "tls")]
+        identity: l.tls.use_identity_as_username,
+    })
 }
 
 /// Read the persisted state into `broker` and start the files anew from it.

@@ -20,6 +20,8 @@ const DONE: u8 = 8;
 const RELEASED: u8 = 9;
 const QOS2_IN: u8 = 10;
 const QOS2_IN_DONE: u8 = 11;
+const WILL: u8 = 12;
+const WILL_GONE: u8 = 13;
 
 /// One record, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,20 @@ pub enum Record<'a> {
     Qos2In { client_id: &'a str, packet_id: u16 },
     /// QoS 2 incoming: PUBREL for `packet_id` came; the id is free.
     Qos2InDone { client_id: &'a str, packet_id: u16 },
+    /// The will of offline session `client_id`, due at `at` (Unix seconds) after its Will
+    /// Delay Interval. `expiry`: its Message Expiry, Unix seconds (0 = never).
+    Will {
+        client_id: &'a str,
+        at: u64,
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        expiry: u64,
+        props: &'a [u8],
+        payload: &'a [u8],
+    },
+    /// The delayed will of `client_id` was published or cancelled.
+    WillGone { client_id: &'a str },
 }
 
 /// Up to four Subscription Identifiers of a held message.
@@ -243,6 +259,30 @@ pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
             put_str(out, client_id);
             out.extend_from_slice(&msg.to_le_bytes());
             out.extend_from_slice(&packet_id.to_le_bytes());
+        }
+        Record::Will {
+            client_id,
+            at,
+            topic,
+            qos,
+            retain,
+            expiry,
+            props,
+            payload,
+        } => {
+            out.push(WILL);
+            put_str(out, client_id);
+            out.extend_from_slice(&at.to_le_bytes());
+            put_str(out, topic);
+            out.push(*qos);
+            out.push(*retain as u8);
+            out.extend_from_slice(&expiry.to_le_bytes());
+            put_bytes(out, props);
+            put_bytes(out, payload);
+        }
+        Record::WillGone { client_id } => {
+            out.push(WILL_GONE);
+            put_str(out, client_id);
         }
         Record::Released {
             client_id,
@@ -447,6 +487,19 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
             client_id: r.str()?,
             packet_id: r.u16()?,
         },
+        WILL => Record::Will {
+            client_id: r.str()?,
+            at: r.u64()?,
+            topic: r.str()?,
+            qos: r.u8()?,
+            retain: r.u8()? != 0,
+            expiry: r.u64()?,
+            props: r.bytes()?,
+            payload: r.bytes()?,
+        },
+        WILL_GONE => Record::WillGone {
+            client_id: r.str()?,
+        },
         _ => return None,
     };
     // Nothing may be left over.
@@ -576,6 +629,17 @@ mod tests {
                 client_id: "c",
                 packet_id: 11,
             },
+            Record::Will {
+                client_id: "c",
+                at: 1_900_000_000,
+                topic: "w/t",
+                qos: 1,
+                retain: true,
+                expiry: 0,
+                props: &[],
+                payload: b"gone",
+            },
+            Record::WillGone { client_id: "c" },
         ] {
             encode(&mut out, &rec);
         }
@@ -600,7 +664,7 @@ mod tests {
         let data = samples();
         let (recs, end) = all(&data);
         assert_eq!(end, Frame::End);
-        assert_eq!(recs.len(), 11);
+        assert_eq!(recs.len(), 13);
         match &recs[5] {
             Record::Hold {
                 msg,

@@ -279,3 +279,62 @@ def test_kill_9_mid_stream_loses_no_acknowledged_message_and_qos2_stays_exactly_
         assert len(q2) == len(set(q2)), f"run {run}: a QoS 2 message came twice"
         assert len(acked) > 0, f"run {run}: nothing was acknowledged before the kill"
         print(f"run {run}: {len(acked)} acknowledged, {len(delivered)} delivered after kill -9")
+
+
+def test_device_values_survive_kill_9(make_broker, tmp_path):
+    d = tmp_path / "data"
+    (tmp_path / "devices.toml").write_text(
+        '[lamp]\ncommands.power = { type = "bool", initial = "OFF" }\n'
+        'commands.brightness = { type = "int", min = 0, max = 255, initial = 128 }\n')
+    lines = persist_lines(d, "devices_file devices.toml")
+    b = make_broker(lines)
+    c = Client(b.port)
+    c.connect()
+    c.subscribe("devices/lamp/+/result", 1)
+    c.publish("devices/lamp/power/set", b"ON", qos=1)
+    c.publish("devices/lamp/brightness/set", b"42", qos=1)
+    assert len(c.get_n(2)) == 2
+    c.disconnect()
+    b.stop(sig=signal.SIGKILL)
+    b2 = make_broker(lines)
+    s = Client(b2.port)
+    s.connect()
+    s.subscribe("devices/lamp/state", 1)
+    assert s.get().payload == b'{"power":"ON","brightness":42}'
+    s.disconnect()
+
+
+def test_a_delayed_will_survives_kill_9_and_goes_out_on_time(make_broker, tmp_path):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    watcher = Client(b.port)
+    watcher.connect()
+    watcher.subscribe("wills/#", 1)
+    wp = Properties(PacketTypes.WILLMESSAGE)
+    wp.WillDelayInterval = 3
+    cp = Properties(PacketTypes.CONNECT)
+    cp.SessionExpiryInterval = 60
+    dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dying", protocol=mqtt.MQTTv5)
+    dev.will_set("wills/dying", b"gone", qos=1, retain=False, properties=wp)
+    dev.connect("127.0.0.1", b.port, properties=cp)
+    dev.loop(1)
+    lost_at = time.monotonic()
+    dev.socket().close()  # connection lost: the will waits 3 s
+    time.sleep(0.3)
+    watcher.assert_no_message(0.2)
+    b.stop(sig=signal.SIGKILL)
+    watcher.kill()
+    b2 = make_broker(persist_lines(d))
+    w2 = Client(b2.port)
+    w2.connect()
+    w2.subscribe("wills/#", 1)
+    m = w2.get(timeout=6)
+    assert (m.topic, m.payload) == ("wills/dying", b"gone")
+    # Not before its delay (whole seconds are kept), not long after it.
+    assert 2.0 <= time.monotonic() - lost_at <= 5.5
+    w2.disconnect()

@@ -46,6 +46,8 @@ options:
                        latency, idle: duration (10)
   --messages N         fan-in/fan-out: publish N messages (fan-in: in all) instead of --seconds
   --qos Q              fan-in QoS, 0 or 1 (0)
+  --persistent-subscriber  fan-in: the subscriber keeps its session (clean session 0),
+                       so a broker with persistence stores every message it queues
   --subscribers N      fan-out subscribers (50)
   --rate N             latency messages per second (1000)
   --connections N      idle connections (1000)
@@ -81,6 +83,7 @@ struct Args {
     meta: Vec<String>,
     base: String,
     other: String,
+    persistent: bool,
 }
 
 fn parse() -> Result<Args, lexopt::Error> {
@@ -105,6 +108,7 @@ fn parse() -> Result<Args, lexopt::Error> {
         meta: Vec::new(),
         base: "gatemq".into(),
         other: "mosquitto".into(),
+        persistent: false,
     };
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
@@ -125,6 +129,7 @@ fn parse() -> Result<Args, lexopt::Error> {
             Long("connections") => a.connections = p.value()?.parse()?,
             Long("commands") => a.commands = Some(p.value()?.parse()?),
             Long("batch") => a.batch = p.value()?.parse()?,
+            Long("persistent-subscriber") => a.persistent = true,
             Long("out") => a.out = p.value()?.into(),
             Long("command") => a.command = p.value()?.parse()?,
             Long("meta") => a.meta.push(p.value()?.parse()?),
@@ -161,6 +166,7 @@ fn run(a: &Args) -> Res<()> {
         pid: a.pid.clone(),
         broker: a.broker.clone(),
         record: a.record.clone(),
+        persistent: a.persistent,
     };
     let load = match a.messages {
         Some(n) => Load::Count(n),

@@ -39,9 +39,14 @@ pub fn put_str(v: &mut Vec<u8>, s: &[u8]) {
 
 /// CONNECT with a clean session.
 pub fn connect_packet(out: &mut Vec<u8>, client_id: &str) {
+    connect_packet_with(out, client_id, true)
+}
+
+/// CONNECT with clean session `clean` (false: a session the broker keeps, and persists).
+pub fn connect_packet_with(out: &mut Vec<u8>, client_id: &str, clean: bool) {
     let mut body = Vec::with_capacity(16 + client_id.len());
     put_str(&mut body, b"MQTT");
-    body.extend_from_slice(&[4, 0x02]);
+    body.extend_from_slice(&[4, if clean { 0x02 } else { 0x00 }]);
     body.extend_from_slice(&KEEPALIVE.to_be_bytes());
     put_str(&mut body, client_id.as_bytes());
     out.push(0x10);
@@ -139,11 +144,16 @@ impl Conn {
 
     /// Connects, sends CONNECT and waits for a successful CONNACK.
     pub fn open(addr: &str, client_id: &str) -> io::Result<Conn> {
+        Conn::open_with(addr, client_id, true)
+    }
+
+    /// As [`Conn::open`], with clean session `clean`.
+    pub fn open_with(addr: &str, client_id: &str, clean: bool) -> io::Result<Conn> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         let mut c = Conn::new(s, 256 * 1024);
         let mut out = Vec::new();
-        connect_packet(&mut out, client_id);
+        connect_packet_with(&mut out, client_id, clean);
         c.send(&out)?;
         let body = c.expect(CONNACK, Duration::from_secs(10))?;
         if body.get(1) != Some(&0) {

@@ -24,6 +24,8 @@ pub struct Ctx {
     pub pid: Option<String>,
     pub broker: String,
     pub record: Option<PathBuf>,
+    /// Fan-in's subscriber keeps a session (clean session 0): what persistence stores.
+    pub persistent: bool,
 }
 
 impl Ctx {
@@ -415,7 +417,7 @@ pub fn fan_in(ctx: &Ctx, qos: u8, load: Load) -> Res<()> {
         Load::Count(n) => Load::Count(n / PUBS as u64),
         t => t,
     };
-    let mut sub = Conn::open(&ctx.addr, "bench-fanin-sub")?;
+    let mut sub = Conn::open_with(&ctx.addr, "bench-fanin-sub", !ctx.persistent)?;
     sub.subscribe("bench/#", qos)?;
     let conns = (0..PUBS)
         .map(|i| Conn::open(&ctx.addr, &format!("bench-fanin-pub{i}")))

@@ -655,5 +655,8 @@ fn instant_of(unix: u64, now: Instant) -> Option<Instant> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    Some(now + Duration::from_secs(unix.saturating_sub(wall)))
+    // At most MQTT's longest interval ahead (u32 seconds): a damaged or hostile value cannot
+    // overflow the clock (found by the restore fuzz target).
+    let ahead = unix.saturating_sub(wall).min(u32::MAX as u64);
+    Some(now.checked_add(Duration::from_secs(ahead)).unwrap_or(now))
 }

@@ -352,6 +352,15 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Append `body` (a kind byte and its fields, valid or not) as a frame with a correct length
+/// and checksum: for tests and the fuzzer, which reach the replay logic past the checksum.
+pub fn frame_body(out: &mut Vec<u8>, body: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(body);
+    seal(out, start);
+}
+
 /// Fill in the length and checksum of the frame that starts at `start`.
 fn seal(out: &mut [u8], start: usize) {
     let body = &out[start + 8..];

@@ -305,6 +305,20 @@ impl Broker {
         self.sessions.len()
     }
 
+    /// Messages the sessions hold: queued, in flight, delayed wills, and QoS 2 ids received
+    /// and not yet released (a persistence replay must arrive at the same count).
+    pub fn session_holdings(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|(_, s)| {
+                s.queue.len()
+                    + s.inflight.len()
+                    + s.pending_will.is_some() as usize
+                    + s.qos2_incoming.len()
+            })
+            .sum()
+    }
+
     /// Messages held in the pool (queued, in flight, retained, wills).
     pub fn stored_messages(&self) -> usize {
         self.pool.len()

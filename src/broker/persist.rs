@@ -32,6 +32,11 @@ impl Broker {
         }
     }
 
+    /// Records made and not taken yet.
+    pub fn journal_waiting(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
     /// Session `sid` changed in a way a restart must keep (created, resumed, subscribed,
     /// expiry changed): its record is written now, before anything it holds.
     pub(super) fn session_changed(&mut self, sid: SessionId) {
@@ -149,7 +154,7 @@ impl Broker {
             write_session(out, s);
             for i in &s.inflight {
                 let msg = match i.msg {
-                    Some(m) => message(out, next_store_id, pool, m, now, &mut written),
+                    Some(m) => message(out, next_store_id, pool, m, now, Some(&mut written)),
                     None => 0,
                 };
                 record::encode_hold(
@@ -163,7 +168,7 @@ impl Broker {
                 );
             }
             for q in &s.queue {
-                let msg = message(out, next_store_id, pool, q.msg, now, &mut written);
+                let msg = message(out, next_store_id, pool, q.msg, now, Some(&mut written));
                 record::encode_hold(out, &s.client_id, msg, q.qos, q.retain, 0, &q.sub_ids);
             }
             if let Some((m, at)) = s.pending_will {
@@ -499,22 +504,23 @@ pub(super) enum AckStep {
 }
 
 /// The store id of message `m`, writing its Message record first if it has none yet (or, in a
-/// snapshot, if `written` has not seen it).
+/// snapshot, if `written` has not seen it). Without `written` (the journal) nothing allocates.
 fn message(
     out: &mut Vec<u8>,
     next_store_id: &mut u64,
     pool: &mut MessagePool,
     m: MsgId,
     now: Instant,
-    written: &mut std::collections::HashSet<u64>,
+    written: Option<&mut std::collections::HashSet<u64>>,
 ) -> u64 {
     let mut id = pool.get(m).store_id;
-    if id == 0 {
+    let new = id == 0;
+    if new {
         *next_store_id += 1;
         id = *next_store_id;
         pool.set_store_id(m, id);
     }
-    if written.insert(id) {
+    if written.map_or(new, |w| w.insert(id)) {
         let msg = pool.get(m);
         record::encode(
             out,
@@ -557,7 +563,7 @@ pub(super) fn journal_hold(
     let id = if known != 0 {
         known
     } else {
-        message(j, next_store_id, pool, m, now, &mut Default::default())
+        message(j, next_store_id, pool, m, now, None)
     };
     record::encode_hold(j, &s.client_id, id, qos, retain, packet_id, sub_ids);
 }

@@ -278,18 +278,13 @@ impl Server {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read(id, now);
                     }
-                    if event.is_writable() {
-                        self.flush(id, now);
+                    // Written after this turn's journal records (persistence): output may
+                    // hold acknowledgements made by the read just above.
+                    if event.is_writable() && !self.pending_writes.contains(&id) {
+                        self.pending_writes.push(id);
                     }
                 }
             }
-        }
-        // Output left over by the round limit of last turn's flushes.
-        self.reading.clear();
-        self.reading.extend_from_slice(&self.pending_writes);
-        self.pending_writes.clear();
-        for i in 0..self.reading.len() {
-            self.flush(self.reading[i], now);
         }
         // Connections whose read budget ran out last turn get their next share.
         self.reading.clear();
@@ -302,12 +297,25 @@ impl Server {
         // Group commit: this turn's changes are in the journal before its acknowledgements
         // leave.
         self.persist(false);
+        // Sockets that became writable, and output left over by the round limit of last
+        // turn's flushes; then everything that got output this turn.
+        self.reading.clear();
+        self.reading.extend_from_slice(&self.pending_writes);
+        self.pending_writes.clear();
+        for i in 0..self.reading.len() {
+            self.flush(self.reading[i], now);
+        }
         self.flush_and_close(now);
         self.notifier.tick(now);
         if self.next_status.is_some_and(|t| t <= now) {
             self.status(now);
         }
         Ok(())
+    }
+
+    /// Persistence is on and the broker has records not written yet.
+    fn journal_waiting(&self) -> bool {
+        self.store.is_some() && self.broker.journal_waiting()
     }
 
     /// Write the journal records of this turn (and compact, or sync, when due). At shutdown
@@ -596,10 +604,15 @@ impl Server {
                 Ok(0) => return self.lost(id, "connection closed by peer", now),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    // A TLS handshake may have something to answer now; anything else is
-                    // written at the end of the turn.
+                    // A TLS handshake may have something to answer now (its own records
+                    // only: MQTT output, acknowledgements among it, waits for the end of the
+                    // turn, after the journal).
                     if conn.tls_wants_write() {
-                        self.flush(id, now);
+                        if let Err(e) = conn.send_tls() {
+                            if e.kind() != ErrorKind::WouldBlock {
+                                return self.lost(id, &io_reason(&e), now);
+                            }
+                        }
                     }
                     return;
                 }
@@ -673,6 +686,10 @@ impl Server {
 
     /// Write connection `id`'s output until it is empty or the socket is full.
     fn flush(&mut self, id: ConnId, now: Instant) {
+        // Nothing leaves before the journal records made so far are written (persistence).
+        if self.journal_waiting() {
+            self.persist(false);
+        }
         // Each write may let the broker move more queued messages in; bound the rounds (the
         // rest is flushed next turn, so one busy connection does not hold up the loop).
         let mut drained = false;
@@ -694,7 +711,17 @@ impl Server {
                 }
                 // The TLS session's buffer is full and the socket takes no more.
                 Ok(0) => return,
-                Ok(n) => self.broker.consume_output(id, n),
+                Ok(n) => {
+                    self.broker.consume_output(id, n);
+                    // Queued messages moved into the output have records to write first:
+                    // the rest goes next turn, after them (one sync per turn, not per write).
+                    if self.journal_waiting() {
+                        if !self.pending_writes.contains(&id) {
+                            self.pending_writes.push(id);
+                        }
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return self.lost(id, &io_reason(&e), now),

@@ -748,15 +748,16 @@ use_username_as_clientid true
         let c = Config::parse(text, "x.conf").unwrap();
         let ports: Vec<u16> = c.listeners.iter().map(|l| l.port).collect();
         assert_eq!(ports, [1883, 8883, 1884]);
-        let anon: Vec<bool> = c
-            .broker
-            .listeners
-            .iter()
-            .map(|p| p.allow_anonymous)
-            .collect();
+        let anon = |c: &Config| -> Vec<bool> {
+            c.broker
+                .listeners
+                .iter()
+                .map(|p| p.allow_anonymous)
+                .collect()
+        };
         // The default listener has the lines before any `listener`; 8883 sets nothing, and
         // a config with listeners refuses anonymous clients by default (Mosquitto 2).
-        assert_eq!(anon, [false, false, true]);
+        assert_eq!(anon(&c), [false, false, true]);
         assert!(c.listeners[1].tls.enabled() && c.listeners[1].tls.require_certificate);
         assert!(c.broker.listeners[1].use_identity_as_username);
         assert_eq!(c.listeners[1].max_connections, Some(5));
@@ -772,13 +773,7 @@ use_username_as_clientid true
             "x.conf",
         )
         .unwrap();
-        let anon: Vec<bool> = c
-            .broker
-            .listeners
-            .iter()
-            .map(|p| p.allow_anonymous)
-            .collect();
-        assert_eq!(anon, [true, true, true]);
+        assert_eq!(anon(&c), [true, true, true]);
         assert_eq!(c.security_of(0).password_file, Some(("pw".into(), 13)));
     }
 

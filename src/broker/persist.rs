@@ -13,7 +13,7 @@ use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::SubEntry;
 use super::subscribe::split_shared;
 use super::{Broker, SessionId};
-use crate::store::record::{self, Frame, Record};
+use crate::store::record::{self, Frame, Msg, Record};
 use crate::wire::SubOptions;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -195,22 +195,20 @@ impl Broker {
         while let Frame::Record(rec, n) = record::decode(records) {
             records = &records[n..];
             match rec {
-                Record::Retain {
-                    topic,
-                    qos,
-                    expiry,
-                    props,
-                    payload,
-                } => {
-                    let expiry = instant_of(expiry, now);
-                    if expiry.is_some_and(|e| e <= now) {
-                        self.drop_retained(topic);
+                Record::Retain(msg) => {
+                    if instant_of(msg.expiry, now).is_some_and(|e| e <= now) {
+                        self.drop_retained(msg.topic);
                         continue;
                     }
-                    let m =
-                        self.pool
-                            .store_with(topic, &[props], payload, qos.min(2), true, expiry);
-                    if let Some(old) = self.retained.set(topic, m) {
+                    let m = store(
+                        &mut self.pool,
+                        &Msg {
+                            retain: true,
+                            ..msg
+                        },
+                        now,
+                    );
+                    if let Some(old) = self.retained.set(msg.topic, m) {
                         self.pool.release(old);
                     }
                 }
@@ -253,19 +251,8 @@ impl Broker {
                         self.remove_session(sid);
                     }
                 }
-                Record::Message {
-                    id,
-                    topic,
-                    qos,
-                    retain,
-                    expiry,
-                    props,
-                    payload,
-                } => {
-                    let expiry = instant_of(expiry, now);
-                    let m =
-                        self.pool
-                            .store_with(topic, &[props], payload, qos.min(2), retain, expiry);
+                Record::Message { id, msg } => {
+                    let m = store(&mut self.pool, &msg, now);
                     self.pool.set_store_id(m, id);
                     self.next_store_id = self.next_store_id.max(id);
                     if let Some(old) = messages.insert(id, m) {
@@ -408,23 +395,11 @@ impl Broker {
                         self.sessions[sid].qos2_incoming.retain(|&p| p != packet_id);
                     }
                 }
-                Record::Will {
-                    client_id,
-                    at,
-                    topic,
-                    qos,
-                    retain,
-                    expiry,
-                    props,
-                    payload,
-                } => {
+                Record::Will { client_id, at, msg } => {
                     let Some(sid) = self.by_client_id.get(&self.sessions, client_id) else {
                         continue;
                     };
-                    let expiry = instant_of(expiry, now);
-                    let m =
-                        self.pool
-                            .store_with(topic, &[props], payload, qos.min(2), retain, expiry);
+                    let m = store(&mut self.pool, &msg, now);
                     // Due while the broker was down: published as soon as it runs.
                     let at = instant_of(at, now).unwrap_or(now);
                     if let Some((old, _)) = self.sessions[sid].pending_will.replace((m, at)) {
@@ -521,19 +496,8 @@ fn message(
         pool.set_store_id(m, id);
     }
     if written.map_or(new, |w| w.insert(id)) {
-        let msg = pool.get(m);
-        record::encode(
-            out,
-            &Record::Message {
-                id,
-                topic: msg.topic_str(),
-                qos: msg.qos,
-                retain: msg.retain,
-                expiry: msg.expiry.map_or(0, |e| unix_of(e, now)),
-                props: msg.properties(),
-                payload: msg.payload(),
-            },
-        );
+        let msg = fields(pool.get(m), now);
+        record::encode(out, &Record::Message { id, msg });
     }
     id
 }
@@ -608,12 +572,7 @@ fn write_will(
         &Record::Will {
             client_id: &s.client_id,
             at: unix_of(at, now),
-            topic: m.topic_str(),
-            qos: m.qos,
-            retain: m.retain,
-            expiry: m.expiry.map_or(0, |e| unix_of(e, now)),
-            props: m.properties(),
-            payload: m.payload(),
+            msg: fields(m, now),
         },
     );
 }
@@ -632,16 +591,32 @@ fn write_session(out: &mut Vec<u8>, s: &Session) {
 }
 
 fn write_retained(out: &mut Vec<u8>, m: &super::message::Message, now: Instant) {
-    record::encode(
-        out,
-        &Record::Retain {
-            topic: m.topic_str(),
-            qos: m.qos,
-            expiry: m.expiry.map_or(0, |e| unix_of(e, now)),
-            props: m.properties(),
-            payload: m.payload(),
-        },
-    );
+    record::encode(out, &Record::Retain(fields(m, now)));
+}
+
+/// A pooled message as a record carries it.
+fn fields(m: &super::message::Message, now: Instant) -> Msg<'_> {
+    Msg {
+        topic: m.topic_str(),
+        qos: m.qos,
+        retain: m.retain,
+        expiry: m.expiry.map_or(0, |e| unix_of(e, now)),
+        props: m.properties(),
+        payload: m.payload(),
+    }
+}
+
+/// A message read from a record, into the pool (one reference, the caller's).
+fn store(pool: &mut MessagePool, m: &Msg<'_>, now: Instant) -> MsgId {
+    let expiry = instant_of(m.expiry, now);
+    pool.store_with(
+        m.topic,
+        &[m.props],
+        m.payload,
+        m.qos.min(2),
+        m.retain,
+        expiry,
+    )
 }
 
 /// An instant as Unix seconds (rounded up; at least 1, as 0 means "never").

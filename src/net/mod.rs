@@ -416,19 +416,24 @@ impl Server {
             from.push(j);
         }
         // Everything that can fail comes first: new sockets, TLS setups of kept listeners.
-        let mut opened = Vec::new();
+        enum Prepared {
+            New(Listener),
+            Kept(usize, TlsSetup),
+        }
+        let mut prepared = Vec::new();
         for (i, l) in new.listeners.iter().enumerate() {
             let result = match from[i] {
-                None => {
-                    open_listener(&self.poll, l, LISTENER_BASE + self.listeners.len() + i).map(Some)
-                }
-                Some(_) => check_tls(l).map(|_| None),
+                None => open_listener(&self.poll, l, LISTENER_BASE + self.listeners.len() + i)
+                    .map(Prepared::New),
+                Some(j) => tls_setup(l).map(|t| Prepared::Kept(j, t)),
             };
             match result {
-                Ok(o) => opened.push(o),
+                Ok(p) => prepared.push(p),
                 Err(e) => {
-                    for mut l in opened.into_iter().flatten() {
-                        let _ = self.poll.registry().deregister(&mut l.socket);
+                    for p in prepared {
+                        if let Prepared::New(mut l) = p {
+                            let _ = self.poll.registry().deregister(&mut l.socket);
+                        }
                     }
                     log::error!("reload failed, the running configuration stays: {e}");
                     return;
@@ -448,25 +453,21 @@ impl Server {
         }
         let mut map = vec![u16::MAX; old.len()];
         let mut old_listeners: Vec<Option<Listener>> = self.listeners.drain(..).map(Some).collect();
-        for (i, o) in opened.into_iter().enumerate() {
+        for (i, p) in prepared.into_iter().enumerate() {
             let l = &new.listeners[i];
-            let mut listener = match (o, from[i]) {
-                (Some(fresh), _) => fresh,
-                (None, Some(j)) => {
+            let mut listener = match p {
+                Prepared::New(fresh) => fresh,
+                Prepared::Kept(j, _tls) => {
                     map[j] = i as u16;
                     let mut kept = old_listeners[j].take().expect("matched once");
                     kept.max_connections = l.max_connections;
                     #[cfg(feature = "tls")]
                     {
-                        kept.tls = match l.tls.enabled() {
-                            true => tls::context(&l.tls).ok(),
-                            false => None,
-                        };
+                        kept.tls = _tls;
                         kept.identity = l.tls.use_identity_as_username;
                     }
                     kept
                 }
-                (None, None) => unreachable!("a listener is either opened or kept"),
             };
             let _ = self.poll.registry().reregister(
                 &mut listener.socket,
@@ -824,26 +825,34 @@ impl Server {
     }
 }
 
-/// A kept listener's TLS setup can be built from its (possibly changed) options.
-fn check_tls(_l: &ListenerConfig) -> Result<(), StartError> {
+/// A listener's TLS setup, built from its options (none for a plain listener, and nothing at
+/// all in a build without TLS).
+#[cfg(feature = "tls")]
+type TlsSetup = Option<tls::Context>;
+#[cfg(not(feature = "tls"))]
+type TlsSetup = ();
+
+fn tls_setup(l: &ListenerConfig) -> Result<TlsSetup, StartError> {
     #[cfg(feature = "tls")]
-    if _l.tls.enabled() {
-        tls::context(&_l.tls)
-            .map_err(|e| StartError(format!("listener on port {}: {e}", _l.port)))?;
+    {
+        if !l.tls.enabled() {
+            return Ok(None);
+        }
+        tls::context(&l.tls)
+            .map(Some)
+            .map_err(|e| StartError(format!("listener on port {}: {e}", l.port)))
     }
-    Ok(())
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = l;
+        Ok(())
+    }
 }
 
 /// Open, bind and watch (as `token`) the listener `l` describes.
 fn open_listener(poll: &Poll, l: &ListenerConfig, token: usize) -> Result<Listener, StartError> {
     #[cfg(feature = "tls")]
-    let tls = match l.tls.enabled() {
-        true => Some(
-            tls::context(&l.tls)
-                .map_err(|e| StartError(format!("listener on port {}: {e}", l.port)))?,
-        ),
-        false => None,
-    };
+    let tls = tls_setup(l)?;
     let host = l.address.as_deref().unwrap_or("0.0.0.0");
     let addrs: Vec<SocketAddr> = (host, l.port)
         .to_socket_addrs()

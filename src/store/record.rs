@@ -26,14 +26,8 @@ const WILL_GONE: u8 = 13;
 /// One record, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
-    /// The retained message of `topic` (replacing any). `expiry`: Unix seconds, 0 = never.
-    Retain {
-        topic: &'a str,
-        qos: u8,
-        expiry: u64,
-        props: &'a [u8],
-        payload: &'a [u8],
-    },
+    /// The retained message of its topic (replacing any).
+    Retain(Msg<'a>),
     /// `topic` has no retained message any more.
     Unretain { topic: &'a str },
     /// A session that outlives its connection, as it is now (replacing any of that id).
@@ -48,16 +42,7 @@ pub enum Record<'a> {
     /// The session of `client_id` ended.
     EndSession { client_id: &'a str },
     /// A message that sessions hold (queued or in flight), under its store id `id`.
-    /// `expiry`: Unix seconds, 0 = never.
-    Message {
-        id: u64,
-        topic: &'a str,
-        qos: u8,
-        retain: bool,
-        expiry: u64,
-        props: &'a [u8],
-        payload: &'a [u8],
-    },
+    Message { id: u64, msg: Msg<'a> },
     /// `client_id` holds message `msg` for delivery at `qos`: queued (`packet_id` 0) or in
     /// flight under `packet_id`. `msg` 0 with a packet id: a QoS 2 delivery past PUBREC.
     Hold {
@@ -88,16 +73,11 @@ pub enum Record<'a> {
     /// QoS 2 incoming: PUBREL for `packet_id` came; the id is free.
     Qos2InDone { client_id: &'a str, packet_id: u16 },
     /// The will of offline session `client_id`, due at `at` (Unix seconds) after its Will
-    /// Delay Interval. `expiry`: its Message Expiry, Unix seconds (0 = never).
+    /// Delay Interval.
     Will {
         client_id: &'a str,
         at: u64,
-        topic: &'a str,
-        qos: u8,
-        retain: bool,
-        expiry: u64,
-        props: &'a [u8],
-        payload: &'a [u8],
+        msg: Msg<'a>,
     },
     /// The delayed will of `client_id` was published or cancelled.
     WillGone { client_id: &'a str },
@@ -143,6 +123,28 @@ pub fn encode_hold(
     );
 }
 
+/// A stored message as the Retain, Message and Will records carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg<'a> {
+    pub topic: &'a str,
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 Message Expiry as Unix seconds; 0 = never.
+    pub expiry: u64,
+    /// The MQTT 5 properties forwarded with it, encoded.
+    pub props: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+fn put_msg(out: &mut Vec<u8>, m: &Msg<'_>) {
+    put_str(out, m.topic);
+    out.push(m.qos);
+    out.push(m.retain as u8);
+    out.extend_from_slice(&m.expiry.to_le_bytes());
+    put_bytes(out, m.props);
+    put_bytes(out, m.payload);
+}
+
 /// A session's subscriptions inside a record: (filter as subscribed, QoS + option bits,
 /// subscription identifier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,19 +165,9 @@ pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
     match rec {
-        Record::Retain {
-            topic,
-            qos,
-            expiry,
-            props,
-            payload,
-        } => {
+        Record::Retain(m) => {
             out.push(RETAIN);
-            put_str(out, topic);
-            out.push(*qos);
-            out.extend_from_slice(&expiry.to_le_bytes());
-            put_bytes(out, props);
-            put_bytes(out, payload);
+            put_msg(out, m);
         }
         Record::Unretain { topic } => {
             out.push(UNRETAIN);
@@ -206,23 +198,10 @@ pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
             out.push(END_SESSION);
             put_str(out, client_id);
         }
-        Record::Message {
-            id,
-            topic,
-            qos,
-            retain,
-            expiry,
-            props,
-            payload,
-        } => {
+        Record::Message { id, msg } => {
             out.push(MESSAGE);
             out.extend_from_slice(&id.to_le_bytes());
-            put_str(out, topic);
-            out.push(*qos);
-            out.push(*retain as u8);
-            out.extend_from_slice(&expiry.to_le_bytes());
-            put_bytes(out, props);
-            put_bytes(out, payload);
+            put_msg(out, msg);
         }
         Record::Hold {
             client_id,
@@ -260,25 +239,11 @@ pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
             out.extend_from_slice(&msg.to_le_bytes());
             out.extend_from_slice(&packet_id.to_le_bytes());
         }
-        Record::Will {
-            client_id,
-            at,
-            topic,
-            qos,
-            retain,
-            expiry,
-            props,
-            payload,
-        } => {
+        Record::Will { client_id, at, msg } => {
             out.push(WILL);
             put_str(out, client_id);
             out.extend_from_slice(&at.to_le_bytes());
-            put_str(out, topic);
-            out.push(*qos);
-            out.push(*retain as u8);
-            out.extend_from_slice(&expiry.to_le_bytes());
-            put_bytes(out, props);
-            put_bytes(out, payload);
+            put_msg(out, msg);
         }
         Record::WillGone { client_id } => {
             out.push(WILL_GONE);
@@ -411,13 +376,7 @@ pub fn decode(data: &[u8]) -> Frame<'_> {
 fn parse(body: &[u8]) -> Option<Record<'_>> {
     let mut r = Reader(body);
     let rec = match r.u8()? {
-        RETAIN => Record::Retain {
-            topic: r.str()?,
-            qos: r.u8()?,
-            expiry: r.u64()?,
-            props: r.bytes()?,
-            payload: r.bytes()?,
-        },
+        RETAIN => Record::Retain(r.msg()?),
         UNRETAIN => Record::Unretain { topic: r.str()? },
         SESSION => {
             let client_id = r.str()?;
@@ -448,12 +407,7 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
         },
         MESSAGE => Record::Message {
             id: r.u64()?,
-            topic: r.str()?,
-            qos: r.u8()?,
-            retain: r.u8()? != 0,
-            expiry: r.u64()?,
-            props: r.bytes()?,
-            payload: r.bytes()?,
+            msg: r.msg()?,
         },
         HOLD => {
             let client_id = r.str()?;
@@ -499,12 +453,7 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
         WILL => Record::Will {
             client_id: r.str()?,
             at: r.u64()?,
-            topic: r.str()?,
-            qos: r.u8()?,
-            retain: r.u8()? != 0,
-            expiry: r.u64()?,
-            props: r.bytes()?,
-            payload: r.bytes()?,
+            msg: r.msg()?,
         },
         WILL_GONE => Record::WillGone {
             client_id: r.str()?,
@@ -542,6 +491,16 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+    fn msg(&mut self) -> Option<Msg<'a>> {
+        Some(Msg {
+            topic: self.str()?,
+            qos: self.u8()?,
+            retain: self.u8()? != 0,
+            expiry: self.u64()?,
+            props: self.bytes()?,
+            payload: self.bytes()?,
+        })
     }
 }
 
@@ -584,13 +543,14 @@ mod tests {
         let mut out = Vec::new();
         encode(
             &mut out,
-            &Record::Retain {
+            &Record::Retain(Msg {
                 topic: "home/lamp/state",
                 qos: 1,
+                retain: true,
                 expiry: 1_900_000_000,
                 props: &[0x03, 0, 4, b't', b'e', b'x', b't'],
                 payload: b"{\"power\":\"ON\"}",
-            },
+            }),
         );
         encode(&mut out, &Record::Unretain { topic: "a/b" });
         encode_session(
@@ -606,12 +566,14 @@ mod tests {
             &mut out,
             &Record::Message {
                 id: 7,
-                topic: "q/1",
-                qos: 2,
-                retain: false,
-                expiry: 0,
-                props: &[],
-                payload: b"p",
+                msg: Msg {
+                    topic: "q/1",
+                    qos: 2,
+                    retain: false,
+                    expiry: 0,
+                    props: &[],
+                    payload: b"p",
+                },
             },
         );
         encode_hold(&mut out, "sensor-1", 7, 2, false, 513, &[1, 70000]);
@@ -641,12 +603,14 @@ mod tests {
             Record::Will {
                 client_id: "c",
                 at: 1_900_000_000,
-                topic: "w/t",
-                qos: 1,
-                retain: true,
-                expiry: 0,
-                props: &[],
-                payload: b"gone",
+                msg: Msg {
+                    topic: "w/t",
+                    qos: 1,
+                    retain: true,
+                    expiry: 0,
+                    props: &[],
+                    payload: b"gone",
+                },
             },
             Record::WillGone { client_id: "c" },
         ] {

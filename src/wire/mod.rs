@@ -11,6 +11,7 @@
 //! buffered, and how long is it?" from the fixed header alone, so an oversized packet is
 //! refused before its body is read; then [`Packet::decode`] parses that one packet.
 
+pub mod client;
 mod connect;
 pub mod properties;
 mod publish;

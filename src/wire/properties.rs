@@ -48,6 +48,9 @@ pub enum Context {
     Unsubscribe,
     Disconnect,
     Auth,
+    /// What an upstream broker sends a bridge: CONNACK, and SUBACK/UNSUBACK.
+    ConnAck,
+    SubAck,
 }
 
 impl Context {
@@ -97,6 +100,27 @@ impl Context {
                 pid,
                 AUTHENTICATION_METHOD | AUTHENTICATION_DATA | REASON_STRING | USER_PROPERTY
             ),
+            Context::ConnAck => matches!(
+                pid,
+                SESSION_EXPIRY_INTERVAL
+                    | RECEIVE_MAXIMUM
+                    | MAXIMUM_QOS
+                    | RETAIN_AVAILABLE
+                    | MAXIMUM_PACKET_SIZE
+                    | ASSIGNED_CLIENT_IDENTIFIER
+                    | TOPIC_ALIAS_MAXIMUM
+                    | REASON_STRING
+                    | USER_PROPERTY
+                    | WILDCARD_SUBSCRIPTION_AVAILABLE
+                    | SUBSCRIPTION_IDENTIFIER_AVAILABLE
+                    | SHARED_SUBSCRIPTION_AVAILABLE
+                    | SERVER_KEEP_ALIVE
+                    | RESPONSE_INFORMATION
+                    | SERVER_REFERENCE
+                    | AUTHENTICATION_METHOD
+                    | AUTHENTICATION_DATA
+            ),
+            Context::SubAck => matches!(pid, REASON_STRING | USER_PROPERTY),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! means the same thing, Mosquitto's option names. An unknown or unsupported option is an
 //! error naming the file, the line and the option; nothing is silently ignored.
 
+use crate::broker::bridge::BridgeSpec;
 use crate::broker::{BrokerConfig, ListenerPolicy};
 use log::LevelFilter;
 use std::fmt;
@@ -85,6 +86,9 @@ pub struct Config {
     pub device_options: crate::devices::Options,
     /// Mosquitto's `persistence true` with its location and file, and when to sync.
     pub persistence: Option<Persistence>,
+    /// The socket side of each bridge (`connection` section); the protocol side is in
+    /// `broker.bridges`, at the same index.
+    pub bridges: Vec<crate::bridge::BridgeLink>,
     /// The file this was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -114,6 +118,7 @@ impl Default for Config {
             devices: None,
             device_options: crate::devices::Options::default(),
             persistence: None,
+            bridges: Vec::new(),
             source: None,
         }
     }
@@ -160,6 +165,20 @@ impl Config {
         }
         if let Some(p) = &mut c.persistence {
             p.location = dir.join(&p.location);
+        }
+        for l in &mut c.bridges {
+            let t = &mut l.tls;
+            for p in [
+                &mut t.certfile,
+                &mut t.keyfile,
+                &mut t.cafile,
+                &mut t.capath,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *p = dir.join(&*p);
+            }
         }
         // Each file is read once, however many listeners use it.
         let mut passwords = Vec::new();
@@ -443,6 +462,49 @@ impl Config {
                         )))
                     }
                 },
+                "connection" => {
+                    let name = at.one(&args)?;
+                    if c.bridges.iter().any(|l| l.name == name) {
+                        return Err(at.err(&format!("a bridge named '{name}' is declared already")));
+                    }
+                    let remote_clientid = format!("{}.{name}", crate::bridge::hostname());
+                    c.bridges.push(crate::bridge::BridgeLink {
+                        name: name.to_string(),
+                        addresses: Vec::new(),
+                        restart_base: std::time::Duration::from_secs(5),
+                        restart_cap: Some(std::time::Duration::from_secs(30)),
+                        round_robin: false,
+                        tls: Default::default(),
+                        line: n + 1,
+                    });
+                    c.broker.bridges.push(BridgeSpec {
+                        name: name.to_string(),
+                        local_clientid: String::new(),
+                        notification_topic: String::new(),
+                        remote_clientid,
+                        topics: Vec::new(),
+                        protocol: crate::wire::LEVEL_311,
+                        try_private: true,
+                        cleansession: false,
+                        local_cleansession: None,
+                        keepalive: 60,
+                        username: None,
+                        password: None,
+                        notifications: true,
+                        notifications_local_only: false,
+                        outgoing_retain: true,
+                    });
+                }
+                _ if BRIDGE_OPTIONS.contains(&option) => {
+                    let (Some(link), Some(spec)) =
+                        (c.bridges.last_mut(), c.broker.bridges.last_mut())
+                    else {
+                        return Err(
+                            at.err("is a bridge option: it belongs after a 'connection' line")
+                        );
+                    };
+                    bridge_option(&at, link, spec, &args, rest)?;
+                }
                 _ if UNSUPPORTED.contains(&option) => {
                     return Err(at.err("is a Mosquitto option that gatemq does not support"))
                 }
@@ -496,6 +558,47 @@ impl Config {
         for l in &c.listeners {
             check_tls(&l.tls, name)?;
         }
+        for (link, spec) in c.bridges.iter().zip(c.broker.bridges.iter_mut()) {
+            let at = |what: &str| {
+                ConfigError(format!(
+                    "{name}:{}: bridge {}: {what}",
+                    link.line, link.name
+                ))
+            };
+            if link.addresses.is_empty() {
+                return Err(at("needs an 'address'"));
+            }
+            if spec.topics.is_empty() {
+                return Err(at("needs at least one 'topic'"));
+            }
+            if link.tls.enabled() && !cfg!(feature = "tls") {
+                return Err(at("this gatemq was built without TLS (the 'tls' feature)"));
+            }
+            if link.tls.certfile.is_some() != link.tls.keyfile.is_some() {
+                return Err(at("'bridge_certfile' and 'bridge_keyfile' go together"));
+            }
+            if (link.tls.certfile.is_some() || link.tls.insecure) && !link.tls.enabled() {
+                return Err(at("TLS options need 'bridge_cafile' or 'bridge_capath'"));
+            }
+            if spec.local_clientid.is_empty() {
+                spec.local_clientid = format!("local.{}", spec.remote_clientid);
+            }
+            if spec.notification_topic.is_empty() {
+                spec.notification_topic =
+                    format!("$SYS/broker/connection/{}/state", spec.remote_clientid);
+            }
+        }
+        for (i, spec) in c.broker.bridges.iter().enumerate() {
+            let clash = c.broker.bridges[..i]
+                .iter()
+                .any(|o| o.local_clientid == spec.local_clientid);
+            if clash {
+                return Err(ConfigError(format!(
+                    "{name}:{}: bridge {}: its local client id '{}' is another bridge's",
+                    c.bridges[i].line, spec.name, spec.local_clientid
+                )));
+            }
+        }
         c.broker.listeners = (0..c.listeners.len())
             .map(|i| {
                 let l = &c.listeners[i];
@@ -536,6 +639,193 @@ const LISTENER_OPTIONS: &[&str] = &[
     "protocol",
 ];
 
+/// Options of a bridge (`connection` section).
+const BRIDGE_OPTIONS: &[&str] = &[
+    "address",
+    "addresses",
+    "topic",
+    "bridge_protocol_version",
+    "remote_clientid",
+    "local_clientid",
+    "remote_username",
+    "remote_password",
+    "cleansession",
+    "local_cleansession",
+    "keepalive_interval",
+    "restart_timeout",
+    "round_robin",
+    "try_private",
+    "notifications",
+    "notifications_local_only",
+    "notification_topic",
+    "bridge_outgoing_retain",
+    "start_type",
+    "bridge_cafile",
+    "bridge_capath",
+    "bridge_certfile",
+    "bridge_keyfile",
+    "bridge_insecure",
+    "bridge_tls_version",
+];
+
+/// One option of the bridge declared last.
+fn bridge_option(
+    at: &Line<'_>,
+    link: &mut crate::bridge::BridgeLink,
+    spec: &mut BridgeSpec,
+    args: &[&str],
+    rest: &str,
+) -> Result<(), ConfigError> {
+    use crate::broker::bridge::{BridgeTopic, Direction};
+    match at.option {
+        "address" | "addresses" => {
+            if args.is_empty() {
+                return Err(at.err("expects host[:port], one or more"));
+            }
+            for a in args {
+                let (host, port) = match a.rsplit_once(':') {
+                    // `[v6]:port`, or `host:port` (a bare IPv6 address has several colons).
+                    Some((h, p)) if h.starts_with('[') || !h.contains(':') => (
+                        h.trim_start_matches('[').trim_end_matches(']'),
+                        at.parse_num(p, 1, 65535)? as u16,
+                    ),
+                    _ => (a.trim_start_matches('[').trim_end_matches(']'), 1883),
+                };
+                if host.is_empty() {
+                    return Err(at.err(&format!("invalid address '{a}'")));
+                }
+                link.addresses.push((host.to_string(), port));
+            }
+        }
+        "topic" => {
+            // Mosquitto's `""` is an empty pattern or prefix.
+            let unquote = |s: &str| {
+                if s == "\"\"" {
+                    String::new()
+                } else {
+                    s.to_string()
+                }
+            };
+            let pattern = unquote(
+                args.first()
+                    .ok_or_else(|| at.err("expects a topic pattern"))?,
+            );
+            let direction = match args.get(1).copied() {
+                None | Some("out") => Direction::Out,
+                Some("in") => Direction::In,
+                Some("both") => Direction::Both,
+                Some(d) => {
+                    return Err(at.err(&format!(
+                        "unknown direction '{d}' (expected in, out or both)"
+                    )))
+                }
+            };
+            let qos = match args.get(2) {
+                Some(q) => at.parse_num(q, 0, 2)? as u8,
+                None => 0,
+            };
+            let local = args.get(3).map(|s| unquote(s)).unwrap_or_default();
+            let remote = args.get(4).map(|s| unquote(s)).unwrap_or_default();
+            if args.len() > 5 {
+                return Err(
+                    at.err("expects: pattern [in|out|both] [qos] [local-prefix] [remote-prefix]")
+                );
+            }
+            let t = BridgeTopic::new(&pattern, direction, qos, &local, &remote);
+            for (p, what) in [(&local, "local prefix"), (&remote, "remote prefix")] {
+                if p.contains(['+', '#']) {
+                    return Err(at.err(&format!("the {what} '{p}' may not hold wildcards")));
+                }
+            }
+            if !crate::broker::topic::valid_filter(&t.local_filter)
+                || !crate::broker::topic::valid_filter(&t.remote_filter)
+            {
+                return Err(at.err(&format!(
+                    "invalid topic pattern '{pattern}' (with its prefixes)"
+                )));
+            }
+            spec.topics.push(t);
+        }
+        "bridge_protocol_version" => {
+            spec.protocol = match at.one(args)? {
+                "mqttv311" => crate::wire::LEVEL_311,
+                "mqttv50" => crate::wire::LEVEL_5,
+                "mqttv31" => {
+                    return Err(
+                        at.err("mqttv31 bridges are not supported (use mqttv311 or mqttv50)")
+                    )
+                }
+                v => {
+                    return Err(at.err(&format!(
+                        "unknown version '{v}' (expected mqttv311 or mqttv50)"
+                    )))
+                }
+            }
+        }
+        "remote_clientid" => spec.remote_clientid = at.one(args)?.to_string(),
+        "local_clientid" => spec.local_clientid = at.one(args)?.to_string(),
+        "remote_username" => spec.username = Some(at.one(args)?.to_string()),
+        "remote_password" => spec.password = Some(at.one(args)?.to_string()),
+        "cleansession" => spec.cleansession = at.parse_bool(args)?,
+        "local_cleansession" => spec.local_cleansession = Some(at.parse_bool(args)?),
+        "keepalive_interval" => spec.keepalive = at.parse_num(at.one(args)?, 0, 65535)? as u16,
+        "restart_timeout" => {
+            let secs = |v: &str| {
+                at.parse_num(v, 1, 86_400)
+                    .map(std::time::Duration::from_secs)
+            };
+            match args {
+                [v] => (link.restart_base, link.restart_cap) = (secs(v)?, None),
+                [b, c] => {
+                    let (b, c) = (secs(b)?, secs(c)?);
+                    if c < b {
+                        return Err(at.err("the cap is smaller than the base"));
+                    }
+                    (link.restart_base, link.restart_cap) = (b, Some(c));
+                }
+                _ => return Err(at.err("expects a delay in seconds, or a base and a cap")),
+            }
+        }
+        "round_robin" => link.round_robin = at.parse_bool(args)?,
+        "try_private" => spec.try_private = at.parse_bool(args)?,
+        "notifications" => spec.notifications = at.parse_bool(args)?,
+        "notifications_local_only" => spec.notifications_local_only = at.parse_bool(args)?,
+        "notification_topic" => {
+            let t = at.one(args)?;
+            if !crate::broker::topic::valid_name(t) {
+                return Err(at.err(&format!("invalid topic '{t}'")));
+            }
+            spec.notification_topic = t.to_string();
+        }
+        "bridge_outgoing_retain" => spec.outgoing_retain = at.parse_bool(args)?,
+        "start_type" => match at.one(args)? {
+            "automatic" => {}
+            v @ ("lazy" | "once") => {
+                return Err(at.err(&format!("start_type {v} is not supported (only automatic)")))
+            }
+            v => return Err(at.err(&format!("unknown start_type '{v}'"))),
+        },
+        "bridge_cafile" => link.tls.cafile = Some(PathBuf::from(at.path(rest)?)),
+        "bridge_capath" => link.tls.capath = Some(PathBuf::from(at.path(rest)?)),
+        "bridge_certfile" => link.tls.certfile = Some(PathBuf::from(at.path(rest)?)),
+        "bridge_keyfile" => link.tls.keyfile = Some(PathBuf::from(at.path(rest)?)),
+        "bridge_insecure" => link.tls.insecure = at.parse_bool(args)?,
+        "bridge_tls_version" => {
+            link.tls.min_version = Some(match at.one(args)? {
+                "tlsv1.2" => 12,
+                "tlsv1.3" => 13,
+                v => {
+                    return Err(at.err(&format!(
+                        "unknown TLS version '{v}' (expected tlsv1.2 or tlsv1.3)"
+                    )))
+                }
+            })
+        }
+        _ => return Err(at.err("is not a bridge option")),
+    }
+    Ok(())
+}
+
 /// Mosquitto options gatemq knows but does not implement: named as such, not as typos.
 const UNSUPPORTED: &[&str] = &[
     "mount_point",
@@ -556,6 +846,17 @@ const UNSUPPORTED: &[&str] = &[
     "auth_plugin",
     "websockets_log_level",
     "websockets_headers_size",
+    "bridge_alpn",
+    "bridge_attempt_unsubscribe",
+    "bridge_bind_address",
+    "bridge_identity",
+    "bridge_psk",
+    "bridge_require_ocsp",
+    "bridge_max_packet_size",
+    "idle_timeout",
+    "threshold",
+    "local_username",
+    "local_password",
 ];
 
 /// A listener's TLS options make sense together (each error names the listener's first TLS

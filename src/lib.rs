@@ -5,6 +5,7 @@
 //! [`config`] the Mosquitto-style config file.
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod devices;

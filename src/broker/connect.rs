@@ -238,6 +238,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     conn.session = Some(sid);
     conn.level = c.level;
     conn.v5 = v5;
+    conn.peer_bridge = c.bridge;
     conn.keep_alive = keep_alive;
     conn.connect_expiry = expiry;
     conn.will = will.map(|w| w.0);
@@ -255,7 +256,8 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     b.stats.clients_connected += 1;
     b.stats.clients_maximum = b.stats.clients_maximum.max(b.stats.clients_connected);
     log::info!(
-        "New client connected from {who} as {client_id} (p{}, c{}, k{}{}).",
+        "New {} connected from {who} as {client_id} (p{}, c{}, k{}{}).",
+        if c.bridge { "bridge" } else { "client" },
         c.level,
         c.clean_session as u8,
         c.keep_alive,
@@ -333,7 +335,7 @@ fn refuse(b: &mut Broker, id: ConnId, v5: bool, code: ConnAck, reason: u8, now: 
 
 /// Spec 4.4: on reconnect with a kept session, resend unacknowledged PUBLISH packets with DUP
 /// set and unacknowledged PUBRELs, in their original order.
-fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Instant) {
+pub(super) fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Instant) {
     let Broker {
         sessions,
         conns,
@@ -351,7 +353,7 @@ fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Instant) {
                 wire::encode_ack(&mut conn.out, wire::kind::PUBREL, i.packet_id)
             }
             (_, Some(m)) => {
-                publish::resend(conn, pool, i, m, now, cfg.max_topic_alias);
+                publish::resend(conn, pool, i, m, now, cfg);
                 stats.publish_sent += 1;
             }
             (_, None) => continue,

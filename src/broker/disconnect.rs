@@ -52,6 +52,7 @@ impl Broker {
         }
         conn.closing = true;
         self.closing.push(id);
+        let bridge = conn.bridge;
         let mut will = conn.will.take();
         let (delay, will_expiry) = (conn.will_delay, conn.will_expiry);
         if let Some(sid) = conn.session {
@@ -90,11 +91,14 @@ impl Broker {
                 self.pool.release(w);
             }
         }
+        if bridge != super::bridge::NO_BRIDGE {
+            super::bridge::ended(self, bridge as usize);
+        }
         if let Some(sid) = self.conns[id].as_ref().and_then(|c| c.session) {
             if self
                 .sessions
                 .get(sid)
-                .is_some_and(|s| s.conn.is_none() && !s.persistent())
+                .is_some_and(|s| s.conn.is_none() && !s.persistent() && !s.bridge)
             {
                 self.remove_session(sid);
             }

@@ -10,6 +10,7 @@
 //! (routing and delivery), `ack.rs`, `subscribe.rs`, `disconnect.rs` (and wills), `sys.rs`.
 
 mod ack;
+pub mod bridge;
 mod connect;
 mod devices;
 mod disconnect;
@@ -84,6 +85,8 @@ pub struct BrokerConfig {
     pub max_topic_levels: usize,
     /// Subscriptions one client may hold; 0 = no limit.
     pub max_subscriptions_per_client: usize,
+    /// Bridges to upstream brokers (Mosquitto's `connection` sections).
+    pub bridges: Vec<bridge::BridgeSpec>,
 }
 
 impl Default for BrokerConfig {
@@ -107,6 +110,7 @@ impl Default for BrokerConfig {
             max_topic_length: 65535,
             max_topic_levels: 256,
             max_subscriptions_per_client: 0,
+            bridges: Vec::new(),
         }
     }
 }
@@ -168,6 +172,8 @@ struct Conn {
     peer: Option<SocketAddr>,
     /// Index of the listener it came in on (its [`ListenerPolicy`]).
     listener: u16,
+    /// The bridge it is the upstream link of (`bridge::NO_BRIDGE`: a client).
+    bridge: u16,
     session: Option<SessionId>,
     level: u8,
     keep_alive: u16,
@@ -181,6 +187,9 @@ struct Conn {
     timer_gen: u32,
     /// Not read from until this session's queue drains (its QoS 1/2 messages could not be queued).
     paused_on: Option<SessionId>,
+    /// Another broker's bridge (Mosquitto's bridge mark in CONNECT): what it publishes is not
+    /// sent back to it, and RETAIN reaches it as published.
+    peer_bridge: bool,
     /// MQTT 5 state (defaults for 3.1.x).
     v5: bool,
     /// The client's Receive Maximum: QoS 1/2 messages it takes unacknowledged.
@@ -241,6 +250,8 @@ pub struct Broker {
     journal: Option<Vec<u8>>,
     /// The last store id given to a message written to the journal.
     next_store_id: u64,
+    /// Bridges to upstream brokers, by their index in `cfg.bridges`.
+    bridges: Vec<bridge::BridgeState>,
 }
 
 impl Broker {
@@ -280,6 +291,7 @@ impl Broker {
             identities: FxHashMap::default(),
             journal: None,
             next_store_id: 0,
+            bridges: Vec::new(),
         }
     }
 
@@ -334,6 +346,7 @@ impl Broker {
         self.conns[id] = Some(Conn {
             peer,
             listener: listener.min(u16::MAX as usize) as u16,
+            bridge: bridge::NO_BRIDGE,
             session: None,
             level: 0,
             keep_alive: 0,
@@ -345,6 +358,7 @@ impl Broker {
             closing: false,
             timer_gen: self.next_gen as u32,
             paused_on: None,
+            peer_bridge: false,
             v5: false,
             receive_max: u16::MAX,
             max_packet: usize::MAX,
@@ -391,7 +405,13 @@ impl Broker {
         if cfg.sys_interval != self.cfg.sys_interval {
             self.sys = sys::SysState::new(now, cfg.sys_interval);
         }
+        // Bridges keep the configuration they started with (as in Mosquitto).
+        let bridges = std::mem::take(&mut self.cfg.bridges);
+        if cfg.bridges != bridges {
+            log::warn!("bridge changes in the config take effect at the next start");
+        }
         self.cfg = cfg;
+        self.cfg.bridges = bridges;
     }
 
     /// The verified identity (certificate Common Name) of TLS connection `id`, for a listener
@@ -426,8 +446,14 @@ impl Broker {
         conn.last_rx = now;
         let session = conn.session;
         let level = conn.level;
+        let bridge = conn.bridge;
         self.now = now;
         self.stats.messages_received += 1;
+        if bridge != bridge::NO_BRIDGE
+            && bridge::handle_packet(self, id, bridge as usize, frame, header_len, now)
+        {
+            return;
+        }
         let packet = match Packet::decode(frame, header_len, level) {
             Ok(p) => p,
             Err(e) => {
@@ -582,6 +608,11 @@ impl Broker {
             }
             let deadline = if c.session.is_none() {
                 c.opened + self.cfg.connect_timeout
+            } else if c.bridge != bridge::NO_BRIDGE {
+                match bridge::keep_alive(self, id, now) {
+                    Some(t) => t,
+                    None => continue,
+                }
             } else if c.keep_alive == 0 {
                 continue;
             } else if c.paused_on.is_some() {
@@ -591,8 +622,12 @@ impl Broker {
                 // Spec 3.1.2.10: one and a half times the keep-alive.
                 c.last_rx + Duration::from_millis(c.keep_alive as u64 * 1500)
             };
+            let c = self.conns[id].as_ref().expect("checked above");
             if deadline > now {
                 self.push_timer(deadline, id, gen);
+            } else if c.bridge != bridge::NO_BRIDGE {
+                log::warn!("Bridge connection to {} timed out, closing", peer(&c.peer));
+                self.end_connection(id, "upstream timed out", false, now);
             } else if c.session.is_none() {
                 log::info!(
                     "Connection from {} sent no CONNECT in time, closing",
@@ -727,6 +762,10 @@ impl Broker {
     /// Always, without an ACL file.
     fn acl_allows(&self, sid: SessionId, topic: &str, access: crate::auth::acl::Access) -> bool {
         let s = &self.sessions[sid];
+        if s.bridge {
+            // Bridges are configured by the operator: their topics are their ACL.
+            return true;
+        }
         self.policy(s.listener)
             .acl
             .as_ref()

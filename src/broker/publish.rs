@@ -8,6 +8,7 @@
 //! (the remaining lifetime), Subscription Identifiers and Topic Alias; everything else is
 //! written from the one stored copy.
 
+use super::bridge::{to_local, to_remote, NO_BRIDGE};
 use super::message::{MessagePool, MsgId};
 use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::{Match, SubEntry};
@@ -103,6 +104,9 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
             }
         }
     }
+    // From upstream over a bridge: the topic's local name, if one of its `in` topics has it.
+    let bridge = b.conns[id].as_ref().map_or(NO_BRIDGE, |c| c.bridge);
+    let unmapped = bridge != NO_BRIDGE && !to_local(&b.cfg.bridges[bridge as usize], &mut topic);
     if !b.topic_within_limits(&topic) {
         b.topic_scratch = topic;
         let err = DecodeError {
@@ -121,7 +125,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
         );
         b.stats.publish_dropped += 1;
     }
-    let deliverable = reason.is_none() && !oversized;
+    let deliverable = reason.is_none() && !oversized && !unmapped;
     match p.qos {
         0 => {
             if deliverable {
@@ -495,8 +499,9 @@ fn write(
     pool: &MessagePool,
     d: &Delivery<'_>,
     now: Instant,
-    alias_cap: u16,
+    cfg: &BrokerConfig,
 ) -> bool {
+    let alias_cap = cfg.max_topic_alias;
     let (topic, props, payload, expiry): (&[u8], &[u8], &[u8], _) = match src {
         Source::View { topic, payload, .. } => (topic.as_bytes(), &[], payload, None),
         Source::Stored(m) => {
@@ -504,6 +509,12 @@ fn write(
             (m.topic(), m.properties(), m.payload(), m.expiry)
         }
     };
+    // To upstream over a bridge: the topic's remote name.
+    let mapped = match cfg.bridges.get(conn.bridge as usize) {
+        Some(spec) => to_remote(spec, topic),
+        None => std::borrow::Cow::Borrowed(topic),
+    };
+    let topic = &*mapped;
     if !conn.v5 {
         wire::encode_publish_header(
             &mut conn.out,
@@ -692,7 +703,7 @@ pub(super) fn deliver(
                 packet_id,
                 sub_ids: &sub_ids,
             };
-            write(conn, &src, pool, &d, now, cfg.max_topic_alias);
+            write(conn, &src, pool, &d, now, cfg);
             if !conn.dirty {
                 conn.dirty = true;
                 dirty.push(cid);
@@ -702,7 +713,12 @@ pub(super) fn deliver(
             return;
         }
     } else if !s.persistent() || (qos == 0 && !cfg.queue_qos0_messages) {
-        // Offline: only a lasting session keeps messages, and QoS 0 only if configured.
+        // Offline: only a lasting session keeps messages, and QoS 0 only if configured. A
+        // bridge counts what it could not forward (its `$SYS` dropped count).
+        if s.bridge {
+            s.dropped += 1;
+            stats.publish_dropped += 1;
+        }
         return;
     }
     let len = src.payload_len(pool);
@@ -863,7 +879,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
             packet_id,
             sub_ids: &q.sub_ids,
         };
-        write(conn, &src, pool, &d, now, cfg.max_topic_alias);
+        write(conn, &src, pool, &d, now, cfg);
         persist::journal_unqueue(journal, pool, s, q.msg, packet_id);
         if q.qos > 0 {
             // The queue's reference moves to the in-flight entry.
@@ -899,7 +915,7 @@ pub(super) fn resend(
     i: &Inflight,
     m: MsgId,
     now: Instant,
-    alias_cap: u16,
+    cfg: &BrokerConfig,
 ) {
     let d = Delivery {
         qos: i.qos,
@@ -908,5 +924,5 @@ pub(super) fn resend(
         packet_id: i.packet_id,
         sub_ids: &i.sub_ids,
     };
-    write(conn, &Source::Stored(m), pool, &d, now, alias_cap);
+    write(conn, &Source::Stored(m), pool, &d, now, cfg);
 }

@@ -61,6 +61,8 @@ pub struct Session {
     pub listener: u16,
     /// Persistence holds a record of it.
     pub stored: bool,
+    /// The session of a bridge to an upstream broker.
+    pub bridge: bool,
     pub conn: Option<ConnId>,
     /// Seconds the session outlives its connection: 0 = not at all, NEVER_EXPIRES = for ever.
     pub expiry: u32,
@@ -99,6 +101,7 @@ impl Session {
             username: None,
             listener: 0,
             stored: false,
+            bridge: false,
             conn: None,
             expiry,
             subscriptions: Vec::new(),

@@ -61,6 +61,12 @@ pub(super) fn subscribe(
     now: Instant,
 ) {
     let v5 = b.conns[id].as_ref().is_some_and(|c| c.v5);
+    // Another broker's bridge gets No Local and Retain As Published on every subscription
+    // (what Mosquitto gives a bridge that connects with its mark).
+    let bridge_options = match b.conns[id].as_ref().is_some_and(|c| c.peer_bridge) {
+        true => 0x04 | 0x08,
+        false => 0,
+    };
     // Spec 3.8.3.1: No Local on a shared subscription is a protocol error.
     if s.filters
         .clone()
@@ -92,7 +98,7 @@ pub(super) fn subscribe(
             let entry = SubEntry {
                 session: sid,
                 qos,
-                options: options.0,
+                options: options.0 | bridge_options,
                 sub_id,
             };
             if b.subs.insert(f, entry, share) && i < 64 {
@@ -102,7 +108,7 @@ pub(super) fn subscribe(
             match list.iter_mut().find(|x| &*x.filter == filter) {
                 // Resubscribing replaces the options (spec 3.8.4).
                 Some(x) => {
-                    x.options = options.0;
+                    x.options = options.0 | bridge_options;
                     x.sub_id = sub_id;
                 }
                 None => {
@@ -112,7 +118,7 @@ pub(super) fn subscribe(
                     }
                     list.push(Subscription {
                         filter: filter.into(),
-                        options: options.0,
+                        options: options.0 | bridge_options,
                         sub_id,
                     });
                 }

@@ -165,6 +165,7 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
             update(b, COUNT_TOPICS.len() + i * 3 + j, topic, v);
         }
     }
+    super::bridge::publish_sys(b);
     b.sys.next = Some(now + b.sys.interval);
 }
 

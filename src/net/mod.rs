@@ -23,6 +23,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Instant;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
+/// A bridge's host name lookup finished.
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// Bytes read from one connection per loop turn before others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -36,11 +38,13 @@ struct Connection {
     partial: Vec<u8>,
     /// Readable data may be left unread (budget spent or reading paused).
     read_pending: bool,
-    /// Index of the listener it came in on.
+    /// Index of the listener it came in on (`u16::MAX` for a bridge).
     listener: u16,
-    /// The TLS session of a connection on a TLS listener.
+    /// The bridge whose upstream link this is.
+    bridge: Option<u16>,
+    /// The TLS session of a connection on a TLS listener, or of a bridge over TLS.
     #[cfg(feature = "tls")]
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<rustls::Connection>>,
     /// Its certificate identity has been given to the broker (or is not needed).
     #[cfg(feature = "tls")]
     identified: bool,
@@ -152,6 +156,13 @@ pub struct Server {
     port_override: Option<u16>,
     /// The log level follows the config (not when RUST_LOG or -v decided it).
     log_level_from_config: bool,
+    /// Bridges to upstream brokers: each link's state, by bridge index.
+    links: Vec<crate::bridge::Link>,
+    /// Host name lookups for them (made when there is a bridge).
+    resolver: Option<crate::bridge::Resolver>,
+    /// The TLS setup of each bridge that uses TLS.
+    #[cfg(feature = "tls")]
+    bridge_tls: Vec<Option<tls::ClientContext>>,
 }
 
 /// How often STATUS= (clients, messages/s) is refreshed for `systemctl status`.
@@ -193,6 +204,32 @@ impl Server {
             let ex = crate::devices::Executor::new(devices.clone(), config.device_options.clone());
             broker.set_devices(ex);
         }
+        let now = Instant::now();
+        let links: Vec<_> = config
+            .bridges
+            .iter()
+            .enumerate()
+            .map(|(i, l)| crate::bridge::Link::new(l.clone(), now, seed(i)))
+            .collect();
+        let resolver = match links.is_empty() {
+            true => None,
+            false => Some(crate::bridge::Resolver::new(
+                mio::Waker::new(poll.registry(), WAKER_TOKEN)
+                    .map_err(|e| StartError(format!("cannot create the event loop: {e}")))?,
+            )),
+        };
+        #[cfg(feature = "tls")]
+        let bridge_tls = config
+            .bridges
+            .iter()
+            .map(|l| match l.tls.enabled() {
+                false => Ok(None),
+                true => tls::client_context(&l.tls)
+                    .map(Some)
+                    .map_err(|e| StartError(format!("bridge {}: {e}", l.name))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        broker.start_bridges();
         Ok(Server {
             poll,
             listeners,
@@ -216,6 +253,10 @@ impl Server {
             config: config.clone(),
             port_override: None,
             log_level_from_config: false,
+            links,
+            resolver,
+            #[cfg(feature = "tls")]
+            bridge_tls,
         })
     }
 
@@ -251,11 +292,17 @@ impl Server {
         let now = Instant::now();
         let timeout = if self.pending_reads.is_empty() && self.pending_writes.is_empty() {
             let sync = self.store.as_ref().and_then(|s| s.next_sync());
-            let ours = [self.notifier.next_deadline(), self.next_status, sync]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|t| t.saturating_duration_since(now));
+            let bridges = self.links.iter().filter_map(|l| l.deadline()).min();
+            let ours = [
+                self.notifier.next_deadline(),
+                self.next_status,
+                sync,
+                bridges,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now));
             match (self.broker.next_timeout(now), ours) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -273,6 +320,8 @@ impl Server {
         for event in events.iter() {
             match event.token() {
                 SIGNAL_TOKEN => self.handle_signals(),
+                // Lookups are collected below, with the links that are due.
+                WAKER_TOKEN => {}
                 Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
                 Token(id) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -293,6 +342,7 @@ impl Server {
         for i in 0..self.reading.len() {
             self.read(self.reading[i], now);
         }
+        self.bridges_due(now);
         self.broker.handle_timeout(now);
         // Group commit: this turn's changes are in the journal before its acknowledgements
         // leave.
@@ -403,6 +453,8 @@ impl Server {
             log::warn!("reload: persistence settings change at the next start, not now");
             new.persistence = self.config.persistence.clone();
         }
+        // Bridges keep running as started (the broker core says so if the file changed them).
+        new.bridges = self.config.bridges.clone();
         // Match each new listener to a running one with the same port and address.
         let old = self.config.listeners.clone();
         let mut taken = vec![false; old.len()];
@@ -445,7 +497,7 @@ impl Server {
         let gone: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| !taken[c.listener as usize])
+            .filter(|(_, c)| c.bridge.is_none() && !taken[c.listener as usize])
             .map(|(id, _)| id)
             .collect();
         for id in gone {
@@ -482,7 +534,7 @@ impl Server {
                 log::info!("no longer listening on {a}");
             }
         }
-        for (_, c) in self.conns.iter_mut() {
+        for (_, c) in self.conns.iter_mut().filter(|(_, c)| c.bridge.is_none()) {
             c.listener = map[c.listener as usize];
         }
         self.broker.reconfigure(new.broker.clone(), &map, now);
@@ -568,6 +620,7 @@ impl Server {
                 partial: Vec::new(),
                 read_pending: false,
                 listener: index as u16,
+                bridge: None,
                 #[cfg(feature = "tls")]
                 tls,
                 #[cfg(feature = "tls")]
@@ -755,7 +808,10 @@ impl Server {
 
     /// The socket failed or was closed by the peer.
     fn lost(&mut self, id: ConnId, reason: &str, now: Instant) {
-        log::debug!("connection {id}: {reason}");
+        match self.conns.get(id).and_then(|c| c.bridge) {
+            Some(b) => log::warn!("Bridge {}: {reason}", self.links[b as usize].cfg.name),
+            None => log::debug!("connection {id}: {reason}"),
+        }
         self.close(id, now);
     }
 
@@ -766,7 +822,105 @@ impl Server {
                 l.connections -= 1;
             }
             self.broker.release(id, now);
+            if let Some(b) = conn.bridge {
+                let was_up = self.broker.bridge_was_up(b as usize);
+                if let Some(link) = self.links.get_mut(b as usize) {
+                    if !self.stopping {
+                        link.failed(now, was_up);
+                    }
+                }
+            }
         }
+    }
+
+    /// Bridges: collect finished name lookups, and connect the links that are due.
+    fn bridges_due(&mut self, now: Instant) {
+        use crate::bridge::State;
+        while let Some((i, result)) = self.resolver.as_ref().and_then(|r| r.take()) {
+            if self.links[i].state != State::Resolving {
+                continue;
+            }
+            match result {
+                Ok(addr) => self.bridge_open(i, addr, now),
+                Err(e) => {
+                    log::warn!("Bridge {}: {e}", self.links[i].cfg.name);
+                    self.links[i].failed(now, false);
+                }
+            }
+        }
+        if self.stopping {
+            return;
+        }
+        for i in 0..self.links.len() {
+            let State::Waiting(at) = self.links[i].state else {
+                continue;
+            };
+            if at > now {
+                continue;
+            }
+            let (host, port) = self.links[i].address().clone();
+            match crate::bridge::literal(&host, port) {
+                Some(addr) => self.bridge_open(i, addr, now),
+                None => {
+                    self.links[i].state = State::Resolving;
+                    if let Some(r) = &self.resolver {
+                        r.start(i, &host, port);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Open bridge `i`'s socket to `addr` without waiting for it to connect; the broker puts
+    /// the CONNECT in its output.
+    fn bridge_open(&mut self, i: usize, addr: SocketAddr, now: Instant) {
+        let link = &mut self.links[i];
+        let name = link.cfg.name.clone();
+        log::info!("Bridge {name}: connecting to {addr}");
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("Bridge {name}: cannot connect to {addr}: {}", io_reason(&e));
+                return link.failed(now, false);
+            }
+        };
+        if self.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        #[cfg(feature = "tls")]
+        let tls = match &self.bridge_tls[i] {
+            None => None,
+            Some(ctx) => match tls::connect(ctx, &link.address().0) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log::warn!("Bridge {name}: {e}");
+                    return link.failed(now, false);
+                }
+            },
+        };
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("Bridge {name}: cannot watch the connection: {e}");
+            return link.failed(now, false);
+        }
+        entry.insert(Connection {
+            stream,
+            partial: Vec::new(),
+            read_pending: false,
+            listener: u16::MAX,
+            bridge: Some(i as u16),
+            #[cfg(feature = "tls")]
+            tls,
+            #[cfg(feature = "tls")]
+            identified: true,
+        });
+        link.state = crate::bridge::State::Open(id);
+        self.broker.open_bridge(id, i, Some(addr), now);
     }
 
     /// Write every connection that got output, close every connection the broker ended.
@@ -902,6 +1056,15 @@ fn open_store(
     let mut state = Vec::new();
     broker.snapshot(&mut state);
     crate::store::Store::open(&p.location, &p.file, &loaded, &state, p.sync).map_err(StartError)
+}
+
+/// A seed for a bridge's backoff jitter: links of gateways restarted together (a power cut)
+/// should not all come back in the same second.
+fn seed(i: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (std::process::id() as u64) << 20 ^ i as u64
 }
 
 /// Hand every whole packet at the start of `data` to the broker; return the bytes used.

@@ -3,11 +3,15 @@
 //! the broker exactly as a plain connection's bytes; output is encrypted as the socket takes
 //! it, with rustls's own buffer bounded (64 KiB) so backpressure works as for plain TCP.
 
+use crate::bridge::BridgeTls;
 use crate::config::TlsOptions;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, ClientConnection, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
-use rustls::RootCertStore;
+use rustls::{Connection, RootCertStore};
 use std::io::{self, ErrorKind, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -22,16 +26,10 @@ pub fn context(t: &TlsOptions) -> Result<Context, String> {
         return Err("a TLS listener needs both certfile and keyfile".into());
     };
     let certs = certificates(certfile, "certfile")?;
-    let key_pem = read_file(keyfile, "keyfile")?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| format!("keyfile {} holds no private key", keyfile.display()))?;
+    let key = private_key(keyfile, "keyfile")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
-        Some(13) => &[&rustls::version::TLS13],
-        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
-    };
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
+        .with_protocol_versions(versions(t.min_version))
         .map_err(|e| format!("TLS setup failed: {e}"))?;
     let builder = if t.require_certificate {
         let mut roots = RootCertStore::empty();
@@ -39,20 +37,7 @@ pub fn context(t: &TlsOptions) -> Result<Context, String> {
             add_roots(&mut roots, cafile, "cafile")?;
         }
         if let Some(capath) = &t.capath {
-            let dir = std::fs::read_dir(capath).map_err(|e| {
-                format!(
-                    "cannot read capath {}: {}",
-                    capath.display(),
-                    crate::config::io_reason(&e)
-                )
-            })?;
-            // Every file in the folder that holds certificates (c_rehash's links included).
-            for entry in dir.flatten() {
-                let p = entry.path();
-                if p.is_file() {
-                    let _ = add_roots(&mut roots, &p, "capath file");
-                }
-            }
+            add_dir_roots(&mut roots, capath, "capath")?;
         }
         if roots.is_empty() {
             return Err(
@@ -74,6 +59,41 @@ pub fn context(t: &TlsOptions) -> Result<Context, String> {
         )
     })?;
     Ok(Arc::new(config))
+}
+
+/// TLS 1.3 only with `tls_version tlsv1.3`, else 1.2 and 1.3.
+fn versions(min: Option<u8>) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    match min {
+        Some(13) => &ONLY_13,
+        _ => &BOTH,
+    }
+}
+
+fn private_key(path: &Path, option: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_file(path, option)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|_| format!("{option} {} holds no private key", path.display()))
+}
+
+/// Every file in a folder that holds certificates (c_rehash's links included).
+fn add_dir_roots(roots: &mut RootCertStore, dir: &Path, option: &str) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        format!(
+            "cannot read {option} {}: {}",
+            dir.display(),
+            crate::config::io_reason(&e)
+        )
+    })?;
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_file() {
+            let _ = add_roots(roots, &p, option);
+        }
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path, option: &str) -> Result<Vec<u8>, String> {
@@ -107,18 +127,118 @@ fn add_roots(roots: &mut RootCertStore, path: &Path, option: &str) -> Result<(),
 }
 
 /// A new server side of a TLS connection.
-pub fn accept(ctx: &Context) -> Option<Box<ServerConnection>> {
-    ServerConnection::new(ctx.clone()).ok().map(Box::new)
+pub fn accept(ctx: &Context) -> Option<Box<Connection>> {
+    ServerConnection::new(ctx.clone())
+        .ok()
+        .map(|c| Box::new(Connection::Server(c)))
+}
+
+/// A bridge's TLS setup, built once at start.
+pub type ClientContext = Arc<ClientConfig>;
+
+/// Build a bridge's TLS context: the upstream's certificate is checked against
+/// `bridge_cafile`/`bridge_capath` (and its name against the address, unless
+/// `bridge_insecure`); `bridge_certfile`/`bridge_keyfile` are this side's certificate.
+pub fn client_context(t: &BridgeTls) -> Result<ClientContext, String> {
+    let mut roots = RootCertStore::empty();
+    if let Some(cafile) = &t.cafile {
+        add_roots(&mut roots, cafile, "bridge_cafile")?;
+    }
+    if let Some(capath) = &t.capath {
+        add_dir_roots(&mut roots, capath, "bridge_capath")?;
+    }
+    if roots.is_empty() {
+        return Err("bridge_cafile/bridge_capath hold no CA certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(t.min_version))
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| format!("cannot check the upstream's certificate: {e}"))?;
+    let builder = if t.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
+    } else {
+        builder.with_webpki_verifier(webpki)
+    };
+    let config = match (&t.certfile, &t.keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let certs = certificates(certfile, "bridge_certfile")?;
+            let key = private_key(keyfile, "bridge_keyfile")?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "bridge_certfile {} and bridge_keyfile {} cannot be used together: {e}",
+                    certfile.display(),
+                    keyfile.display()
+                )
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A new client side of a TLS connection to `host` (a name or an IP address).
+pub fn connect(ctx: &ClientContext, host: &str) -> Result<Box<Connection>, String> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| format!("'{host}' is not a name TLS can check"))?;
+    ClientConnection::new(ctx.clone(), name)
+        .map(|c| Box::new(Connection::Client(c)))
+        .map_err(|e| format!("cannot start TLS: {e}"))
+}
+
+/// `bridge_insecure`: the certificate chain is checked, the name in it is not.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Read plaintext into `buf`: what rustls holds already, else the next records from the
 /// socket. `Ok(0)` is the end of the connection; `WouldBlock` means nothing more for now
 /// (the caller then flushes, as the handshake may have something to send).
-pub fn read(
-    tls: &mut ServerConnection,
-    stream: &mut impl Read,
-    buf: &mut [u8],
-) -> io::Result<usize> {
+pub fn read(tls: &mut Connection, stream: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match tls.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -138,7 +258,7 @@ pub fn read(
 }
 
 /// The Common Name of the client certificate's subject (the first one, as Mosquitto takes).
-pub fn peer_common_name(tls: &ServerConnection) -> Option<String> {
+pub fn peer_common_name(tls: &Connection) -> Option<String> {
     common_name(tls.peer_certificates()?.first()?)
 }
 

@@ -21,6 +21,9 @@ pub struct Will<'a> {
 pub struct Connect<'a> {
     pub protocol_name: &'a str,
     pub level: u8,
+    /// The level carried Mosquitto's bridge mark (0x80, a bridge's `try_private`): the
+    /// client is another broker's bridge.
+    pub bridge: bool,
     pub clean_session: bool,
     pub keep_alive: u16,
     pub client_id: &'a str,
@@ -35,7 +38,11 @@ impl<'a> Connect<'a> {
     pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let protocol_name = r.utf8()?;
-        let level = r.u8()?;
+        let marked = r.u8()?;
+        let (level, bridge) = match marked {
+            0x83 | 0x84 => (marked & 0x7f, true),
+            l => (l, false),
+        };
         // An unknown protocol name is not MQTT at all: close without answering (spec 3.1.2.1).
         match (protocol_name, level) {
             ("MQTT", _) | ("MQIsdp", _) => {}
@@ -46,6 +53,7 @@ impl<'a> Connect<'a> {
         let mut c = Connect {
             protocol_name,
             level,
+            bridge,
             clean_session: flags & 0x02 != 0,
             keep_alive,
             client_id: "",

@@ -1,0 +1,393 @@
+"""Bridges to an upstream broker: Debian's real mosquitto, started by the test, is the upstream.
+
+Messages both ways with prefixes and QoS (MQTT 3.1.1 and 5 bridges); the outage test (stop the
+upstream, publish 1000 QoS 1 messages, start it again: all 1000 arrive upstream, in order);
+the queue bound and the drop counts; two gatemq gateways exchanging messages through one
+upstream without loops; a restart of gatemq (kill -9) with persistence keeping the queue;
+notifications; failover between addresses, a host name, TLS, and a gatemq upstream (the
+bridge mark it does not take).
+"""
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from clients import HOST, Client, uid
+from conftest import Broker, free_port
+from test_tls import pki  # noqa: F401  (the certificates fixture)
+
+
+class Upstream:
+    """mosquitto on a fixed loopback port, so it can be stopped and started again; with
+    persistence, so its subscribers' sessions outlive a restart."""
+
+    def __init__(self, tmp_path, lines=()):
+        self.port = free_port()
+        self.dir = tmp_path / f"upstream-{self.port}"
+        self.dir.mkdir()
+        self.conf = self.dir / "mosquitto.conf"
+        # `user root`: as root, mosquitto would switch to its own user, which cannot write here.
+        self.conf.write_text(
+            f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {self.dir}/\nmax_queued_messages 100000\n"
+            + "".join(l + "\n" for l in lines))
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                assert self.proc.poll() is None, f"mosquitto exited with {self.proc.returncode}"
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto writes its persistence file
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    made = []
+
+    def make(lines=()):
+        u = Upstream(tmp_path, lines).start()
+        made.append(u)
+        return u
+
+    yield make
+    for u in made:
+        u.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """Factory: gateway(upstream port, topic lines, extra lines) -> a started gatemq bridged to
+    it (not waiting for the link)."""
+    started = []
+
+    def make(port, topics, extra=(), name="up", address=None):
+        lines = [f"connection {name}", f"address {address or f'127.0.0.1:{port}'}",
+                 "restart_timeout 1", *topics, *extra]
+        b = Broker(tmp_path, lines).start()
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+def wait_log(broker, text, count=1, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if broker.log().count(text) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {text!r} (x{count}) in the log within {timeout}s:\n{broker.log()[-3000:]}")
+
+
+def wait_up(broker, name="up", count=1):
+    wait_log(broker, f"Bridge {name} connected to", count)
+
+
+def client(port, **kw):
+    c = Client(port, **kw)
+    c.connect()
+    return c
+
+
+def sys_value(port, topic):
+    """A retained `$SYS` value of a broker, read by a fresh subscriber."""
+    c = client(port)
+    c.subscribe(topic, 0)
+    try:
+        return c.get().payload.decode()
+    finally:
+        c.disconnect()
+
+
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv50"])
+def test_messages_both_ways_with_prefixes_and_qos(upstream, gateway, version):
+    up = upstream()
+    gw = gateway(up.port, ['topic sensors/# out 1 "" site1/', 'topic cmd/# in 2 "" site1/',
+                           'topic status/# out 0 "" site1/'],
+                 [f"bridge_protocol_version {version}"])
+    wait_up(gw)
+    remote = client(up.port)
+    remote.subscribe("site1/#", 2)
+    local = client(gw.port)
+    local.subscribe("cmd/#", 2)
+    time.sleep(0.2)  # the bridge's upstream SUBSCRIBE follows its CONNACK
+
+    pub = client(gw.port)
+    pub.publish("sensors/t1", b"21.5", qos=1)
+    m = remote.get()
+    assert (m.topic, m.payload, m.qos) == ("site1/sensors/t1", b"21.5", 1)
+    # The topic line's QoS caps what goes up.
+    pub.publish("status/t1", b"ok", qos=2)
+    m = remote.get()
+    assert (m.topic, m.payload, m.qos) == ("site1/status/t1", b"ok", 0)
+
+    remote.publish("site1/cmd/lamp", b"on", qos=2)
+    assert remote.get().topic == "site1/cmd/lamp"  # its own subscription
+    m = local.get()
+    assert (m.topic, m.payload, m.qos) == ("cmd/lamp", b"on", 2)
+
+    # Not in the bridge's topics (or not in their direction): nothing crosses.
+    remote.publish("site1/sensors/t2", b"from upstream", qos=1)
+    assert remote.get().topic == "site1/sensors/t2"
+    pub.publish("cmd/local-only", b"x", qos=1)
+    assert local.get().topic == "cmd/local-only"
+    remote.assert_no_message(0.5)
+    local.assert_no_message(0.2)
+
+    # A retained message keeps its flag on the way up (bridge_outgoing_retain true).
+    pub.publish("sensors/kept", b"r", qos=1, retain=True)
+    assert remote.get().topic == "site1/sensors/kept"
+    late = client(up.port)
+    late.subscribe("site1/sensors/kept", 1)
+    m = late.get()
+    assert (m.payload, m.retain) == (b"r", True)
+    for c in (remote, local, pub, late):
+        c.disconnect()
+
+
+def test_outage_1000_qos1_messages_arrive_in_order(upstream, gateway):
+    up = upstream()
+    gw = gateway(up.port, ['topic data/# out 1 "" site1/'],
+                 ["max_queued_messages 5000", "sys_interval 1"])
+    wait_up(gw)
+    # A persistent subscriber upstream: its session survives the upstream's restart.
+    sub_id = uid("cloud")
+    remote = client(up.port, client_id=sub_id, clean_session=False)
+    remote.subscribe("site1/data/#", 1)
+    remote.disconnect()
+
+    up.stop()
+    wait_log(gw, "Bridge up is down")
+    pub = client(gw.port)
+    n = 1000
+    for i in range(n):
+        pub.publish("data/seq", str(i).encode(), qos=1, wait=False)
+    pub.publish("data/last", b"", qos=1)  # acknowledged after every one before it
+    # Held for upstream: every message, nothing dropped.
+    deadline = time.monotonic() + 5
+    while sys_value(gw.port, "$SYS/broker/connection/+/queued") != str(n + 1):
+        assert time.monotonic() < deadline, "the bridge queue never held every message"
+        time.sleep(0.2)
+    assert sys_value(gw.port, "$SYS/broker/connection/+/dropped") == "0"
+
+    started = time.monotonic()
+    up.start()
+    remote = client(up.port, client_id=sub_id, clean_session=False)
+    got = remote.collect_until("site1/data/last", timeout=30)
+    drained = time.monotonic() - started
+    seqs = [int(m.payload) for m in got]
+    # QoS 1 allows a resend; without duplicates the sequence is exactly 0..n-1.
+    unique = list(dict.fromkeys(seqs))
+    assert unique == list(range(n)), f"{len(unique)} of {n} arrived, first gap near " \
+        f"{next((i for i, s in enumerate(unique) if s != i), None)}"
+    print(f"\n  bridge outage: {n} QoS 1 messages queued, delivered upstream "
+          f"{drained:.2f} s after the upstream started ({len(seqs) - n} duplicates)")
+    remote.disconnect()
+    pub.disconnect()
+
+
+def test_queue_bound_and_qos0_while_down_are_dropped_and_counted(upstream, gateway):
+    up = upstream()
+    gw = gateway(up.port, ['topic data/# out 1'], ["max_queued_messages 100", "sys_interval 1"])
+    wait_up(gw)
+    sub_id = uid("cloud")
+    remote = client(up.port, client_id=sub_id, clean_session=False)
+    remote.subscribe("data/#", 1)
+    remote.disconnect()
+    up.stop()
+    wait_log(gw, "Bridge up is down")
+    pub = client(gw.port)
+    for i in range(150):
+        pub.publish("data/q1", str(i).encode(), qos=1, wait=False)
+    for i in range(20):
+        pub.publish("data/q0", str(i).encode(), qos=0, wait=False)
+    pub.publish("data/sync", b"", qos=1)  # every publish above has been handled
+    deadline = time.monotonic() + 5
+    while sys_value(gw.port, "$SYS/broker/connection/+/dropped") != "71":
+        assert time.monotonic() < deadline, "dropped count never reached 50 + 20 + 1"
+        time.sleep(0.2)
+    assert sys_value(gw.port, "$SYS/broker/connection/+/queued") == "100"
+    up.start()
+    remote = client(up.port, client_id=sub_id, clean_session=False)
+    got = remote.get_n(100, timeout=15)
+    assert [int(m.payload) for m in got] == list(range(100))
+    remote.assert_no_message(0.5)
+    remote.disconnect()
+    pub.disconnect()
+
+
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv50"])
+def test_two_gateways_exchange_through_upstream_without_loops(upstream, gateway, version):
+    up = upstream()
+    proto = [f"bridge_protocol_version {version}"]
+    a = gateway(up.port, ["topic shared/# both 1"], proto + ["remote_clientid gw-a"])
+    b = gateway(up.port, ["topic shared/# both 1"], proto + ["remote_clientid gw-b"])
+    wait_up(a)
+    wait_up(b)
+    time.sleep(0.3)
+    subs = {name: client(port) for name, port in (("a", a.port), ("b", b.port), ("up", up.port))}
+    for c in subs.values():
+        c.subscribe("shared/#", 1)
+    pa, pb = client(a.port), client(b.port)
+    for i in range(5):
+        pa.publish("shared/from-a", f"a{i}".encode(), qos=1)
+        pb.publish("shared/from-b", f"b{i}".encode(), qos=1)
+    for name, c in subs.items():
+        got = sorted(m.payload.decode() for m in c.get_n(10))
+        assert got == sorted([f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]), name
+    # A loop would bring each message back again and again.
+    for c in subs.values():
+        c.assert_no_message(1.0)
+    for c in [*subs.values(), pa, pb]:
+        c.disconnect()
+
+
+def test_restart_with_persistence_keeps_the_queue(upstream, gateway, tmp_path):
+    up = upstream()
+    store = tmp_path / "gw-store"
+    store.mkdir()
+    gw = gateway(up.port, ['topic data/# out 1'],
+                 ["persistence true", f"persistence_location {store}"])
+    wait_up(gw)
+    sub_id = uid("cloud")
+    remote = client(up.port, client_id=sub_id, clean_session=False)
+    remote.subscribe("data/#", 1)
+    remote.disconnect()
+    up.stop()
+    wait_log(gw, "Bridge up is down")
+    pub = client(gw.port)
+    for i in range(300):
+        pub.publish("data/seq", str(i).encode(), qos=1, wait=False)
+    pub.publish("data/last", b"", qos=1)
+    pub.disconnect()
+    gw.stop(signal.SIGKILL)  # acknowledged means journaled: nothing may be lost
+    gw.start()
+    up.start()
+    wait_up(gw)
+    remote = client(up.port, client_id=sub_id, clean_session=False)
+    got = remote.collect_until("data/last", timeout=15)
+    assert list(dict.fromkeys(int(m.payload) for m in got)) == list(range(300))
+    remote.disconnect()
+
+
+def test_notifications_here_and_upstream(upstream, gateway):
+    up = upstream()
+    watcher = client(up.port)
+    watcher.subscribe("$SYS/broker/connection/+/state", 1)
+    gw = gateway(up.port, ["topic x/# out 1"], ["remote_clientid site1"])
+    wait_up(gw)
+    m = watcher.get()
+    assert (m.topic, m.payload) == ("$SYS/broker/connection/site1/state", b"1")
+    local = client(gw.port)
+    local.subscribe("$SYS/broker/connection/site1/state", 1)
+    assert local.get().payload == b"1"
+    up.stop()
+    assert local.get().payload == b"0"
+    local.disconnect()
+    up.start()
+    wait_up(gw, count=2)
+    watcher = client(up.port)
+    watcher.subscribe("$SYS/broker/connection/+/state", 1)
+    assert watcher.get().payload == b"1"
+    # The gateway dies: upstream publishes its will.
+    gw.stop(signal.SIGKILL)
+    m = watcher.get(timeout=10)
+    assert (m.topic, m.payload) == ("$SYS/broker/connection/site1/state", b"0")
+    watcher.disconnect()
+
+
+def test_failover_to_the_next_address_and_host_names(upstream, gateway):
+    up = upstream()
+    dead = free_port()
+    gw = gateway(up.port, ["topic x/# out 1"], address=f"127.0.0.1:{dead} localhost:{up.port}")
+    wait_log(gw, f"Bridge up: connecting to 127.0.0.1:{dead}")
+    wait_up(gw)
+    assert f"connected to 127.0.0.1:{up.port}" in gw.log()
+    remote = client(up.port)
+    remote.subscribe("x/#", 1)
+    time.sleep(0.1)
+    pub = client(gw.port)
+    pub.publish("x/1", b"via failover", qos=1)
+    assert remote.get().payload == b"via failover"
+    remote.disconnect()
+    pub.disconnect()
+
+
+def test_tls_bridge(upstream, gateway, pki):  # noqa: F811
+    up = upstream([f"cafile {pki}/ca.crt", f"certfile {pki}/server.crt",
+                   f"keyfile {pki}/server.key"])
+    gw = gateway(up.port, ["topic x/# both 1"], [f"bridge_cafile {pki}/ca.crt"],
+                 address=f"localhost:{up.port}")
+    wait_up(gw)
+    wrong = gateway(up.port, ["topic x/# both 1"], [f"bridge_cafile {pki}/other-ca.crt"],
+                    name="wrong-ca")
+    wait_log(wrong, "Bridge wrong-ca: TLS")
+    assert "Bridge wrong-ca connected" not in wrong.log()
+
+
+def test_gatemq_upstream_takes_the_bridge_mark(make_broker, gateway):
+    """gatemq as the upstream: it takes Mosquitto's bridge mark (try_private), so what the
+    gateway sends up is not echoed back down the 3.1.1 bridge."""
+    up = make_broker()
+    gw = gateway(up.port, ["topic shared/# both 1"])
+    wait_up(gw)
+    wait_log(up, "New bridge connected")
+    local, remote = client(gw.port), client(up.port)
+    local.subscribe("shared/#", 1)
+    remote.subscribe("shared/#", 1)
+    time.sleep(0.2)
+    remote.publish("shared/down", b"1", qos=1)
+    assert local.get().payload == b"1"
+    assert remote.get().payload == b"1"
+    local.publish("shared/up", b"2", qos=1)
+    assert local.get().payload == b"2"
+    assert remote.get().payload == b"2"
+    local.assert_no_message(0.5)
+    remote.assert_no_message(0.2)
+    local.disconnect()
+    remote.disconnect()
+
+
+def test_silent_upstream_is_detected_by_keepalive(upstream, gateway):
+    up = upstream()
+    gw = gateway(up.port, ["topic x/# out 1"], ["keepalive_interval 1"])
+    wait_up(gw)
+    up.proc.send_signal(signal.SIGSTOP)  # the socket stays open; nothing answers
+    try:
+        wait_log(gw, "timed out", timeout=5)
+        wait_log(gw, "Bridge up is down")
+    finally:
+        up.proc.send_signal(signal.SIGCONT)
+    wait_up(gw, count=2)
+
+
+def test_reload_keeps_the_bridge_link(upstream, gateway):
+    up = upstream()
+    gw = gateway(up.port, ["topic x/# out 1"])
+    wait_up(gw)
+    remote = client(up.port)
+    remote.subscribe("x/#", 1)
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_log(gw, "configuration reloaded")
+    pub = client(gw.port)
+    pub.publish("x/after-reload", b"1", qos=1)
+    assert remote.get().topic == "x/after-reload"
+    assert gw.log().count("Bridge up connected to") == 1
+    remote.disconnect()
+    pub.disconnect()

@@ -351,6 +351,7 @@ fn connack(
             .u32(id::MAXIMUM_PACKET_SIZE)
             .map_or(usize::MAX, |m| m as usize);
         c.alias_max_out = props.u16(id::TOPIC_ALIAS_MAXIMUM).unwrap_or(0);
+        c.max_qos_out = props.byte(id::MAXIMUM_QOS).unwrap_or(2).min(2);
     }
     b.arm_keep_alive(id, now);
     b.stats.clients_connected += 1;

@@ -190,6 +190,8 @@ struct Conn {
     /// Another broker's bridge (Mosquitto's bridge mark in CONNECT): what it publishes is not
     /// sent back to it, and RETAIN reaches it as published.
     peer_bridge: bool,
+    /// The highest QoS sent to it: 2, or an upstream broker's Maximum QoS (a bridge's link).
+    max_qos_out: u8,
     /// MQTT 5 state (defaults for 3.1.x).
     v5: bool,
     /// The client's Receive Maximum: QoS 1/2 messages it takes unacknowledged.
@@ -359,6 +361,7 @@ impl Broker {
             timer_gen: self.next_gen as u32,
             paused_on: None,
             peer_bridge: false,
+            max_qos_out: 2,
             v5: false,
             receive_max: u16::MAX,
             max_packet: usize::MAX,

@@ -648,6 +648,11 @@ pub(super) fn deliver(
         ..
     } = b;
     let s = &mut sessions[sid];
+    // An upstream broker's Maximum QoS (a bridge's link): what it takes.
+    let qos = match s.conn.and_then(|c| conns[c].as_ref()) {
+        Some(c) => qos.min(c.max_qos_out),
+        None => qos,
+    };
     if let Source::Stored(m) = src {
         if pool.get(m).is_expired(now) {
             return;
@@ -855,7 +860,8 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
         {
             break;
         }
-        let q = s.queue.pop_front().expect("front");
+        let mut q = s.queue.pop_front().expect("front");
+        q.qos = q.qos.min(conn.max_qos_out);
         let msg = pool.get(q.msg);
         s.queued_bytes -= msg.payload().len();
         let src = Source::Stored(q.msg);

@@ -391,3 +391,21 @@ def test_reload_keeps_the_bridge_link(upstream, gateway):
     assert gw.log().count("Bridge up connected to") == 1
     remote.disconnect()
     pub.disconnect()
+
+
+def test_upstream_maximum_qos_caps_what_is_sent(upstream, gateway):
+    """An MQTT 5 upstream with max_qos 1: the bridge's QoS 2 topic goes up at QoS 1 instead of
+    getting the link closed."""
+    up = upstream(["max_qos 1"])
+    gw = gateway(up.port, ["topic x/# out 2"], ["bridge_protocol_version mqttv50"])
+    wait_up(gw)
+    remote = client(up.port)
+    remote.subscribe("x/#", 1)
+    pub = client(gw.port)
+    for i in range(3):
+        pub.publish("x/q2", str(i).encode(), qos=2)
+    got = remote.get_n(3)
+    assert [(m.payload, m.qos) for m in got] == [(b"0", 1), (b"1", 1), (b"2", 1)]
+    assert gw.log().count("Bridge up connected to") == 1
+    remote.disconnect()
+    pub.disconnect()

@@ -1,7 +1,10 @@
 //! The broker core with no sockets: several clients send arbitrary byte streams, interleaved
 //! with time jumps, drained output and lost connections, and a declared device listens on its
-//! command topics. Must never panic, and the core's bookkeeping must stay consistent.
+//! command topics. The last connection slot is a bridge's link to an upstream broker, so its
+//! bytes are what an upstream sends (CONNACK, SUBACK, PUBLISH, ...). Must never panic, and the
+//! core's bookkeeping must stay consistent.
 #![no_main]
+use gatemq::broker::bridge::{BridgeSpec, BridgeTopic, Direction};
 use gatemq::broker::{Broker, BrokerConfig};
 use gatemq::devices::{decl::Devices, Executor, Options};
 use gatemq::wire::frame_len;
@@ -26,6 +29,28 @@ fuzz_target!(|data: &[u8]| {
         max_packet_size: 4096,
         output_buffer_soft: 512,
         max_topic_alias: 4,
+        bridges: vec![BridgeSpec {
+            name: "up".into(),
+            remote_clientid: "gw.up".into(),
+            local_clientid: "local.gw.up".into(),
+            topics: vec![
+                BridgeTopic::new("#", Direction::Out, 2, "up/", "site/up/"),
+                BridgeTopic::new("#", Direction::In, 2, "down/", "site/down/"),
+                BridgeTopic::new("both/#", Direction::Both, 1, "", ""),
+            ],
+            protocol: if data.first().is_some_and(|b| b & 2 == 2) { 5 } else { 4 },
+            try_private: true,
+            cleansession: false,
+            local_cleansession: None,
+            keepalive: 2,
+            username: None,
+            password: None,
+            notifications: true,
+            notifications_local_only: false,
+            // Not under $SYS (which is not kept), so the replay check covers it.
+            notification_topic: "bridges/gw.up/state".into(),
+            outgoing_retain: true,
+        }],
         ..BrokerConfig::default()
     };
     let sys = cfg.sys_interval;
@@ -36,10 +61,16 @@ fuzz_target!(|data: &[u8]| {
     let mut journal = Vec::new();
     let devices = Devices::parse(DEVICES, "devices.toml", std::path::Path::new(".")).expect("devices");
     b.set_devices(Executor::new(devices, Options::default()));
+    b.start_bridges();
+    let bridge = CLIENTS - 1;
+    let open_conn = |b: &mut Broker, id: usize, now: Instant| match id == bridge {
+        true => b.open_bridge(id, 0, None, now),
+        false => b.open(id, None, 0, now),
+    };
     let mut pending: Vec<Vec<u8>> = vec![Vec::new(); CLIENTS];
     let mut open = [true; CLIENTS];
     for id in 0..CLIENTS {
-        b.open(id, None, 0, now);
+        open_conn(&mut b, id, now);
     }
     let mut closing = Vec::new();
     let mut i = 1;
@@ -63,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
                 if open[id] {
                     b.release(id, now);
                 }
-                b.open(id, None, 0, now);
+                open_conn(&mut b, id, now);
                 open[id] = true;
                 pending[id].clear();
             }

@@ -1,6 +1,7 @@
 //! The codec: frame arbitrary bytes like the event loop does and decode every whole packet at
 //! each protocol level, walking everything a decoded view offers. Must never panic.
 #![no_main]
+use gatemq::wire::client::{decode_server, ServerPacket};
 use gatemq::wire::{frame_len, Packet};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,6 +14,12 @@ fuzz_target!(|data: &[u8]| {
             }
             if let Ok(p) = Packet::decode(&rest[..f.total_len], f.header_len, level) {
                 walk(&p);
+            }
+            // What an upstream broker sends a bridge.
+            if let Ok(Some(ServerPacket::ConnAck { properties, .. })) =
+                decode_server(&rest[..f.total_len], f.header_len, level == 5)
+            {
+                let _ = properties.iter().count();
             }
             rest = &rest[f.total_len..];
         }

@@ -23,7 +23,11 @@ commands.power = { type = "bool", action = "publish", topic = "cmnd/plug/POWER",
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let cfg = BrokerConfig {
-        sys_interval: if data.first().is_some_and(|b| b & 1 == 1) { 1 } else { 0 },
+        sys_interval: if data.first().is_some_and(|b| b & 1 == 1) {
+            1
+        } else {
+            0
+        },
         max_inflight_messages: 3,
         max_queued_messages: 5,
         max_packet_size: 4096,
@@ -38,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
                 BridgeTopic::new("#", Direction::In, 2, "down/", "site/down/"),
                 BridgeTopic::new("both/#", Direction::Both, 1, "", ""),
             ],
-            protocol: if data.first().is_some_and(|b| b & 2 == 2) { 5 } else { 4 },
+            protocol: if data.first().is_some_and(|b| b & 2 == 2) {
+                5
+            } else {
+                4
+            },
             try_private: true,
             cleansession: false,
             local_cleansession: None,
@@ -59,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
     // same state.
     b.enable_journal();
     let mut journal = Vec::new();
-    let devices = Devices::parse(DEVICES, "devices.toml", std::path::Path::new(".")).expect("devices");
+    let devices =
+        Devices::parse(DEVICES, "devices.toml", std::path::Path::new(".")).expect("devices");
     b.set_devices(Executor::new(devices, Options::default()));
     b.start_bridges();
     let bridge = CLIENTS - 1;
@@ -142,11 +151,26 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Broker::new(BrokerConfig::default(), now);
     r.enable_journal();
     r.restore(&journal, now);
-    assert_eq!(r.session_count(), b.session_count(), "sessions after replay");
+    assert_eq!(
+        r.session_count(),
+        b.session_count(),
+        "sessions after replay"
+    );
     if sys == 0 {
-        assert_eq!(r.retained_count(), b.retained_count(), "retained after replay");
-
+        assert_eq!(
+            r.retained_count(),
+            b.retained_count(),
+            "retained after replay"
+        );
     }
-    assert_eq!(r.subscription_count(), b.subscription_count(), "subscriptions after replay");
-    assert_eq!(r.session_holdings(), b.session_holdings(), "messages held after replay");
+    assert_eq!(
+        r.subscription_count(),
+        b.subscription_count(),
+        "subscriptions after replay"
+    );
+    assert_eq!(
+        r.session_holdings(),
+        b.session_holdings(),
+        "messages held after replay"
+    );
 });

@@ -580,6 +580,14 @@ impl Config {
             if (link.tls.certfile.is_some() || link.tls.insecure) && !link.tls.enabled() {
                 return Err(at("TLS options need 'bridge_cafile' or 'bridge_capath'"));
             }
+            if spec.password.is_some()
+                && spec.username.is_none()
+                && spec.protocol == crate::wire::LEVEL_311
+            {
+                return Err(at(
+                    "'remote_password' needs 'remote_username' with MQTT 3.1.1",
+                ));
+            }
             if spec.local_clientid.is_empty() {
                 spec.local_clientid = format!("local.{}", spec.remote_clientid);
             }
@@ -684,11 +692,16 @@ fn bridge_option(
             }
             for a in args {
                 let (host, port) = match a.rsplit_once(':') {
-                    // `[v6]:port`, or `host:port` (a bare IPv6 address has several colons).
-                    Some((h, p)) if h.starts_with('[') || !h.contains(':') => (
-                        h.trim_start_matches('[').trim_end_matches(']'),
-                        at.parse_num(p, 1, 65535)? as u16,
-                    ),
+                    // `[v6]:port`, or `host:port` (a bare IPv6 address has several colons,
+                    // `[v6]` none after its bracket).
+                    Some((h, p))
+                        if !a.ends_with(']') && (h.starts_with('[') || !h.contains(':')) =>
+                    {
+                        (
+                            h.trim_start_matches('[').trim_end_matches(']'),
+                            at.parse_num(p, 1, 65535)? as u16,
+                        )
+                    }
                     _ => (a.trim_start_matches('[').trim_end_matches(']'), 1883),
                 };
                 if host.is_empty() {
@@ -768,7 +781,8 @@ fn bridge_option(
         "remote_password" => spec.password = Some(at.one(args)?.to_string()),
         "cleansession" => spec.cleansession = at.parse_bool(args)?,
         "local_cleansession" => spec.local_cleansession = Some(at.parse_bool(args)?),
-        "keepalive_interval" => spec.keepalive = at.parse_num(at.one(args)?, 0, 65535)? as u16,
+        // Not 0: a bridge without keep-alive never notices a half-open uplink.
+        "keepalive_interval" => spec.keepalive = at.parse_num(at.one(args)?, 1, 65535)? as u16,
         "restart_timeout" => {
             let secs = |v: &str| {
                 at.parse_num(v, 1, 86_400)
@@ -1094,7 +1108,6 @@ use_username_as_clientid true
                 .contains("needs 'require_certificate true'")
         );
         assert!(e("listener 1\ntls_version sslv3\n").contains("unknown TLS version 'sslv3'"));
-        assert!(e("listener 1\nprotocol websockets\n").contains("not supported yet"));
         assert!(e("listener 1\nmount_point x/\n").contains("gatemq does not support"));
         assert!(e("certfile a\nlisten 1\n").contains("unknown option 'listen'"));
         assert!(e("certfile a\nkeyfile b\nlistener 1883\n")
@@ -1104,6 +1117,73 @@ use_username_as_clientid true
         ));
         // Without per_listener_settings the same line is for every listener.
         assert!(Config::parse("acl_file acl\nlistener 1883\n", "t.conf").is_ok());
+    }
+
+    #[test]
+    fn bridge_sections() {
+        let c = Config::parse(
+            "connection cloud\naddress mqtt.example.com [::1] [::1]:1884 10.0.0.1:8883\n\
+             topic sensors/# out 1 \"\" site1/\ntopic cmd/# in\nremote_clientid gw1\n\
+             restart_timeout 2\nbridge_protocol_version mqttv50\n",
+            "g.conf",
+        )
+        .unwrap();
+        let (link, spec) = (&c.bridges[0], &c.broker.bridges[0]);
+        assert_eq!(
+            link.addresses,
+            [
+                ("mqtt.example.com".to_string(), 1883),
+                ("::1".into(), 1883),
+                ("::1".into(), 1884),
+                ("10.0.0.1".into(), 8883)
+            ]
+        );
+        assert_eq!((link.restart_base.as_secs(), link.restart_cap), (2, None));
+        assert_eq!(spec.local_clientid, "local.gw1");
+        assert_eq!(spec.notification_topic, "$SYS/broker/connection/gw1/state");
+        assert_eq!(spec.protocol, crate::wire::LEVEL_5);
+        let t = &spec.topics[0];
+        assert_eq!(
+            (&*t.local_filter, &*t.remote_filter, t.qos),
+            ("sensors/#", "site1/sensors/#", 1)
+        );
+        assert_eq!(spec.topics[1].qos, 0);
+        for (text, want) in [
+            ("address h\n", "belongs after a 'connection' line"),
+            ("connection a\ntopic x\n", "needs an 'address'"),
+            ("connection a\naddress h\n", "needs at least one 'topic'"),
+            (
+                "connection a\naddress h\ntopic x sideways\n",
+                "unknown direction",
+            ),
+            (
+                "connection a\naddress h\ntopic x/# out 1 a/+/\n",
+                "may not hold wildcards",
+            ),
+            (
+                "connection a\naddress h\ntopic x\nkeepalive_interval 0\n",
+                "from 1 to 65535",
+            ),
+            (
+                "connection a\naddress h\ntopic x\nremote_password p\n",
+                "needs 'remote_username'",
+            ),
+            (
+                "connection a\naddress h\ntopic x\nstart_type lazy\n",
+                "not supported",
+            ),
+            (
+                "connection a\naddress h\ntopic x\nbridge_psk k\n",
+                "does not support",
+            ),
+            (
+                "connection a\naddress h\ntopic x\nconnection a\n",
+                "declared already",
+            ),
+        ] {
+            let e = Config::parse(text, "g.conf").unwrap_err();
+            assert!(e.0.contains(want), "{text:?}: {e}");
+        }
     }
 
     #[test]

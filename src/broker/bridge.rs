@@ -18,7 +18,6 @@ use super::{connect, publish, topic, Broker, ConnId, SessionId};
 use crate::wire::client::{self, ConnectOut, ServerPacket};
 use crate::wire::properties::id;
 use crate::wire::{self, DecodeError, LEVEL_311, LEVEL_5};
-use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 /// `Conn::bridge` of a connection that is not a bridge.
@@ -338,10 +337,22 @@ fn connack(
     st.up = true;
     st.ping_at = Some(now);
     let sid = st.session;
-    let s = &mut b.sessions[sid];
+    let Some(s) = b.sessions.get_mut(sid) else {
+        return b.end_connection(id, "bridge session gone", false, now);
+    };
     s.conn = Some(id);
     s.expires_at = None;
     s.timer_gen += 1;
+    // Upstream has no state of ours: QoS 2 ids it sent before are not resends any more (spec
+    // 3.2.2-5, 4.3.3), or a new message with a reused id would be taken for one.
+    let stale = if session_present {
+        Vec::new()
+    } else {
+        std::mem::take(&mut s.qos2_incoming)
+    };
+    for packet_id in stale {
+        b.journal_ack(sid, super::persist::AckStep::Qos2InDone(packet_id));
+    }
     let c = b.conns[id].as_mut().expect("connection is open");
     c.session = Some(sid);
     c.keep_alive = keep_alive;
@@ -350,10 +361,17 @@ fn connack(
         c.max_packet = props
             .u32(id::MAXIMUM_PACKET_SIZE)
             .map_or(usize::MAX, |m| m as usize);
-        c.alias_max_out = props.u16(id::TOPIC_ALIAS_MAXIMUM).unwrap_or(0);
         c.max_qos_out = props.byte(id::MAXIMUM_QOS).unwrap_or(2).min(2);
+        c.retain_out = props.byte(id::RETAIN_AVAILABLE) != Some(0);
     }
-    b.arm_keep_alive(id, now);
+    // The first PINGREQ one keep-alive interval from now (the timer of a client connection
+    // allows one and a half).
+    if keep_alive > 0 {
+        b.next_gen += 1;
+        let gen = b.next_gen as u32;
+        c.timer_gen = gen;
+        b.push_timer(now + Duration::from_secs(keep_alive as u64), id, gen);
+    }
     b.stats.clients_connected += 1;
     b.stats.clients_maximum = b.stats.clients_maximum.max(b.stats.clients_connected);
 
@@ -364,7 +382,7 @@ fn connack(
     let mut out = std::mem::take(&mut b.conns[id].as_mut().expect("open").out);
     for t in spec.topics.iter().filter(|t| t.comes_in()) {
         let (packet_id, _) = b.sessions[sid].next_packet_id();
-        let options = t.qos | if v5 { options_v5 } else { 0 };
+        let options = t.qos.min(b.cfg.max_qos) | if v5 { options_v5 } else { 0 };
         client::encode_subscribe(&mut out, packet_id, &t.remote_filter, options, v5);
         b.stats.messages_sent += 1;
     }
@@ -399,8 +417,9 @@ pub(super) fn ended(b: &mut Broker, bridge: usize) {
     let was_up = st.conn.take().is_some() && st.up;
     st.ping_at = None;
     if b.cfg.bridges[bridge].local_clean() {
-        let sid = st.session;
-        let s = &mut b.sessions[sid];
+        let Some(s) = b.sessions.get_mut(st.session) else {
+            return;
+        };
         for q in s.queue.drain(..) {
             b.pool.release(q.msg);
         }
@@ -423,17 +442,20 @@ pub(super) fn keep_alive(b: &mut Broker, id: ConnId, now: Instant) -> Option<Ins
     if c.keep_alive == 0 {
         return None;
     }
-    let (ka, last_rx, bridge) = (
+    let (ka, last_rx, bridge, paused) = (
         Duration::from_secs(c.keep_alive as u64),
         c.last_rx,
         c.bridge as usize,
+        c.paused_on.is_some() || c.out.len() >= b.cfg.output_buffer_soft,
     );
     let st = b.bridges.get_mut(bridge)?;
     if let Some(p) = st.ping_at {
         if now < p + ka {
             return Some(p + ka);
         }
-        if last_rx < p {
+        // Unanswered: dead, unless the answer waits unread because the link is not being
+        // read (paused while a local subscriber drains).
+        if last_rx < p && !paused {
             return Some(now);
         }
     }
@@ -493,22 +515,22 @@ fn notify_local(b: &mut Broker, bridge: usize, up: bool) {
     publish::route(b, &topic, payload, 1, true, None, None);
 }
 
-/// The topic a local message has upstream: its `out` topic's local prefix replaced by the
-/// remote one (borrowed when the prefixes are the same, the usual case).
-pub(super) fn to_remote<'t>(spec: &BridgeSpec, local: &'t [u8]) -> Cow<'t, [u8]> {
+/// The topic a local message has upstream, in two parts: its `out` topic's remote prefix, and
+/// the local topic after the local prefix (no buffer is made for the joined topic).
+pub(super) fn to_remote<'s, 't>(spec: &'s BridgeSpec, local: &'t [u8]) -> (&'s [u8], &'t [u8]) {
     let Ok(t) = std::str::from_utf8(local) else {
-        return Cow::Borrowed(local);
+        return (&[], local);
     };
     match spec
         .topics
         .iter()
         .find(|x| x.goes_out() && topic::matches(&x.local_filter, t))
     {
-        Some(x) if x.local_prefix != x.remote_prefix => {
-            let rest = &local[x.local_prefix.len().min(local.len())..];
-            Cow::Owned([x.remote_prefix.as_bytes(), rest].concat())
-        }
-        _ => Cow::Borrowed(local),
+        Some(x) => (
+            x.remote_prefix.as_bytes(),
+            local.get(x.local_prefix.len()..).unwrap_or(&[]),
+        ),
+        None => (&[], local),
     }
 }
 
@@ -561,8 +583,9 @@ mod tests {
             BridgeTopic::new("cmd/#", Direction::In, 1, "", "site1/"),
             BridgeTopic::new("shared/#", Direction::Both, 1, "", ""),
         ]);
-        assert_eq!(&*to_remote(&s, b"sensors/t1"), b"site1/sensors/t1");
-        assert_eq!(&*to_remote(&s, b"shared/x"), b"shared/x");
+        let joined = |(a, b): (&[u8], &[u8])| [a, b].concat();
+        assert_eq!(joined(to_remote(&s, b"sensors/t1")), b"site1/sensors/t1");
+        assert_eq!(joined(to_remote(&s, b"shared/x")), b"shared/x");
         let mut t = String::from("site1/cmd/lamp");
         assert!(to_local(&s, &mut t));
         assert_eq!(t, "cmd/lamp");

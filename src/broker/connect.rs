@@ -168,8 +168,20 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         (false, false) => NEVER_EXPIRES,
     };
 
-    // Takeover: a connection already using this client id is closed, with its will.
+    // A bridge's session is not a client's to take over (it holds what waits for upstream).
     let existing = b.by_client_id.get(&b.sessions, client_id);
+    if existing.is_some_and(|sid| b.sessions[sid].bridge) {
+        log::info!("Client {client_id} refused: that client id is a bridge's");
+        return refuse(
+            b,
+            id,
+            v5,
+            ConnAck::IdentifierRejected,
+            CLIENT_ID_NOT_VALID,
+            now,
+        );
+    }
+    // Takeover: a connection already using this client id is closed, with its will.
     if let Some(old_conn) = existing.and_then(|sid| b.sessions[sid].conn) {
         log::info!("Client {client_id} already connected, closing the old connection");
         b.disconnect_v5(old_conn, 0x8E, Some("session taken over"));

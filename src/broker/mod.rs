@@ -192,6 +192,8 @@ struct Conn {
     peer_bridge: bool,
     /// The highest QoS sent to it: 2, or an upstream broker's Maximum QoS (a bridge's link).
     max_qos_out: u8,
+    /// RETAIN may be set on what is sent to it (false: an upstream without retain).
+    retain_out: bool,
     /// MQTT 5 state (defaults for 3.1.x).
     v5: bool,
     /// The client's Receive Maximum: QoS 1/2 messages it takes unacknowledged.
@@ -362,6 +364,7 @@ impl Broker {
             paused_on: None,
             peer_bridge: false,
             max_qos_out: 2,
+            retain_out: true,
             v5: false,
             receive_max: u16::MAX,
             max_packet: usize::MAX,

@@ -27,9 +27,16 @@ const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
 const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 const NOT_AUTHORIZED: u8 = 0x87;
 
-pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>, now: Instant) {
+pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, mut p: Publish<'_>, now: Instant) {
     b.stats.publish_received += 1;
     let v5 = b.conns[id].as_ref().is_some_and(|c| c.v5);
+    // From upstream over a bridge: its subscriptions ask for no more than max_qos, and a
+    // retained message is taken as a plain one when retain is off here (upstream is not told
+    // off for what it may send).
+    let bridge = b.conns[id].as_ref().map_or(NO_BRIDGE, |c| c.bridge);
+    if bridge != NO_BRIDGE && p.retain && !b.cfg.retain_available {
+        p.retain = false;
+    }
     if p.qos > b.cfg.max_qos {
         return b.protocol_error(
             id,
@@ -105,7 +112,6 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, p: Publish<'_>,
         }
     }
     // From upstream over a bridge: the topic's local name, if one of its `in` topics has it.
-    let bridge = b.conns[id].as_ref().map_or(NO_BRIDGE, |c| c.bridge);
     let unmapped = bridge != NO_BRIDGE && !to_local(&b.cfg.bridges[bridge as usize], &mut topic);
     if !b.topic_within_limits(&topic) {
         b.topic_scratch = topic;
@@ -509,12 +515,48 @@ fn write(
             (m.topic(), m.properties(), m.payload(), m.expiry)
         }
     };
-    // To upstream over a bridge: the topic's remote name.
-    let mapped = match cfg.bridges.get(conn.bridge as usize) {
-        Some(spec) => to_remote(spec, topic),
-        None => std::borrow::Cow::Borrowed(topic),
-    };
-    let topic = &*mapped;
+    // To upstream over a bridge: the topic's remote name (no topic aliases: the bridge sets
+    // none, so the name is written in its two parts), and RETAIN only if upstream has it.
+    if let Some(spec) = cfg.bridges.get(conn.bridge as usize) {
+        let remote = to_remote(spec, topic);
+        let props_len = conn.v5.then(|| {
+            props.len()
+                + expiry.map_or(0, |_| 5)
+                + d.sub_ids
+                    .iter()
+                    .map(|&s| 1 + varint_len(s as usize))
+                    .sum::<usize>()
+        });
+        let len = publish_len(
+            remote.0.len() + remote.1.len(),
+            d.qos,
+            props_len,
+            payload.len(),
+        );
+        if len > conn.max_packet {
+            return false;
+        }
+        wire::encode_publish_header_split(
+            &mut conn.out,
+            remote,
+            d.qos,
+            d.retain && conn.retain_out,
+            d.dup,
+            d.packet_id,
+            props_len,
+            payload.len(),
+        );
+        if conn.v5 {
+            write_expiry(&mut conn.out, expiry, now);
+            conn.out.extend_from_slice(props);
+            for &s in d.sub_ids.iter() {
+                conn.out.push(id::SUBSCRIPTION_IDENTIFIER);
+                wire::put_varint(&mut conn.out, s as usize);
+            }
+        }
+        conn.out.extend_from_slice(payload);
+        return true;
+    }
     if !conn.v5 {
         wire::encode_publish_header(
             &mut conn.out,
@@ -546,10 +588,8 @@ fn write(
         }
         None => (None, true),
     };
-    let remaining =
-        expiry.map(|e: Instant| e.saturating_duration_since(now).as_secs_f64().ceil() as u32);
     let mut props_len =
-        props.len() + if alias.is_some() { 3 } else { 0 } + if remaining.is_some() { 5 } else { 0 };
+        props.len() + if alias.is_some() { 3 } else { 0 } + if expiry.is_some() { 5 } else { 0 };
     for &s in d.sub_ids.iter() {
         props_len += 1 + varint_len(s as usize);
     }
@@ -578,10 +618,7 @@ fn write(
         out.push(id::TOPIC_ALIAS);
         wire::put_u16(out, a);
     }
-    if let Some(r) = remaining {
-        out.push(id::MESSAGE_EXPIRY_INTERVAL);
-        out.extend_from_slice(&r.to_be_bytes());
-    }
+    write_expiry(out, expiry, now);
     out.extend_from_slice(props);
     for &s in d.sub_ids.iter() {
         out.push(id::SUBSCRIPTION_IDENTIFIER);
@@ -591,23 +628,47 @@ fn write(
     true
 }
 
+/// The Message Expiry Interval property: the message's remaining lifetime.
+fn write_expiry(out: &mut Vec<u8>, expiry: Option<Instant>, now: Instant) {
+    if let Some(e) = expiry {
+        let remaining = e.saturating_duration_since(now).as_secs_f64().ceil() as u32;
+        out.push(id::MESSAGE_EXPIRY_INTERVAL);
+        out.extend_from_slice(&remaining.to_be_bytes());
+    }
+}
+
 /// Would this delivery fit the client's Maximum Packet Size? (Checked before a packet id is
-/// spent on it.) The full topic is counted: an alias only makes it smaller.
-fn fits(conn: &Conn, src: &Source<'_, '_>, pool: &MessagePool, qos: u8, sub_ids: &SubIds) -> bool {
+/// spent on it.) The full topic is counted (an alias only makes it smaller), as a bridge's
+/// upstream sees it.
+fn fits(
+    conn: &Conn,
+    src: &Source<'_, '_>,
+    pool: &MessagePool,
+    qos: u8,
+    sub_ids: &SubIds,
+    cfg: &BrokerConfig,
+) -> bool {
     if conn.max_packet == usize::MAX {
         return true;
     }
     let (topic, props, payload, expiry) = match src {
-        Source::View { topic, payload, .. } => (topic.len(), 0, payload.len(), false),
+        Source::View { topic, payload, .. } => (topic.as_bytes(), 0, payload.len(), false),
         Source::Stored(m) => {
             let m = pool.get(*m);
             (
-                m.topic().len(),
+                m.topic(),
                 m.properties().len(),
                 m.payload().len(),
                 m.expiry.is_some(),
             )
         }
+    };
+    let topic = match cfg.bridges.get(conn.bridge as usize) {
+        Some(spec) => {
+            let (prefix, rest) = to_remote(spec, topic);
+            prefix.len() + rest.len()
+        }
+        None => topic.len(),
     };
     let mut props_len = props + 3 + if expiry { 5 } else { 0 };
     for &s in sub_ids.iter() {
@@ -660,7 +721,7 @@ pub(super) fn deliver(
     }
     let conn = s.conn.and_then(|c| conns[c].as_mut().map(|conn| (c, conn)));
     if let Some((cid, conn)) = conn {
-        if !fits(conn, &src, pool, qos, &sub_ids) {
+        if !fits(conn, &src, pool, qos, &sub_ids, cfg) {
             stats.publish_dropped += 1;
             log::debug!(
                 "{}: message larger than its Maximum Packet Size, dropped",
@@ -865,7 +926,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
         let msg = pool.get(q.msg);
         s.queued_bytes -= msg.payload().len();
         let src = Source::Stored(q.msg);
-        if msg.is_expired(now) || !fits(conn, &src, pool, q.qos, &q.sub_ids) {
+        if msg.is_expired(now) || !fits(conn, &src, pool, q.qos, &q.sub_ids, cfg) {
             // Expired while queued (never delivered, spec 3.3.2.3.3) or too large for the client.
             persist::journal_unqueue(journal, pool, s, q.msg, 0);
             pool.release(q.msg);

@@ -21,7 +21,10 @@ mod subscribe;
 
 pub use connect::{encode_connack_v5, ConnAck, Connect, Will};
 pub use properties::{PropBuf, Properties, Property};
-pub use publish::{encode_publish_header, encode_publish_header_v5, publish_len, Publish};
+pub use publish::{
+    encode_publish_header, encode_publish_header_split, encode_publish_header_v5, publish_len,
+    Publish,
+};
 pub use subscribe::{SubAck, SubOptions, Subscribe, TopicFilters, Unsubscribe};
 
 /// Packet types (the high nibble of the first byte).

@@ -100,14 +100,42 @@ pub fn encode_publish_header_v5(
     props_len: Option<usize>,
     payload_len: usize,
 ) {
+    encode_publish_header_split(
+        out,
+        (&[], topic),
+        qos,
+        retain,
+        dup,
+        packet_id,
+        props_len,
+        payload_len,
+    );
+}
+
+/// As [`encode_publish_header_v5`], with the topic in two parts written one after the other
+/// (a bridge's remote prefix and the rest of the local topic), so a mapped topic is never
+/// built in a buffer of its own.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_publish_header_split(
+    out: &mut Vec<u8>,
+    topic: (&[u8], &[u8]),
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    packet_id: u16,
+    props_len: Option<usize>,
+    payload_len: usize,
+) {
     out.push(kind::PUBLISH << 4 | (dup as u8) << 3 | qos << 1 | retain as u8);
     let props = props_len.map_or(0, |n| varint_len(n) + n);
+    let topic_len = topic.0.len() + topic.1.len();
     put_varint(
         out,
-        2 + topic.len() + if qos > 0 { 2 } else { 0 } + props + payload_len,
+        2 + topic_len + if qos > 0 { 2 } else { 0 } + props + payload_len,
     );
-    put_u16(out, topic.len() as u16);
-    out.extend_from_slice(topic);
+    put_u16(out, topic_len as u16);
+    out.extend_from_slice(topic.0);
+    out.extend_from_slice(topic.1);
     if qos > 0 {
         put_u16(out, packet_id);
     }

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from clients import HOST, Client, uid
+from clients import (HOST, Client, RawClient, ack_packet, packet, publish_packet,
+                     subscribe_packet, uid)
 from conftest import Broker, free_port
 from test_tls import pki  # noqa: F401  (the certificates fixture)
 
@@ -287,7 +288,8 @@ def test_restart_with_persistence_keeps_the_queue(upstream, gateway, tmp_path):
 
 
 def test_notifications_here_and_upstream(upstream, gateway):
-    up = upstream()
+    # No persistence upstream: after its restart, a "1" can only be the bridge's new one.
+    up = upstream(["persistence false"])
     watcher = client(up.port)
     watcher.subscribe("$SYS/broker/connection/+/state", 1)
     gw = gateway(up.port, ["topic x/# out 1"], ["remote_clientid site1"])
@@ -335,10 +337,43 @@ def test_tls_bridge(upstream, gateway, pki):  # noqa: F811
     gw = gateway(up.port, ["topic x/# both 1"], [f"bridge_cafile {pki}/ca.crt"],
                  address=f"localhost:{up.port}")
     wait_up(gw)
+    remote = client(up.port, tls=tls_context(pki))
+    remote.subscribe("x/#", 1)
+    pub = client(gw.port)
+    pub.publish("x/over-tls", b"sealed", qos=1)
+    assert remote.get().payload == b"sealed"
+    remote.disconnect()
+    pub.disconnect()
     wrong = gateway(up.port, ["topic x/# both 1"], [f"bridge_cafile {pki}/other-ca.crt"],
                     name="wrong-ca")
-    wait_log(wrong, "Bridge wrong-ca: TLS")
+    wait_log(wrong, "UnknownIssuer")
     assert "Bridge wrong-ca connected" not in wrong.log()
+
+
+def tls_context(pki):
+    import ssl
+    return ssl.create_default_context(cafile=str(pki / "ca.crt"))
+
+
+def test_tls_bridge_checks_the_name_unless_insecure(upstream, gateway, pki, tmp_path):  # noqa: F811
+    """An upstream certificate from the right CA for another name: refused, and taken with
+    bridge_insecure true."""
+    d = tmp_path
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", *ec, "-keyout", "other.key", "-out", "other.csr", "-subj", "/CN=other")
+    (d / "other.ext").write_text("subjectAltName=DNS:other.invalid\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "other.csr", "-CA", str(pki / "ca.crt"), "-CAkey",
+            str(pki / "ca.key"), "-CAcreateserial", "-out", "other.crt", "-days", "2",
+            "-extfile", "other.ext")
+    up = upstream([f"certfile {d}/other.crt", f"keyfile {d}/other.key"])
+    strict = gateway(up.port, ["topic x/# out 1"], [f"bridge_cafile {pki}/ca.crt"], name="strict")
+    wait_log(strict, "certificate not valid for name")
+    loose = gateway(up.port, ["topic x/# out 1"],
+                    [f"bridge_cafile {pki}/ca.crt", "bridge_insecure true"], name="loose")
+    wait_up(loose, "loose")
+    assert "Bridge strict connected" not in strict.log()
 
 
 def test_gatemq_upstream_takes_the_bridge_mark(make_broker, gateway):
@@ -409,3 +444,136 @@ def test_upstream_maximum_qos_caps_what_is_sent(upstream, gateway):
     assert gw.log().count("Bridge up connected to") == 1
     remote.disconnect()
     pub.disconnect()
+
+
+def test_a_client_cannot_take_the_bridge_session(upstream, gateway):
+    """The bridge's local client id belongs to the bridge: a client using it is refused (it
+    would take the queue for upstream, and end the session the bridge needs)."""
+    up = upstream()
+    gw = gateway(up.port, ["topic x/# out 1"], ["local_clientid bridge-session"])
+    wait_up(gw)
+    for clean in (True, False):
+        c = Client(gw.port, client_id="bridge-session", clean_session=clean)
+        assert c.connect(expect_ok=False)[0] in (2, 0x85)  # identifier rejected
+        c.disconnect()
+    up.stop()
+    wait_log(gw, "Bridge up is down")
+    up.start()
+    wait_up(gw, count=2)
+    remote = client(up.port)
+    remote.subscribe("x/#", 1)
+    pub = client(gw.port)
+    pub.publish("x/still", b"mine", qos=1)
+    assert remote.get().payload == b"mine"
+    assert gw.alive()
+    remote.disconnect()
+    pub.disconnect()
+
+
+def test_upstream_qos_and_retain_above_local_limits_do_not_break_the_link(upstream, gateway):
+    up = upstream()
+    remote = client(up.port)
+    # Retained upstream: sent to the bridge, retained, at QoS 2, whenever it subscribes.
+    remote.publish("cmd/kept", b"r", qos=2, retain=True)
+    gw = gateway(up.port, ['topic cmd/# in 2'], ["max_qos 1", "retain_available false"])
+    wait_up(gw)
+    local = client(gw.port)
+    local.subscribe("cmd/#", 1)
+    time.sleep(0.2)
+    remote.publish("cmd/live", b"q2", qos=2)
+    # (The retained one may come first, live, if it reached the gateway after this subscribe.)
+    msgs = []
+    while not any(m.topic == "cmd/live" for m in msgs):
+        msgs.append(local.get())
+    assert all(m.qos <= 1 and not m.retain for m in msgs), msgs
+    assert (msgs[-1].payload, msgs[-1].qos) == (b"q2", 1)
+    time.sleep(0.5)
+    assert gw.log().count("Bridge up connected to") == 1, "the link flapped"
+    local.disconnect()
+    remote.disconnect()
+
+
+def test_upstream_maximum_packet_size_counts_the_remote_prefix(upstream, gateway):
+    """A message that fits here but not upstream once the remote prefix is added is dropped
+    and counted; it does not take an in-flight slot for ever."""
+    up = upstream(["max_packet_size 200"])
+    prefix = "a-long-remote-prefix/" * 4
+    gw = gateway(up.port, [f'topic x/# out 1 "" {prefix}'],
+                 ["bridge_protocol_version mqttv50", "max_inflight_messages 1", "sys_interval 1"])
+    wait_up(gw)
+    remote = client(up.port)
+    remote.subscribe(f"{prefix}x/#", 1)
+    pub = client(gw.port)
+    pub.publish("x/big", b"b" * 150, qos=1)  # 150 + the prefixed topic > 200
+    for i in range(3):
+        pub.publish("x/small", str(i).encode(), qos=1)
+    assert [m.payload for m in remote.get_n(3)] == [b"0", b"1", b"2"]
+    remote.disconnect()
+    pub.disconnect()
+
+
+def test_a_paused_bridge_is_not_taken_for_dead(upstream, gateway):
+    """A local subscriber that does not acknowledge fills its queue, and reading from the
+    bridge pauses (QoS 1 backpressure): the PINGRESP waits unread, and that is no reason to
+    drop a healthy link."""
+    up = upstream()
+    gw = gateway(up.port, ["topic cmd/# in 1"], ["max_queued_messages 5", "keepalive_interval 2"])
+    wait_up(gw)
+    slow = RawClient(gw.port)
+    slow.connect(client_id="slow")
+    slow.send(subscribe_packet(1, "cmd/#", 1))
+    assert slow.read_packet()[0] == 0x90
+    remote = client(up.port)
+    for i in range(50):
+        remote.publish("cmd/x", str(i).encode(), qos=1, wait=False)
+    remote.publish("cmd/last", b"", qos=1)
+    time.sleep(7)  # more than three keep-alive intervals
+    assert "timed out" not in gw.log()
+    assert gw.log().count("Bridge up connected to") == 1
+    # The subscriber catches up: everything arrives.
+    got = []
+    while len(got) < 51:
+        p = slow.read_packet(timeout=10)
+        if p[0] & 0xF0 == 0x30:
+            mid = p[4 + p[3]: 6 + p[3]]
+            slow.send(ack_packet(0x40, int.from_bytes(mid, "big")))
+            got.append(p)
+    slow.close()
+    remote.disconnect()
+
+
+def test_qos2_ids_from_a_previous_upstream_session_are_forgotten(gateway, make_broker):
+    """A fake upstream sends QoS 2 id 1, drops the link before PUBREL, then (no session
+    present) sends a new QoS 2 message with id 1 again: it is a new message, delivered."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    gw = gateway(port, ["topic cmd/# in 2"], ["notifications false", "try_private false"])
+    local = client(gw.port)
+    local.subscribe("cmd/#", 2)
+
+    def accept_link():
+        srv.settimeout(10)
+        conn, _ = srv.accept()
+        raw = RawClient.__new__(RawClient)
+        raw.sock, raw.buf = conn, b""
+        assert raw.read_packet()[0] == 0x10  # CONNECT
+        raw.send(b"\x20\x02\x00\x00")  # CONNACK, no session present
+        assert raw.read_packet()[0] == 0x82  # SUBSCRIBE
+        return raw
+
+    link = accept_link()
+    link.send(publish_packet("cmd/a", b"first", qos=2, mid=1))
+    assert link.read_packet() == ack_packet(0x50, 1)  # PUBREC
+    assert local.get().payload == b"first"
+    link.close()
+    link = accept_link()
+    link.send(publish_packet("cmd/a", b"second", qos=2, mid=1))
+    assert link.read_packet() == ack_packet(0x50, 1)
+    link.send(ack_packet(0x62, 1))
+    assert local.get().payload == b"second"
+    link.close()
+    srv.close()
+    local.disconnect()

@@ -21,6 +21,8 @@ pub struct ListenerConfig {
     /// Its own security options (they count with `per_listener_settings true`).
     pub security: SecurityOptions,
     pub use_username_as_clientid: bool,
+    /// `protocol websockets`: MQTT over WebSocket.
+    pub websockets: bool,
 }
 
 impl ListenerConfig {
@@ -327,10 +329,8 @@ impl Config {
                     section.use_username_as_clientid = at.parse_bool(&args)?
                 }
                 "protocol" => match at.one(&args)? {
-                    "mqtt" => {}
-                    "websockets" => {
-                        return Err(at.err("websockets listeners are not supported yet"))
-                    }
+                    "mqtt" => section.websockets = false,
+                    "websockets" => section.websockets = true,
                     other => {
                         return Err(at.err(&format!(
                             "unknown protocol '{other}' (expected mqtt or websockets)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of gatemq on a fresh Debian 12 machine, installing what the tests need:
 # Debian's mosquitto-clients (mosquitto_pub/sub), mosquitto and openssl (test certificates),
-# and a Python venv with paho-mqtt and pytest. Used by CI (.ci/run) and by people: ./tests/run.sh
+# a Python venv with paho-mqtt and pytest, and the npm packages of tests/js (MQTT.js).
+# Used by CI (.ci/run) and by people: ./tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,6 +16,15 @@ if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null ||
     ! command -v openssl >/dev/null; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null
+fi
+# Node.js and npm for the JavaScript peers (MQTT.js, Playwright), and their packages as locked.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+fi
+if ! cmp -s tests/js/package-lock.json tests/js/node_modules/.gatemq-lock; then
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/js/package-lock.json tests/js/node_modules/.gatemq-lock
 fi
 venv="$root/.venv"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/requirements.txt "$venv/.requirements"; then

@@ -9,6 +9,7 @@
 mod systemd;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod ws;
 
 use crate::broker::{Broker, ConnId};
 use crate::config::{io_reason, Config, ListenerConfig};
@@ -48,6 +49,8 @@ struct Connection {
     /// Its certificate identity has been given to the broker (or is not needed).
     #[cfg(feature = "tls")]
     identified: bool,
+    /// MQTT over WebSocket: the upgrade and the frames around the MQTT bytes.
+    ws: Option<Box<ws::WebSocket>>,
 }
 
 impl Connection {
@@ -60,9 +63,60 @@ impl Connection {
         self.stream.read(buf)
     }
 
-    /// Write MQTT bytes: straight to the socket, or into the TLS session (then sent by
-    /// [`Connection::send_tls`]). Returns what was taken; 0 when nothing more fits now.
+    /// Write MQTT bytes, in WebSocket frames on a WebSocket listener. Returns what was taken;
+    /// 0 when nothing more fits now.
     fn write(&mut self, out: &[u8]) -> io::Result<usize> {
+        if self.ws.is_none() {
+            return self.write_raw(out);
+        }
+        // What is framed already goes first; then one more chunk is framed (the frames wait
+        // in the codec while the socket is full: at most one chunk beyond the broker's limit).
+        self.send_ws()?;
+        let take = out.len().min(SCRATCH_SIZE);
+        if let Some(ws) = &mut self.ws {
+            ws.output(&out[..take]);
+        }
+        match self.send_ws() {
+            Err(e) if e.kind() != ErrorKind::WouldBlock => Err(e),
+            _ => Ok(take),
+        }
+    }
+
+    /// Send the WebSocket codec's bytes (upgrade answer, frames) until none are left
+    /// (`Ok`) or the socket takes no more (`WouldBlock`).
+    fn send_ws(&mut self) -> io::Result<()> {
+        while let Some(ws) = self.ws.as_mut().filter(|ws| !ws.out.is_empty()) {
+            let mut out = std::mem::take(&mut ws.out);
+            let written = self.write_raw(&out);
+            let ws = self.ws.as_mut().expect("checked above");
+            match written {
+                Ok(0) => {
+                    ws.out = out;
+                    return Err(ErrorKind::WouldBlock.into());
+                }
+                Ok(n) => {
+                    out.drain(..n);
+                    ws.out = out;
+                }
+                Err(e) => {
+                    ws.out = out;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything below the MQTT bytes that waits for the socket: WebSocket frames, TLS
+    /// records.
+    fn send_pending(&mut self) -> io::Result<()> {
+        self.send_ws()?;
+        self.send_tls()
+    }
+
+    /// Write bytes to the connection: straight to the socket, or into the TLS session (then
+    /// sent by [`Connection::send_tls`]). Returns what was taken; 0 when nothing more fits.
+    fn write_raw(&mut self, out: &[u8]) -> io::Result<usize> {
         #[cfg(feature = "tls")]
         if self.tls.is_some() {
             self.send_tls()?;
@@ -82,8 +136,13 @@ impl Connection {
         false
     }
 
-    /// Tell a TLS peer the connection ends (best effort: what the socket takes now).
+    /// Tell the peer the connection ends: a WebSocket close frame, a TLS close_notify (best
+    /// effort: what the socket takes now).
     fn close_notify(&mut self) {
+        if let Some(ws) = self.ws.as_mut().filter(|ws| ws.upgraded()) {
+            ws.close(1000);
+            let _ = self.send_ws();
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.tls {
             tls.send_close_notify();
@@ -119,6 +178,8 @@ struct Listener {
     /// TLS client certificate identities become usernames.
     #[cfg(feature = "tls")]
     identity: bool,
+    /// `protocol websockets`.
+    websockets: bool,
 }
 
 /// A running broker with its listeners open.
@@ -513,6 +574,7 @@ impl Server {
                     map[j] = i as u16;
                     let mut kept = old_listeners[j].take().expect("matched once");
                     kept.max_connections = l.max_connections;
+                    kept.websockets = l.websockets;
                     #[cfg(feature = "tls")]
                     {
                         kept.tls = _tls;
@@ -615,6 +677,7 @@ impl Server {
                 log::warn!("cannot watch connection from {peer}: {e}");
                 continue;
             }
+            let ws = listener.websockets.then(|| Box::new(ws::WebSocket::new()));
             entry.insert(Connection {
                 stream,
                 partial: Vec::new(),
@@ -625,6 +688,7 @@ impl Server {
                 tls,
                 #[cfg(feature = "tls")]
                 identified,
+                ws,
             });
             self.listeners[index].connections += 1;
             self.broker.open(id, Some(peer), index, now);
@@ -681,8 +745,38 @@ impl Server {
             self.identify(id);
             budget = budget.saturating_sub(n);
             self.broker.count_bytes_received(n);
+            let n = match self.websocket_input(id, n) {
+                Ok(n) => n,
+                Err(reason) => return self.lost(id, &reason, now),
+            };
             self.process(id, n, now);
         }
+    }
+
+    /// On a WebSocket connection: the `n` bytes read into the scratch buffer are frames (or the
+    /// upgrade request); returns how many MQTT bytes they held, moved to the buffer's front.
+    /// Answers (the upgrade, pongs) are sent with the turn's output.
+    fn websocket_input(&mut self, id: ConnId, n: usize) -> Result<usize, String> {
+        let Some(ws) = self.conns.get_mut(id).and_then(|c| c.ws.as_mut()) else {
+            return Ok(n);
+        };
+        let result = ws.input(&mut self.scratch[..n]);
+        let answer = !ws.out.is_empty();
+        if let Err(end) = &result {
+            // Last words (a 400, a close frame) go out before the close, if the socket takes them.
+            if let Some(conn) = self.conns.get_mut(id) {
+                let _ = conn.send_pending();
+            }
+            return Err(match end {
+                ws::End::BadRequest(why) => format!("WebSocket upgrade refused: {why}"),
+                ws::End::Protocol(why) => format!("WebSocket protocol error: {why}"),
+                ws::End::Closed => "WebSocket closed by peer".into(),
+            });
+        }
+        if answer && !self.pending_writes.contains(&id) {
+            self.pending_writes.push(id);
+        }
+        result.map_err(|_| String::new())
     }
 
     /// Give the broker the client certificate's identity before the first packet is handled,
@@ -753,8 +847,8 @@ impl Server {
             };
             let out = self.broker.output(id);
             let written = if out.is_empty() {
-                // Nothing from the broker; a TLS session may still hold records to send.
-                conn.send_tls().map(|_| 0)
+                // Nothing from the broker; WebSocket frames or TLS records may wait.
+                conn.send_pending().map(|_| 0)
             } else {
                 conn.write(out)
             };
@@ -783,7 +877,7 @@ impl Server {
         }
         // What the last round put into a TLS session goes out now.
         if let Some(conn) = self.conns.get_mut(id) {
-            match conn.send_tls() {
+            match conn.send_pending() {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => return self.lost(id, &io_reason(&e), now),
@@ -918,6 +1012,7 @@ impl Server {
             tls,
             #[cfg(feature = "tls")]
             identified: true,
+            ws: None,
         });
         link.state = crate::bridge::State::Open(id);
         self.broker.open_bridge(id, i, Some(addr), now);
@@ -1022,9 +1117,15 @@ fn open_listener(poll: &Poll, l: &ListenerConfig, token: usize) -> Result<Listen
         .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
     let local = listener.local_addr().unwrap_or(addr);
     #[cfg(feature = "tls")]
-    let kind = if tls.is_some() { " (TLS)" } else { "" };
+    let tls_on = tls.is_some();
     #[cfg(not(feature = "tls"))]
-    let kind = "";
+    let tls_on = false;
+    let kind = match (tls_on, l.websockets) {
+        (false, false) => "",
+        (true, false) => " (TLS)",
+        (false, true) => " (WebSocket)",
+        (true, true) => " (WebSocket, TLS)",
+    };
     log::info!("listening on {local}{kind}");
     Ok(Listener {
         socket: listener,
@@ -1034,6 +1135,7 @@ fn open_listener(poll: &Poll, l: &ListenerConfig, token: usize) -> Result<Listen
         tls,
         #[cfg(feature = "tls")]
         identity: l.tls.use_identity_as_username,
+        websockets: l.websockets,
     })
 }
 

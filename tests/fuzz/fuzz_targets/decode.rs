@@ -1,11 +1,28 @@
 //! The codec: frame arbitrary bytes like the event loop does and decode every whole packet at
 //! each protocol level, walking everything a decoded view offers. Must never panic.
 #![no_main]
+use gatemq::net::ws::WebSocket;
 use gatemq::wire::client::{decode_server, ServerPacket};
 use gatemq::wire::{frame_len, Packet};
 use libfuzzer_sys::fuzz_target;
 
+/// A valid WebSocket upgrade: what follows it in an input is fuzzed as frames.
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 fuzz_target!(|data: &[u8]| {
+    // The WebSocket codec: an upgrade request, then frames, fed in two pieces.
+    for prefix in [&b""[..], UPGRADE] {
+        let mut ws = WebSocket::new();
+        let mut bytes = [prefix, data].concat();
+        let cut = data.first().map_or(0, |&b| b as usize).min(bytes.len());
+        let (a, b) = bytes.split_at_mut(cut);
+        if let Ok(n) = ws.input(a) {
+            assert!(n <= a.len());
+            if let Ok(n) = ws.input(b) {
+                assert!(n <= b.len());
+            }
+        }
+    }
     for level in [0u8, 3, 4, 5] {
         let mut rest = data;
         while let Ok(Some(f)) = frame_len(rest, 1 << 20) {

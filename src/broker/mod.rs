@@ -154,8 +154,38 @@ pub struct Stats {
     pub publish_received: u64,
     pub publish_sent: u64,
     pub publish_dropped: u64,
+    /// `publish_dropped` by reason.
+    pub dropped: Drops,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+}
+
+/// Messages dropped, by reason (their sum is `Stats::publish_dropped`).
+#[derive(Debug, Default, Clone)]
+pub struct Drops {
+    /// A subscriber's queue was full (`max_queued_messages`, `max_queued_bytes`).
+    pub queue_full: u64,
+    /// Larger than a subscriber's Maximum Packet Size.
+    pub too_large: u64,
+    /// Its Message Expiry Interval ran out while queued.
+    pub expired: u64,
+    /// Larger than `message_size_limit`.
+    pub size_limit: u64,
+    /// QoS 0 for a bridge whose link was down.
+    pub link_down: u64,
+}
+
+/// One connected client, as listed on the status page.
+#[derive(Debug, Clone)]
+pub struct ClientInfo<'a> {
+    pub client_id: &'a str,
+    pub peer: Option<SocketAddr>,
+    pub protocol: u8,
+    pub listener: u16,
+    pub bridge: bool,
+    /// Messages queued for it and in flight.
+    pub queued: usize,
+    pub inflight: usize,
 }
 
 /// A connection's MQTT 5 topic aliases.
@@ -338,6 +368,44 @@ impl Broker {
     /// Messages held in the pool (queued, in flight, retained, wills).
     pub fn stored_messages(&self) -> usize {
         self.pool.len()
+    }
+
+    /// Every connected client (CONNECT accepted; bridges' upstream links included).
+    pub fn for_each_client(&self, mut f: impl FnMut(ClientInfo<'_>)) {
+        for c in self.conns.iter().flatten().filter(|c| !c.closing) {
+            let Some(s) = c.session.and_then(|s| self.sessions.get(s)) else {
+                continue;
+            };
+            f(ClientInfo {
+                client_id: &s.client_id,
+                peer: c.peer,
+                protocol: c.level,
+                listener: c.listener,
+                bridge: c.bridge != bridge::NO_BRIDGE,
+                queued: s.queue.len(),
+                inflight: s.inflight.len(),
+            });
+        }
+    }
+
+    /// Messages held for sessions, online or not: (queued, in flight, queued payload bytes).
+    pub fn queue_depths(&self) -> (usize, usize, usize) {
+        self.sessions.iter().fold((0, 0, 0), |(q, i, b), (_, s)| {
+            (q + s.queue.len(), i + s.inflight.len(), b + s.queued_bytes)
+        })
+    }
+
+    /// The device executor, when devices are declared.
+    pub fn devices(&self) -> Option<&crate::devices::Executor> {
+        self.devices.as_deref()
+    }
+
+    /// Each bridge: (name, link up, messages held for upstream, dropped).
+    pub fn for_each_bridge(&self, mut f: impl FnMut(&str, bool, usize, u64)) {
+        for (i, spec) in self.cfg.bridges.iter().enumerate() {
+            let (queued, inflight, dropped) = self.bridge_queue(i).unwrap_or((0, 0, 0));
+            f(&spec.name, self.bridge_up(i), queued + inflight, dropped);
+        }
     }
 
     /// A new connection in slot `id` (the event loop's key for it) on listener `listener`

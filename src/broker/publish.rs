@@ -130,6 +130,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, sid: SessionId, mut p: Publish<
             b.sessions[sid].client_id
         );
         b.stats.publish_dropped += 1;
+        b.stats.dropped.size_limit += 1;
     }
     let deliverable = reason.is_none() && !oversized && !unmapped;
     match p.qos {
@@ -723,6 +724,7 @@ pub(super) fn deliver(
     if let Some((cid, conn)) = conn {
         if !fits(conn, &src, pool, qos, &sub_ids, cfg) {
             stats.publish_dropped += 1;
+            stats.dropped.too_large += 1;
             log::debug!(
                 "{}: message larger than its Maximum Packet Size, dropped",
                 s.client_id
@@ -784,6 +786,7 @@ pub(super) fn deliver(
         if s.bridge {
             s.dropped += 1;
             stats.publish_dropped += 1;
+            stats.dropped.link_down += 1;
         }
         return;
     }
@@ -795,6 +798,7 @@ pub(super) fn deliver(
     if full && !paused {
         s.dropped += 1;
         stats.publish_dropped += 1;
+        stats.dropped.queue_full += 1;
         if s.dropped.is_power_of_two() {
             // Rate-limited: one line per doubling, so a flood does not become a log flood.
             log::warn!(
@@ -926,11 +930,16 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
         let msg = pool.get(q.msg);
         s.queued_bytes -= msg.payload().len();
         let src = Source::Stored(q.msg);
-        if msg.is_expired(now) || !fits(conn, &src, pool, q.qos, &q.sub_ids, cfg) {
+        let expired = msg.is_expired(now);
+        if expired || !fits(conn, &src, pool, q.qos, &q.sub_ids, cfg) {
             // Expired while queued (never delivered, spec 3.3.2.3.3) or too large for the client.
             persist::journal_unqueue(journal, pool, s, q.msg, 0);
             pool.release(q.msg);
             stats.publish_dropped += 1;
+            match expired {
+                true => stats.dropped.expired += 1,
+                false => stats.dropped.too_large += 1,
+            }
             wrote = true;
             continue;
         }

@@ -15,7 +15,7 @@
 //! as SIGCHLD, an event of the same loop.
 
 pub mod decl;
-mod json;
+pub(crate) mod json;
 pub mod value;
 
 use crate::broker::fxhash::FxHashMap;
@@ -179,6 +179,9 @@ struct DeviceState {
     running: Option<Running>,
     /// A value changed: `<prefix>/<device>/state` is due (published once per event).
     state_dirty: bool,
+    /// Commands answered ok and refused or failed (for `/metrics`).
+    ok: std::cell::Cell<u64>,
+    failed: std::cell::Cell<u64>,
 }
 
 struct Running {
@@ -206,11 +209,27 @@ pub struct Executor {
     /// The current command's MQTT 5 Response Topic, if it has one (capacity kept).
     reply: Reply,
     has_reply: bool,
+    /// Commands refused for a device that is not declared.
+    unknown_failed: std::cell::Cell<u64>,
 }
 
 const RESULT: &str = "result";
 
 impl Executor {
+    /// The declared devices, in the file's order.
+    pub fn declared(&self) -> impl Iterator<Item = &Device> {
+        self.devices.iter().map(|d| &d.decl)
+    }
+
+    /// Commands per device: (device id, answered ok, refused or failed); the id `""` counts
+    /// commands for devices that are not declared.
+    pub fn command_counts(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.devices
+            .iter()
+            .map(|d| (&*d.decl.id, d.ok.get(), d.failed.get()))
+            .chain(std::iter::once(("", 0, self.unknown_failed.get())))
+    }
+
     pub fn new(decl: Devices, opts: Options) -> Executor {
         let mut by_id = FxHashMap::default();
         let mut state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>> =
@@ -251,6 +270,8 @@ impl Executor {
                 exec_queue: VecDeque::new(),
                 running: None,
                 state_dirty: false,
+                ok: Default::default(),
+                failed: Default::default(),
             });
         }
         Executor {
@@ -265,6 +286,7 @@ impl Executor {
             next_poll: None,
             reply: Reply::default(),
             has_reply: false,
+            unknown_failed: Default::default(),
         }
     }
 
@@ -905,6 +927,7 @@ impl Executor {
 
     fn respond_ok(&self, d: usize, c: usize, v: Option<&str>, out: &mut Outbox) {
         let dev = &self.devices[d];
+        dev.ok.set(dev.ok.get() + 1);
         let cmd = &dev.decl.commands[c];
         let t = out.topic(&[&self.opts.prefix, &dev.decl.id, &cmd.name, RESULT]);
         let p = out.bytes.len();
@@ -922,6 +945,10 @@ impl Executor {
 
     /// Respond with the error in `self.text` on `<prefix>/<device>[/<command>]/result`.
     fn respond_error(&self, device: &str, command: Option<&str>, out: &mut Outbox) {
+        match self.by_id.get(device) {
+            Some(&d) => self.devices[d].failed.set(self.devices[d].failed.get() + 1),
+            None => self.unknown_failed.set(self.unknown_failed.get() + 1),
+        }
         log::debug!(
             "{}/{device}/{}: refused: {}",
             self.opts.prefix,

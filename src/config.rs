@@ -91,6 +91,8 @@ pub struct Config {
     /// The socket side of each bridge (`connection` section); the protocol side is in
     /// `broker.bridges`, at the same index.
     pub bridges: Vec<crate::bridge::BridgeLink>,
+    /// `http_listener <port> [address]`: `/metrics` and the status page (off by default).
+    pub http_listener: Option<(u16, Option<String>)>,
     /// The file this was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -121,6 +123,7 @@ impl Default for Config {
             device_options: crate::devices::Options::default(),
             persistence: None,
             bridges: Vec::new(),
+            http_listener: None,
             source: None,
         }
     }
@@ -462,6 +465,13 @@ impl Config {
                         )))
                     }
                 },
+                "http_listener" => {
+                    c.http_listener = Some(match args.as_slice() {
+                        [p] => (at.parse_num(p, 0, 65535)? as u16, None),
+                        [p, a] => (at.parse_num(p, 0, 65535)? as u16, Some(a.to_string())),
+                        _ => return Err(at.err("expects a port and an optional bind address")),
+                    })
+                }
                 "connection" => {
                     let name = at.one(&args)?;
                     if c.bridges.iter().any(|l| l.name == name) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of gatemq on a fresh Debian 12 machine, installing what the tests need:
 # Debian's mosquitto-clients (mosquitto_pub/sub), mosquitto and openssl (test certificates),
-# a Python venv with paho-mqtt and pytest, and the npm packages of tests/js (MQTT.js).
+# a Python venv with paho-mqtt and pytest, Debian's chromium, and the npm packages of tests/js
+# (MQTT.js, playwright-core). The status page test keeps its screenshot in tests/js/artifacts/.
 # Used by CI (.ci/run) and by people: ./tests/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +18,12 @@ if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null ||
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null
 fi
-# Node.js and npm for the JavaScript peers (MQTT.js, Playwright), and their packages as locked.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+# Node.js and npm for the JavaScript peers (MQTT.js, Playwright), Debian's Chromium for the
+# status page test, and the npm packages as locked.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null || [ ! -x /usr/bin/chromium ]; then
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+    command -v node >/dev/null && command -v npm >/dev/null || node_pkgs="nodejs npm"
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium ${node_pkgs:-} >/dev/null
 fi
 if ! cmp -s tests/js/package-lock.json tests/js/node_modules/.gatemq-lock; then
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)

@@ -6,6 +6,7 @@
 //! broker ended. Reading is budgeted per connection per turn so one fast publisher cannot
 //! starve the rest, and a connection that does not read its own output is not read from.
 
+pub mod http;
 mod systemd;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -26,6 +27,11 @@ use std::time::Instant;
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 /// A bridge's host name lookup finished.
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// The `http_listener` socket, and its connections from `HTTP_BASE` on.
+const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 2);
+const HTTP_BASE: usize = usize::MAX / 4;
+/// HTTP connections served at once; more wait in the listen backlog.
+const MAX_HTTP_CONNECTIONS: usize = 32;
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// Bytes read from one connection per loop turn before others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -224,6 +230,10 @@ pub struct Server {
     /// The TLS setup of each bridge that uses TLS.
     #[cfg(feature = "tls")]
     bridge_tls: Vec<Option<tls::ClientContext>>,
+    /// `http_listener`: its socket and connections.
+    http: Option<TcpListener>,
+    http_conns: Slab<http::HttpConn>,
+    started: Instant,
 }
 
 /// How often STATUS= (clients, messages/s) is refreshed for `systemctl status`.
@@ -291,6 +301,10 @@ impl Server {
             })
             .collect::<Result<Vec<_>, _>>()?;
         broker.start_bridges();
+        let http = match &config.http_listener {
+            Some((port, address)) => Some(open_http(&poll, *port, address.as_deref())?),
+            None => None,
+        };
         Ok(Server {
             poll,
             listeners,
@@ -318,6 +332,9 @@ impl Server {
             resolver,
             #[cfg(feature = "tls")]
             bridge_tls,
+            http,
+            http_conns: Slab::new(),
+            started: now,
         })
     }
 
@@ -354,11 +371,17 @@ impl Server {
         let timeout = if self.pending_reads.is_empty() && self.pending_writes.is_empty() {
             let sync = self.store.as_ref().and_then(|s| s.next_sync());
             let bridges = self.links.iter().filter_map(|l| l.deadline()).min();
+            let http = self
+                .http_conns
+                .iter()
+                .map(|(_, c)| c.opened + http::TIMEOUT)
+                .min();
             let ours = [
                 self.notifier.next_deadline(),
                 self.next_status,
                 sync,
                 bridges,
+                http,
             ]
             .into_iter()
             .flatten()
@@ -383,6 +406,10 @@ impl Server {
                 SIGNAL_TOKEN => self.handle_signals(),
                 // Lookups are collected below, with the links that are due.
                 WAKER_TOKEN => {}
+                HTTP_LISTENER_TOKEN => self.http_accept(now),
+                Token(t) if (HTTP_BASE..LISTENER_BASE).contains(&t) => {
+                    self.http_ready(t - HTTP_BASE)
+                }
                 Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
                 Token(id) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -404,6 +431,7 @@ impl Server {
             self.read(self.reading[i], now);
         }
         self.bridges_due(now);
+        self.http_timeouts(now);
         self.broker.handle_timeout(now);
         // Group commit: this turn's changes are in the journal before its acknowledgements
         // leave.
@@ -927,6 +955,77 @@ impl Server {
         }
     }
 
+    /// Take what waits on the `http_listener`.
+    fn http_accept(&mut self, now: Instant) {
+        while self.http_conns.len() < MAX_HTTP_CONNECTIONS {
+            let Some(l) = &self.http else { return };
+            let mut stream = match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let entry = self.http_conns.vacant_entry();
+            let token = Token(HTTP_BASE + entry.key());
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_ok()
+            {
+                entry.insert(http::HttpConn::new(stream, now));
+            }
+        }
+    }
+
+    /// An HTTP connection can be read or written: answer it, close it when done.
+    fn http_ready(&mut self, key: usize) {
+        let page = self.page_config();
+        let extra = http::Extra {
+            persistence_bytes: self.store.as_ref().map(|s| s.bytes_written),
+            uptime: self.started.elapsed(),
+        };
+        let broker = &self.broker;
+        let Some(conn) = self.http_conns.get_mut(key) else {
+            return;
+        };
+        let next = conn.ready(|method, path| http::answer(method, path, broker, &page, &extra));
+        if next == http::Next::Close {
+            let mut conn = self.http_conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            // More may wait in the backlog now that a slot is free.
+            self.http_accept(Instant::now());
+        }
+    }
+
+    /// Close HTTP connections that have not been answered in time.
+    fn http_timeouts(&mut self, now: Instant) {
+        let late: Vec<usize> = self
+            .http_conns
+            .iter()
+            .filter(|(_, c)| c.opened + http::TIMEOUT <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in late {
+            let mut conn = self.http_conns.remove(k);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// What the status page is told: the first WebSocket listener, the devices' prefix.
+    fn page_config(&self) -> http::PageConfig {
+        let ws = self
+            .config
+            .listeners
+            .iter()
+            .zip(&self.listeners)
+            .find(|(c, _)| c.websockets)
+            .and_then(|(c, l)| Some((l.socket.local_addr().ok()?.port(), c.tls.enabled())));
+        http::PageConfig {
+            ws,
+            prefix: self.config.device_options.prefix.clone(),
+        }
+    }
+
     /// Bridges: collect finished name lookups, and connect the links that are due.
     fn bridges_due(&mut self, now: Instant) {
         use crate::bridge::State;
@@ -1137,6 +1236,30 @@ fn open_listener(poll: &Poll, l: &ListenerConfig, token: usize) -> Result<Listen
         identity: l.tls.use_identity_as_username,
         websockets: l.websockets,
     })
+}
+
+/// Open the `http_listener`.
+fn open_http(poll: &Poll, port: u16, address: Option<&str>) -> Result<TcpListener, StartError> {
+    let host = address.unwrap_or("0.0.0.0");
+    let addr = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| StartError(format!("cannot resolve http_listener address {host}")))?;
+    let mut l = TcpListener::bind(addr).map_err(|e| {
+        StartError(format!(
+            "cannot listen on {addr} (http_listener): {}",
+            io_reason(&e)
+        ))
+    })?;
+    poll.registry()
+        .register(&mut l, HTTP_LISTENER_TOKEN, Interest::READABLE)
+        .map_err(|e| StartError(format!("cannot watch http_listener {addr}: {e}")))?;
+    log::info!(
+        "HTTP (status page, /metrics) on {}",
+        l.local_addr().unwrap_or(addr)
+    );
+    Ok(l)
 }
 
 /// Read the persisted state into `broker` and start the files anew from it.

@@ -1,0 +1,464 @@
+//! `http_listener`: the gateway's own small HTTP server, off by default. `GET /metrics` is the
+//! Prometheus text format, `GET /` the status page (one HTML file embedded in the binary, no
+//! CDN, no build step), `GET /api/clients` and `GET /api/devices` the JSON the page lists.
+//!
+//! The page talks MQTT itself, over the WebSocket listener, so what it may see and command is
+//! decided by the same password file and ACL as any client. The JSON here holds no device
+//! values: only what is declared, and who is connected. Each connection serves one request
+//! (HTTP/1.1 `Connection: close`) and is closed after the answer or after 10 s.
+
+use crate::broker::Broker;
+use crate::devices::decl::Kind;
+use crate::devices::json::push_str;
+use mio::net::TcpStream;
+use std::fmt::Write as _;
+use std::io::{self, ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+/// The status page. `/*CONFIG*/null` is replaced by the JSON of [`PageConfig`].
+const PAGE: &str = include_str!("status.html");
+const MAX_REQUEST: usize = 8192;
+/// A connection that has not got its answer out by then is closed.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the page needs to know to reach the broker over MQTT.
+pub struct PageConfig {
+    /// The WebSocket listener's port (the page uses the host it was loaded from), and TLS.
+    pub ws: Option<(u16, bool)>,
+    /// The devices' topic prefix.
+    pub prefix: String,
+}
+
+/// What `/metrics` reports beyond the broker's own counters.
+pub struct Extra {
+    pub persistence_bytes: Option<u64>,
+    pub uptime: Duration,
+}
+
+/// One HTTP connection.
+pub struct HttpConn {
+    pub stream: TcpStream,
+    request: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    pub opened: Instant,
+}
+
+/// What to do with a connection after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Wait,
+    Close,
+}
+
+impl HttpConn {
+    pub fn new(stream: TcpStream, now: Instant) -> Self {
+        HttpConn {
+            stream,
+            request: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            opened: now,
+        }
+    }
+
+    /// Read the request; once it is whole, answer it from `answer`, and write.
+    pub fn ready(&mut self, answer: impl FnOnce(&str, &str) -> Vec<u8>) -> Next {
+        if self.out.is_empty() {
+            let mut buf = [0u8; 2048];
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => return Next::Close,
+                    Ok(n) => self.request.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return Next::Close,
+                }
+                if self.request.len() > MAX_REQUEST {
+                    break;
+                }
+            }
+            match head(&self.request) {
+                Some(Ok((method, path))) => self.out = answer(method, path),
+                Some(Err(status)) => self.out = response(status, "text/plain", status.as_bytes()),
+                None if self.request.len() > MAX_REQUEST => {
+                    self.out = response("431 Request Header Fields Too Large", "text/plain", b"")
+                }
+                None => return Next::Wait,
+            }
+        }
+        match self.write() {
+            Ok(true) => Next::Close,
+            Ok(false) => Next::Wait,
+            Err(_) => Next::Close,
+        }
+    }
+
+    /// Write the answer; true once all of it is out.
+    fn write(&mut self) -> io::Result<bool> {
+        while self.sent < self.out.len() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(0) => return Ok(true),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The request line of a whole request head: (method, path), or the error status to answer.
+fn head(req: &[u8]) -> Option<Result<(&str, &str), &'static str>> {
+    let end = req.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let Ok(text) = std::str::from_utf8(&req[..end]) else {
+        return Some(Err("400 Bad Request"));
+    };
+    let line = text.split("\r\n").next().unwrap_or("");
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(p), Some(v)) if v.starts_with("HTTP/1.") => Some(Ok((m, p))),
+        _ => Some(Err("400 Bad Request")),
+    }
+}
+
+/// Answer one request.
+pub fn answer(method: &str, path: &str, b: &Broker, page: &PageConfig, extra: &Extra) -> Vec<u8> {
+    if method != "GET" && method != "HEAD" {
+        return response("405 Method Not Allowed", "text/plain", b"GET only\n");
+    }
+    let path = path.split('?').next().unwrap_or("");
+    let mut r = match path {
+        "/" | "/index.html" => response("200 OK", "text/html; charset=utf-8", &status_page(page)),
+        "/metrics" => response(
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(b, extra).as_bytes(),
+        ),
+        "/api/clients" => response("200 OK", "application/json", &clients(b)),
+        "/api/devices" => response("200 OK", "application/json", &devices(b)),
+        _ => response("404 Not Found", "text/plain", b"not found\n"),
+    };
+    if method == "HEAD" {
+        if let Some(end) = r.windows(4).position(|w| w == b"\r\n\r\n") {
+            r.truncate(end + 4);
+        }
+    }
+    r
+}
+
+fn response(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn status_page(page: &PageConfig) -> Vec<u8> {
+    let mut cfg = Vec::new();
+    cfg.extend_from_slice(b"{\"ws_port\":");
+    match page.ws {
+        Some((port, _)) => cfg.extend_from_slice(port.to_string().as_bytes()),
+        None => cfg.extend_from_slice(b"null"),
+    }
+    cfg.extend_from_slice(b",\"ws_tls\":");
+    cfg.extend_from_slice(if page.ws.is_some_and(|w| w.1) {
+        b"true"
+    } else {
+        b"false"
+    });
+    cfg.extend_from_slice(b",\"prefix\":");
+    push_str(&mut cfg, &page.prefix);
+    cfg.push(b'}');
+    // Inside a <script>: no "</" may end it early.
+    let cfg = String::from_utf8_lossy(&cfg).replace('<', "\\u003c");
+    PAGE.replacen("/*CONFIG*/null", &cfg, 1).into_bytes()
+}
+
+/// `[{"client_id":..,"address":..,"protocol":..,"bridge":..,"queued":..,"inflight":..}]`
+fn clients(b: &Broker) -> Vec<u8> {
+    let mut out = b"[".to_vec();
+    b.for_each_client(|c| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"client_id\":");
+        push_str(&mut out, c.client_id);
+        out.extend_from_slice(b",\"address\":");
+        match c.peer {
+            Some(p) => push_str(&mut out, &p.to_string()),
+            None => out.extend_from_slice(b"null"),
+        }
+        let version = match c.protocol {
+            5 => "5.0",
+            4 => "3.1.1",
+            _ => "3.1",
+        };
+        let _ = write!(
+            Bytes(&mut out),
+            ",\"protocol\":\"{version}\",\"bridge\":{},\"queued\":{},\"inflight\":{}}}",
+            c.bridge,
+            c.queued,
+            c.inflight
+        );
+    });
+    out.push(b']');
+    out
+}
+
+/// `{"prefix":..,"devices":[{"id":..,"name":..,"commands":[{"name":..,"type":..,...}]}]}`
+fn devices(b: &Broker) -> Vec<u8> {
+    let mut out = b"{\"prefix\":".to_vec();
+    let Some(ex) = b.devices() else {
+        out.extend_from_slice(b"null,\"devices\":[]}");
+        return out;
+    };
+    push_str(&mut out, &ex.options().prefix);
+    out.extend_from_slice(b",\"devices\":[");
+    for (i, d) in ex.declared().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"id\":");
+        push_str(&mut out, &d.id);
+        out.extend_from_slice(b",\"name\":");
+        push_str(&mut out, &d.name);
+        out.extend_from_slice(b",\"commands\":[");
+        for (j, c) in d.commands.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            push_str(&mut out, &c.name);
+            let o = &mut Bytes(&mut out);
+            let _ = match &c.kind {
+                Kind::Bool => write!(o, ",\"type\":\"bool\""),
+                Kind::Int { min, max } => {
+                    write!(o, ",\"type\":\"int\",\"min\":{min},\"max\":{max}")
+                }
+                Kind::Float { min, max, step, .. } => write!(
+                    o,
+                    ",\"type\":\"float\",\"min\":{min},\"max\":{max},\"step\":{}",
+                    step.map_or("null".to_string(), |s| s.to_string())
+                ),
+                Kind::Str { max_len } => write!(o, ",\"type\":\"string\",\"max_length\":{max_len}"),
+                Kind::Trigger => write!(o, ",\"type\":\"trigger\""),
+                Kind::Enum { values } => {
+                    let _ = write!(o, ",\"type\":\"enum\",\"values\":[");
+                    for (k, v) in values.iter().enumerate() {
+                        if k > 0 {
+                            o.0.push(b',');
+                        }
+                        push_str(o.0, v);
+                    }
+                    write!(o, "]")
+                }
+            };
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `fmt::Write` into a byte buffer.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The Prometheus text format (version 0.0.4).
+pub fn metrics(b: &Broker, extra: &Extra) -> String {
+    let s = b.stats();
+    let mut m = String::with_capacity(4096);
+    let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            m,
+            "# HELP gatemq_{name} {help}\n# TYPE gatemq_{name} {kind}\ngatemq_{name} {value}"
+        );
+    };
+    one(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the broker started.",
+        extra.uptime.as_secs(),
+    );
+    one(
+        "clients_connected",
+        "gauge",
+        "Clients connected now (bridge links included).",
+        s.clients_connected as u64,
+    );
+    one(
+        "clients_maximum",
+        "gauge",
+        "Most clients connected at once.",
+        s.clients_maximum as u64,
+    );
+    one(
+        "sessions",
+        "gauge",
+        "Sessions kept, online or not.",
+        b.session_count() as u64,
+    );
+    one(
+        "subscriptions",
+        "gauge",
+        "Subscriptions in the topic table.",
+        b.subscription_count() as u64,
+    );
+    one(
+        "retained_messages",
+        "gauge",
+        "Retained messages.",
+        b.retained_count() as u64,
+    );
+    one(
+        "messages_received_total",
+        "counter",
+        "MQTT packets received.",
+        s.messages_received,
+    );
+    one(
+        "messages_sent_total",
+        "counter",
+        "MQTT packets sent.",
+        s.messages_sent,
+    );
+    one(
+        "publish_received_total",
+        "counter",
+        "PUBLISH packets received.",
+        s.publish_received,
+    );
+    one(
+        "publish_sent_total",
+        "counter",
+        "PUBLISH packets sent.",
+        s.publish_sent,
+    );
+    one(
+        "bytes_received_total",
+        "counter",
+        "Bytes received from clients.",
+        s.bytes_received,
+    );
+    one(
+        "bytes_sent_total",
+        "counter",
+        "Bytes sent to clients.",
+        s.bytes_sent,
+    );
+    let (queued, inflight, queued_bytes) = b.queue_depths();
+    one(
+        "queued_messages",
+        "gauge",
+        "Messages queued for sessions, online or not.",
+        queued as u64,
+    );
+    one(
+        "inflight_messages",
+        "gauge",
+        "QoS 1/2 messages sent and not yet acknowledged.",
+        inflight as u64,
+    );
+    one(
+        "queued_bytes",
+        "gauge",
+        "Payload bytes of the queued messages.",
+        queued_bytes as u64,
+    );
+    if let Some(n) = extra.persistence_bytes {
+        one(
+            "persistence_bytes_written_total",
+            "counter",
+            "Bytes written to the journal and snapshots.",
+            n,
+        );
+    }
+    let d = &s.dropped;
+    let _ = writeln!(m, "# HELP gatemq_publish_dropped_total Messages dropped, by reason.\n# TYPE gatemq_publish_dropped_total counter");
+    for (reason, n) in [
+        ("queue_full", d.queue_full),
+        ("too_large", d.too_large),
+        ("expired", d.expired),
+        ("message_size_limit", d.size_limit),
+        ("bridge_link_down", d.link_down),
+    ] {
+        let _ = writeln!(m, "gatemq_publish_dropped_total{{reason=\"{reason}\"}} {n}");
+    }
+    if let Some(ex) = b.devices() {
+        let _ = writeln!(m, "# HELP gatemq_device_commands_total Device commands, by device and result (device \"\": not declared).\n# TYPE gatemq_device_commands_total counter");
+        for (id, ok, failed) in ex.command_counts() {
+            let id = label(id);
+            let _ = writeln!(
+                m,
+                "gatemq_device_commands_total{{device=\"{id}\",result=\"ok\"}} {ok}"
+            );
+            let _ = writeln!(
+                m,
+                "gatemq_device_commands_total{{device=\"{id}\",result=\"failed\"}} {failed}"
+            );
+        }
+    }
+    let mut first = true;
+    b.for_each_bridge(|name, up, held, dropped| {
+        if first {
+            first = false;
+            let _ = writeln!(m, "# HELP gatemq_bridge_up Whether the bridge's link is up.\n# TYPE gatemq_bridge_up gauge");
+        }
+        let name = label(name);
+        let _ = writeln!(m, "gatemq_bridge_up{{bridge=\"{name}\"}} {}", up as u8);
+        let _ = writeln!(m, "gatemq_bridge_queued_messages{{bridge=\"{name}\"}} {held}");
+        let _ = writeln!(m, "gatemq_bridge_dropped_total{{bridge=\"{name}\"}} {dropped}");
+    });
+    m
+}
+
+/// A label value with `\`, `"` and newlines escaped (the text format's rules).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads() {
+        assert_eq!(
+            head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Ok(("GET", "/metrics")))
+        );
+        assert_eq!(head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(head(b"nonsense\r\n\r\n"), Some(Err("400 Bad Request")));
+        assert_eq!(head(b"\xff\xfe\r\n\r\n"), Some(Err("400 Bad Request")));
+    }
+
+    #[test]
+    fn page_config_cannot_end_the_script() {
+        let page = status_page(&PageConfig {
+            ws: Some((8080, false)),
+            prefix: "a</script><b".into(),
+        });
+        let page = String::from_utf8(page).unwrap();
+        assert!(
+            page.contains(r#"{"ws_port":8080,"ws_tls":false,"prefix":"a\u003c/script>\u003cb"}"#)
+        );
+        assert_eq!(
+            page.matches("</script>").count(),
+            PAGE.matches("</script>").count()
+        );
+    }
+}

@@ -1,11 +1,12 @@
 // The status page in headless Chromium, driven by Playwright:
-//   node tests/js/status_page.mjs http://127.0.0.1:HTTP_PORT SCREENSHOT.png
-// Loads the page, waits for its MQTT connection (over the WebSocket listener) and a declared
-// device, presses the lamp's ON button, waits for the broker's new state to come back over
-// MQTT, checks that the page lists its own connection, and keeps a screenshot.
+//   node tests/js/status_page.mjs http://127.0.0.1:HTTP_PORT SCREENSHOT.png [USER:PASSWORD]
+// Loads the page; with credentials, sees the anonymous MQTT connection refused and logs in.
+// Waits for its MQTT connection (over the WebSocket listener) and a declared device, presses
+// the lamp's ON button, waits for the broker's new state to come back over MQTT, checks that
+// the page lists its own connection, and keeps a screenshot.
 import { chromium } from "playwright-core";
 
-const [url, screenshot] = process.argv.slice(2);
+const [url, screenshot, login] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: [
@@ -18,6 +19,14 @@ try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 760 } });
   page.on("console", (m) => console.log(`page console: ${m.text()}`));
   await page.goto(url);
+  if (login) {
+    const [user, pass] = login.split(":");
+    await page.getByTestId("mqtt-state").filter({ hasText: "refused" }).waitFor({ timeout: 10000 });
+    console.log("anonymous: refused");
+    await page.getByPlaceholder("username").fill(user);
+    await page.getByPlaceholder("password").fill(pass);
+    await page.getByRole("button", { name: "Connect" }).click();
+  }
   await page.getByTestId("mqtt-state").filter({ hasText: "connected" }).waitFor({ timeout: 10000 });
   console.log("page connected over MQTT/WebSocket");
   await page.getByText("Living room lamp (lamp)").waitFor();

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from clients import Client, RawClient, uid
-from conftest import ROOT
+from conftest import BIN, ROOT
 
 JS = ROOT / "tests" / "js"
 ARTIFACTS = JS / "artifacts"
@@ -44,20 +44,24 @@ def get(url):
 
 
 def test_status_page_in_chromium(make_broker, tmp_path):
-    b, url = gateway(make_broker, tmp_path)
+    """Anonymous clients are refused: the page logs in with a user of the password file."""
+    passwd = tmp_path / "passwd"
+    subprocess.run([BIN, "passwd", "-b", "-c", str(passwd), "dash", "board"], check=True,
+                   capture_output=True)
+    b, url = gateway(make_broker, tmp_path, f"password_file {passwd}", "allow_anonymous false")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "status-page.png"
-    watcher = Client(b.ports[1])
+    watcher = Client(b.ports[1], username="dash", password="board")
     watcher.connect()
     watcher.subscribe("devices/lamp/power/set", 1)
-    r = subprocess.run(["node", str(JS / "status_page.mjs"), url + "/", str(shot)],
+    r = subprocess.run(["node", str(JS / "status_page.mjs"), url + "/", str(shot), "dash:board"],
                        capture_output=True, text=True, timeout=90, cwd=JS)
     assert r.returncode == 0, r.stdout + r.stderr + b.log()[-3000:]
     assert "ALL OK" in r.stdout
     # The page's press went over MQTT like any client's command, and the broker executed it.
     m = watcher.get()
     assert (m.topic, m.payload) == ("devices/lamp/power/set", b"ON")
-    check = Client(b.ports[1])
+    check = Client(b.ports[1], username="dash", password="board")
     check.connect()
     check.subscribe("devices/lamp/power", 1)
     assert check.get().payload == b"ON"

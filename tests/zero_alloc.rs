@@ -70,6 +70,8 @@ static A: Counting = Counting;
 /// A broker on its own thread. `measure(true)` starts counting from its next loop turn.
 struct InProcess {
     addr: SocketAddr,
+    /// A second listener's address, when the test configures one (WebSocket).
+    ws_addr: Option<SocketAddr>,
     /// Connected before anything is measured; its PINGREQ wakes the loop.
     waker: std::sync::Mutex<Option<Client>>,
     measuring: Arc<AtomicBool>,
@@ -91,7 +93,7 @@ impl InProcess {
         let (m, s) = (measuring.clone(), stop.clone());
         let result = thread::spawn(move || {
             let mut server = Server::bind(&cfg).expect("bind");
-            tx.send(server.local_addrs()[0]).unwrap();
+            tx.send(server.local_addrs()).unwrap();
             let mut events = mio::Events::with_capacity(1024);
             while !s.load(Ordering::SeqCst) {
                 ON.with(|on| on.set(m.load(Ordering::SeqCst)));
@@ -100,10 +102,12 @@ impl InProcess {
             }
             (ALLOCS.with(|c| c.get()), FREES.with(|c| c.get()))
         });
-        let addr = rx.recv().unwrap();
+        let addrs = rx.recv().unwrap();
+        let addr = addrs[0];
         let waker = std::sync::Mutex::new(Some(Client::connect(addr, "waker", true)));
         InProcess {
             addr,
+            ws_addr: addrs.get(1).copied(),
             waker,
             measuring,
             stop,
@@ -131,10 +135,12 @@ impl InProcess {
     }
 }
 
-/// A minimal raw MQTT 3.1.1 client.
+/// A minimal raw MQTT 3.1.1 client, over TCP or WebSocket.
 struct Client {
     s: TcpStream,
     buf: Vec<u8>,
+    /// Over WebSocket: frames read and not yet unwrapped into `buf`.
+    ws: Option<Vec<u8>>,
 }
 
 fn packet(first: u8, body: &[u8]) -> Vec<u8> {
@@ -161,10 +167,39 @@ fn publish(topic: &str, payload: &[u8], qos: u8, retain: bool, id: u16) -> Vec<u
 
 impl Client {
     fn connect(addr: SocketAddr, id: &str, clean: bool) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
+        Client::open(addr, id, clean, false)
+    }
+
+    /// Over WebSocket: the upgrade first, then MQTT in masked binary frames.
+    fn connect_ws(addr: SocketAddr, id: &str) -> Client {
+        Client::open(addr, id, true, true)
+    }
+
+    fn open(addr: SocketAddr, id: &str, clean: bool, ws: bool) -> Client {
+        let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
-        let mut c = Client { s, buf: Vec::new() };
+        if ws {
+            s.write_all(b"GET /mqtt HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").unwrap();
+        }
+        let mut c = Client {
+            s,
+            buf: Vec::new(),
+            ws: ws.then(Vec::new),
+        };
+        if ws {
+            // The 101 answer, up to its blank line; frames may follow in the same read.
+            let raw = c.ws.as_mut().unwrap();
+            while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut tmp = [0u8; 1024];
+                let n = c.s.read(&mut tmp).unwrap();
+                assert!(n > 0, "closed during the upgrade");
+                raw.extend_from_slice(&tmp[..n]);
+            }
+            assert!(raw.starts_with(b"HTTP/1.1 101"));
+            let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            raw.drain(..end);
+        }
         let mut body = Vec::new();
         gatemq::wire::put_str(&mut body, b"MQTT");
         body.extend_from_slice(&[4, (clean as u8) << 1, 0, 60]);
@@ -176,7 +211,51 @@ impl Client {
     }
 
     fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).unwrap();
+        if self.ws.is_none() {
+            return self.s.write_all(b).unwrap();
+        }
+        // One masked binary frame.
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![0x82];
+        match b.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(b.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]));
+        self.s.write_all(&f).unwrap();
+    }
+
+    /// Move the payloads of whole server frames from `ws` into `buf`.
+    fn unwrap_frames(&mut self) {
+        let Some(raw) = &mut self.ws else { return };
+        loop {
+            if raw.len() < 2 {
+                return;
+            }
+            let (len, at) = match raw[1] & 0x7f {
+                126 if raw.len() >= 4 => (u16::from_be_bytes([raw[2], raw[3]]) as usize, 4),
+                127 if raw.len() >= 10 => (
+                    u64::from_be_bytes(raw[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => return,
+                n => (n as usize, 2),
+            };
+            if raw.len() < at + len {
+                return;
+            }
+            assert_eq!(raw[0], 0x82, "a binary frame");
+            self.buf.extend_from_slice(&raw[at..at + len]);
+            raw.drain(..at + len);
+        }
     }
 
     fn read_or(&mut self, on_fail: impl FnOnce()) -> (u8, Vec<u8>) {
@@ -196,13 +275,22 @@ impl Client {
                     return p;
                 }
             }
+            self.unwrap_frames();
+            if let Ok(Some(f)) = gatemq::wire::frame_len(&self.buf, usize::MAX) {
+                if self.buf.len() >= f.total_len {
+                    continue;
+                }
+            }
             let mut tmp = [0u8; 65536];
             let n = match self.s.read(&mut tmp) {
                 Ok(n) => n,
                 Err(e) => panic!("read: {e} ({} bytes buffered)", self.buf.len()),
             };
             assert!(n > 0, "broker closed the connection");
-            self.buf.extend_from_slice(&tmp[..n]);
+            match &mut self.ws {
+                Some(raw) => raw.extend_from_slice(&tmp[..n]),
+                None => self.buf.extend_from_slice(&tmp[..n]),
+            }
         }
     }
 
@@ -308,6 +396,33 @@ fn fan_in(qos: u8, total: usize) {
         thread::scope(|s| {
             for (i, p) in pubs.iter_mut().enumerate() {
                 s.spawn(move || p.publish_many(&format!("bench/{i}"), qos, false, total / 4));
+            }
+            thread::sleep(lag);
+            sub.receive(total);
+        });
+    });
+}
+
+/// QoS 1 fan-in and delivery over a WebSocket listener: frames are unmasked in place and
+/// output is framed into a reused buffer.
+#[test]
+fn qos1_fan_in_over_websocket() {
+    let broker = InProcess::start(|c| {
+        let mut ws = ListenerConfig::new(0, Some("127.0.0.1"));
+        ws.websockets = true;
+        c.listeners.push(ws);
+    });
+    let addr = broker.ws_addr.expect("the WebSocket listener");
+    let mut sub = Client::connect_ws(addr, "sub");
+    sub.subscribe("bench/#", 1);
+    let mut pubs: Vec<Client> = (0..4)
+        .map(|i| Client::connect_ws(addr, &format!("pub{i}")))
+        .collect();
+    let total = 20_000;
+    assert_no_alloc(broker, |lag| {
+        thread::scope(|s| {
+            for (i, p) in pubs.iter_mut().enumerate() {
+                s.spawn(move || p.publish_many(&format!("bench/{i}"), 1, false, total / 4));
             }
             thread::sleep(lag);
             sub.receive(total);

@@ -3,9 +3,11 @@
 //! CDN, no build step), `GET /api/clients` and `GET /api/devices` the JSON the page lists.
 //!
 //! The page talks MQTT itself, over the WebSocket listener, so what it may see and command is
-//! decided by the same password file and ACL as any client. The JSON here holds no device
-//! values: only what is declared, and who is connected. Each connection serves one request
-//! (HTTP/1.1 `Connection: close`) and is closed after the answer or after 10 s.
+//! decided by the same password file and ACL as any client. The HTTP endpoints themselves are
+//! not authenticated (as Prometheus exporters usually are not): the JSON holds no device
+//! values, but it does list who is connected, so bind the listener where that is fine. Each
+//! connection serves one request (HTTP/1.1 `Connection: close`) and is closed after the answer
+//! or after 10 s.
 
 use crate::broker::Broker;
 use crate::devices::decl::Kind;
@@ -66,9 +68,14 @@ impl HttpConn {
     pub fn ready(&mut self, answer: impl FnOnce(&str, &str) -> Vec<u8>) -> Next {
         if self.out.is_empty() {
             let mut buf = [0u8; 2048];
+            let mut ended = false;
             loop {
                 match self.stream.read(&mut buf) {
-                    Ok(0) => return Next::Close,
+                    // The client may half-close after its request: answer what came.
+                    Ok(0) => {
+                        ended = true;
+                        break;
+                    }
                     Ok(n) => self.request.extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -84,6 +91,7 @@ impl HttpConn {
                 None if self.request.len() > MAX_REQUEST => {
                     self.out = response("431 Request Header Fields Too Large", "text/plain", b"")
                 }
+                None if ended => return Next::Close,
                 None => return Next::Wait,
             }
         }
@@ -397,9 +405,13 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
         let _ = writeln!(m, "gatemq_publish_dropped_total{{reason=\"{reason}\"}} {n}");
     }
     if let Some(ex) = b.devices() {
-        let _ = writeln!(m, "# HELP gatemq_device_commands_total Device commands, by device and result (device \"\": not declared).\n# TYPE gatemq_device_commands_total counter");
+        let _ = writeln!(m, "# HELP gatemq_device_commands_total Device commands, by device and result (device \"_undeclared\": for devices not declared).\n# TYPE gatemq_device_commands_total counter");
         for (id, ok, failed) in ex.command_counts() {
-            let id = label(id);
+            let id = if id.is_empty() {
+                "_undeclared".into()
+            } else {
+                label(id)
+            };
             let _ = writeln!(
                 m,
                 "gatemq_device_commands_total{{device=\"{id}\",result=\"ok\"}} {ok}"
@@ -410,17 +422,37 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
             );
         }
     }
-    let mut first = true;
+    // Each family's lines together, after its HELP and TYPE.
+    let mut bridges = Vec::new();
     b.for_each_bridge(|name, up, held, dropped| {
-        if first {
-            first = false;
-            let _ = writeln!(m, "# HELP gatemq_bridge_up Whether the bridge's link is up.\n# TYPE gatemq_bridge_up gauge");
-        }
-        let name = label(name);
-        let _ = writeln!(m, "gatemq_bridge_up{{bridge=\"{name}\"}} {}", up as u8);
-        let _ = writeln!(m, "gatemq_bridge_queued_messages{{bridge=\"{name}\"}} {held}");
-        let _ = writeln!(m, "gatemq_bridge_dropped_total{{bridge=\"{name}\"}} {dropped}");
+        bridges.push((label(name), up as u64, held as u64, dropped))
     });
+    if !bridges.is_empty() {
+        for (family, kind, help, pick) in [
+            ("bridge_up", "gauge", "Whether the bridge's link is up.", 1),
+            (
+                "bridge_queued_messages",
+                "gauge",
+                "Messages a bridge holds for upstream.",
+                2,
+            ),
+            (
+                "bridge_dropped_total",
+                "counter",
+                "Messages a bridge could not keep.",
+                3,
+            ),
+        ] {
+            let _ = writeln!(
+                m,
+                "# HELP gatemq_{family} {help}\n# TYPE gatemq_{family} {kind}"
+            );
+            for (name, up, held, dropped) in &bridges {
+                let v = [0, *up, *held, *dropped][pick];
+                let _ = writeln!(m, "gatemq_{family}{{bridge=\"{name}\"}} {v}");
+            }
+        }
+    }
     m
 }
 

@@ -113,6 +113,14 @@ impl Connection {
         Ok(())
     }
 
+    /// The WebSocket codec holds more than a chunk of unsent bytes (pongs a client asked for
+    /// and does not read): not read from until they drain, as for MQTT output.
+    fn ws_backlogged(&self) -> bool {
+        self.ws
+            .as_ref()
+            .is_some_and(|ws| ws.out.len() > SCRATCH_SIZE)
+    }
+
     /// Everything below the MQTT bytes that waits for the socket: WebSocket frames, TLS
     /// records.
     fn send_pending(&mut self) -> io::Result<()> {
@@ -542,8 +550,13 @@ impl Server {
             log::warn!("reload: persistence settings change at the next start, not now");
             new.persistence = self.config.persistence.clone();
         }
-        // Bridges keep running as started (the broker core says so if the file changed them).
+        // Bridges keep running as started (the broker core says so if the file changed them),
+        // and so does the HTTP listener.
         new.bridges = self.config.bridges.clone();
+        if new.http_listener != self.config.http_listener {
+            log::warn!("reload: http_listener changes at the next start, not now");
+            new.http_listener = self.config.http_listener.clone();
+        }
         // Match each new listener to a running one with the same port and address.
         let old = self.config.listeners.clone();
         let mut taken = vec![false; old.len()];
@@ -736,7 +749,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
             };
-            if !self.broker.wants_read(id) {
+            if !self.broker.wants_read(id) || conn.ws_backlogged() {
                 conn.read_pending = true;
                 return;
             }
@@ -921,7 +934,10 @@ impl Server {
     /// Read connection `id` next turn if it has unread input and the broker wants it.
     fn resume(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get(id) {
-            if conn.read_pending && self.broker.wants_read(id) && !self.pending_reads.contains(&id)
+            if conn.read_pending
+                && self.broker.wants_read(id)
+                && !conn.ws_backlogged()
+                && !self.pending_reads.contains(&id)
             {
                 self.pending_reads.push(id);
             }
@@ -1005,9 +1021,14 @@ impl Server {
             .filter(|(_, c)| c.opened + http::TIMEOUT <= now)
             .map(|(k, _)| k)
             .collect();
+        let freed = !late.is_empty();
         for k in late {
             let mut conn = self.http_conns.remove(k);
             let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        // The listener's readiness was used up at the cap: take what waits now.
+        if freed {
+            self.http_accept(now);
         }
     }
 

@@ -72,7 +72,9 @@ impl WebSocket {
             // Only up to the blank line: anything after it is already frames.
             let before = req.len();
             req.extend_from_slice(data);
-            let Some(end) = find(req, b"\r\n\r\n") else {
+            // Only the new bytes (and the three before them) can complete the blank line.
+            let from = before.saturating_sub(3);
+            let Some(end) = find(&req[from..], b"\r\n\r\n").map(|e| e + from) else {
                 if req.len() > MAX_REQUEST {
                     return Err(self.bad_request("request headers too long"));
                 }
@@ -259,8 +261,10 @@ impl WebSocket {
                 frame(&mut self.out, 0x8A, &self.control);
                 Ok(())
             }
+            // A close payload is empty or starts with a 2-byte status (RFC 6455 5.5.1).
+            8 if self.control.len() == 1 => Err(self.fail(PROTOCOL_ERROR, "1-byte close payload")),
             8 => {
-                // Echo the status code (RFC 6455 section 5.5.1).
+                // Echo the status code.
                 let status = self.control.get(..2).unwrap_or(&[]);
                 frame(&mut self.out, 0x88, status);
                 Err(End::Closed)
@@ -377,6 +381,9 @@ mod tests {
             (client_frame(0x81, b"text", [1, 1, 1, 1]), UNSUPPORTED_DATA),
             (vec![0x82, 0x01, 0x00], PROTOCOL_ERROR), // not masked
             (vec![0xC2, 0x80, 0, 0, 0, 0], PROTOCOL_ERROR), // reserved bit
+            (client_frame(0x88, &[3], [1, 2, 3, 4]), PROTOCOL_ERROR), // 1-byte close payload
+            (client_frame(0x89, &[0; 126], [1, 2, 3, 4]), PROTOCOL_ERROR), // long ping
+            (client_frame(0x09, b"x", [1, 2, 3, 4]), PROTOCOL_ERROR), // fragmented ping
         ] {
             let mut ws = WebSocket::new();
             let mut data = REQUEST.to_vec();

@@ -3,6 +3,7 @@ Playwright's playwright-core from tests/js), `/metrics` parsed and checked again
 test makes, and the JSON the page lists."""
 import json
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -73,13 +74,19 @@ def test_status_page_in_chromium(make_broker, tmp_path):
 def metrics(url):
     status, ctype, body = get(url + "/metrics")
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-    values, typed = {}, set()
+    values, typed, done, current = {}, set(), set(), None
     for line in body.decode().splitlines():
         if line.startswith("# TYPE "):
             typed.add(line.split()[2])
         elif line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
-            assert name.split("{")[0] in typed, f"{name} has no # TYPE line"
+            family = name.split("{")[0]
+            assert family in typed, f"{name} has no # TYPE line"
+            # The text format wants each family's lines together.
+            if family != current:
+                assert family not in done, f"{family} is split up"
+                done.add(current)
+                current = family
             values[name] = float(value)
     return values
 
@@ -118,7 +125,7 @@ def test_metrics_follow_the_traffic(make_broker, tmp_path):
     assert after['gatemq_device_commands_total{device="lamp",result="ok"}'] == 1
     assert after['gatemq_device_commands_total{device="lamp",result="failed"}'] == 1
     assert after['gatemq_device_commands_total{device="fan",result="ok"}'] == 1
-    assert after['gatemq_device_commands_total{device="",result="failed"}'] == 1
+    assert after['gatemq_device_commands_total{device="_undeclared",result="failed"}'] == 1
     assert delta("gatemq_persistence_bytes_written_total") > 0
     assert delta("gatemq_bytes_received_total") > 2000
     pub.disconnect()
@@ -145,9 +152,17 @@ def test_the_json_the_page_lists(make_broker, tmp_path):
 
 
 def test_http_errors_and_no_websocket_listener(make_broker):
-    b = make_broker(["http_listener 0 127.0.0.1"])
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, not listening: the bridges' links stay down
+    port = dead.getsockname()[1]
+    b = make_broker(["http_listener 0 127.0.0.1", "connection up1", f"address 127.0.0.1:{port}",
+                     "topic a/# out 1", "connection up2", f"address 127.0.0.1:{port}",
+                     "topic b/# out 1"])
     url = "http://127.0.0.1:" + HTTP_RE.search(b.log()).group(1)
     assert '"ws_port":null' in get(url + "/")[2].decode()
+    m = metrics(url)
+    assert (m['gatemq_bridge_up{bridge="up1"}'], m['gatemq_bridge_up{bridge="up2"}']) == (0, 0)
+    assert m['gatemq_bridge_queued_messages{bridge="up2"}'] == 0
     for path, method, code in (("/nope", "GET", 404), ("/metrics", "POST", 405)):
         try:
             urllib.request.urlopen(urllib.request.Request(url + path, method=method), timeout=5)
@@ -157,7 +172,35 @@ def test_http_errors_and_no_websocket_listener(make_broker):
     head = urllib.request.urlopen(urllib.request.Request(url + "/metrics", method="HEAD"), timeout=5)
     assert head.status == 200 and head.read() == b""
     # Garbage and a silent connection do not stop it.
-    raw = RawClient(int(url.rsplit(":", 1)[1]))
+    http_port = int(url.rsplit(":", 1)[1])
+    raw = RawClient(http_port)
     raw.send(b"\x00\x01garbage\r\n\r\n")
     assert raw.sock.recv(100).startswith(b"HTTP/1.1 400")
+    # A request and a half-close in one go (nc -N, health checkers) is answered.
+    half = RawClient(http_port)
+    half.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    half.sock.shutdown(socket.SHUT_WR)
+    assert half.sock.recv(100).startswith(b"HTTP/1.1 200")
     assert get(url + "/metrics")[0] == 200
+    dead.close()
+
+
+def test_silent_http_connections_time_out_and_the_next_is_served(make_broker):
+    """32 connections that never send a request fill the server; after 10 s they are closed
+    and a request waiting in the backlog is answered."""
+    b = make_broker(["http_listener 0 127.0.0.1"])
+    port = int(HTTP_RE.search(b.log()).group(1))
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+    time.sleep(0.3)
+    started = time.monotonic()
+    status, _, _ = get_with_timeout(f"http://127.0.0.1:{port}/metrics", 20)
+    waited = time.monotonic() - started
+    assert status == 200 and 5 < waited < 15, waited
+    for s in silent:
+        assert s.recv(10) == b""  # closed by the server
+        s.close()
+
+
+def get_with_timeout(url, timeout):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.headers.get("Content-Type"), r.read()

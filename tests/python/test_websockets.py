@@ -3,11 +3,13 @@ websockets transport (plain and TLS), and hand-built frames for what clients do 
 purpose: a packet split across frames, several packets in one frame, pings, text frames,
 bad upgrade requests."""
 import base64
+import select
 import hashlib
 import os
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,37 @@ def test_close_frame_ends_the_session_with_its_will(make_broker):
     assert ws.read_frame() == (8, struct.pack("!H", 1000))
     assert watcher.get().payload == b"bye"
     watcher.disconnect()
+
+
+def test_a_client_that_pings_and_never_reads_is_not_read_from(make_broker):
+    """Pongs wait for the socket like MQTT output: a client sending pings without reading the
+    answers stops being read (its sends block), instead of growing the broker's memory."""
+    b = ws_broker(make_broker)
+    ws = RawWs(b.ports[0])
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws.response()
+    ws.send(RawWs.frame(connect_packet(client_id=uid("ping"))))
+    ping = RawWs.frame(b"p" * 125, opcode=9)
+    ws.sock.setblocking(False)
+    burst, at = ping * 64, 0
+
+    def send_for(seconds, wait):
+        """Send pings for `seconds`, each time the socket takes more within `wait`."""
+        nonlocal at
+        sent, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([], [ws.sock], [], wait)[1]:
+                n = ws.sock.send(burst[at:])  # a partial send goes on where it stopped
+                sent, at = sent + n, (at + n) % len(burst)
+        return sent
+
+    first = send_for(3, 0.05)
+    # The socket buffers are full by now, and the broker no longer reads: nothing more goes.
+    later = send_for(3, 0.2)
+    assert later < 65536, f"still read from: {later} more bytes after {first}"
+    rss = int(next(l.split()[1] for l in open(f"/proc/{b.proc.pid}/status") if l.startswith("VmRSS:")))
+    assert rss < 100_000, f"broker RSS {rss} kB"
+    # Other clients are served meanwhile.
+    other = Client(b.ports[1])
+    other.connect()
+    other.disconnect()

@@ -112,8 +112,9 @@ pub(super) struct BridgeState {
     pub up: bool,
     /// Upstream refused the bridge bit once: 3.1.1 CONNECTs go without it from then on.
     pub private_refused: bool,
-    /// When the last PINGREQ went out.
+    /// When the last PINGREQ went out, and when the socket last took output.
     pub ping_at: Option<Instant>,
+    pub sent_at: Option<Instant>,
     /// The `$SYS` values last published: messages held for upstream, and dropped.
     pub sys_sent: Option<(usize, u64)>,
 }
@@ -165,6 +166,7 @@ impl Broker {
                 up: false,
                 private_refused: false,
                 ping_at: None,
+                sent_at: None,
                 sys_sent: None,
             });
         }
@@ -336,6 +338,7 @@ fn connack(
     let st = &mut b.bridges[bridge];
     st.up = true;
     st.ping_at = Some(now);
+    st.sent_at = None;
     let sid = st.session;
     let Some(s) = b.sessions.get_mut(sid) else {
         return b.end_connection(id, "bridge session gone", false, now);
@@ -442,20 +445,24 @@ pub(super) fn keep_alive(b: &mut Broker, id: ConnId, now: Instant) -> Option<Ins
     if c.keep_alive == 0 {
         return None;
     }
-    let (ka, last_rx, bridge, paused) = (
+    let (ka, last_rx, bridge, paused, out_full) = (
         Duration::from_secs(c.keep_alive as u64),
         c.last_rx,
         c.bridge as usize,
-        c.paused_on.is_some() || c.out.len() >= b.cfg.output_buffer_soft,
+        c.paused_on.is_some(),
+        c.out.len() >= b.cfg.output_buffer_soft,
     );
     let st = b.bridges.get_mut(bridge)?;
     if let Some(p) = st.ping_at {
         if now < p + ka {
             return Some(p + ka);
         }
-        // Unanswered: dead, unless the answer waits unread because the link is not being
-        // read (paused while a local subscriber drains).
-        if last_rx < p && !paused {
+        // Unanswered: dead, unless the answer may wait unread because the link is not being
+        // read: paused while a local subscriber drains, or while its output is full and
+        // upstream is still taking it (a hung upstream takes nothing, and is dead).
+        let answered = last_rx >= p;
+        let taking = out_full && st.sent_at.is_some_and(|t| t >= p);
+        if !answered && !paused && !taking {
             return Some(now);
         }
     }

@@ -357,9 +357,21 @@ pub(super) fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Insta
         cfg,
         ..
     } = b;
-    let session = &sessions[sid];
+    let session = &mut sessions[sid];
     let conn = conns[id].as_mut().expect("connection is open");
-    for i in &session.inflight {
+    // A bridge's upstream may take less than the QoS a message was held at (its Maximum QoS
+    // now): it is sent at what upstream takes, and awaits the acknowledgement of that.
+    // At Maximum QoS 0 nothing will acknowledge them: sent once at QoS 0, then done.
+    let cap = conn.max_qos_out;
+    let mut done = Vec::new();
+    for i in session.inflight.iter_mut() {
+        if i.awaiting != Awaiting::PubComp && i.msg.is_some() && i.qos > cap {
+            i.qos = cap;
+            i.awaiting = Awaiting::PubAck;
+            if cap == 0 {
+                done.push(i.packet_id);
+            }
+        }
         match (i.awaiting, i.msg) {
             (Awaiting::PubComp, _) => {
                 wire::encode_ack(&mut conn.out, wire::kind::PUBREL, i.packet_id)
@@ -375,5 +387,14 @@ pub(super) fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Insta
     if !session.inflight.is_empty() && !conn.dirty {
         conn.dirty = true;
         dirty.push(id);
+    }
+    for packet_id in done {
+        let s = &mut b.sessions[sid];
+        if let Some(at) = s.inflight.iter().position(|i| i.packet_id == packet_id) {
+            if let Some(m) = s.inflight.remove(at).and_then(|i| i.msg) {
+                b.pool.release(m);
+            }
+            b.journal_ack(sid, super::persist::AckStep::Done(packet_id));
+        }
     }
 }

@@ -590,6 +590,12 @@ impl Broker {
         };
         c.out.drain(..n.min(c.out.len()));
         self.stats.bytes_sent += n as u64;
+        if c.bridge != bridge::NO_BRIDGE && n > 0 {
+            // Upstream is taking what the bridge sends: it is alive (see bridge::keep_alive).
+            if let Some(st) = self.bridges.get_mut(c.bridge as usize) {
+                st.sent_at = Some(self.now);
+            }
+        }
         if c.out.is_empty() && c.out.capacity() > 4 * self.cfg.output_buffer_soft {
             // One burst must not pin a large buffer to an idle connection.
             c.out = Vec::new();

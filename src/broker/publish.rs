@@ -996,8 +996,9 @@ pub(super) fn resend(
     let d = Delivery {
         qos: i.qos,
         retain: i.retain,
-        dup: true,
-        packet_id: i.packet_id,
+        // (QoS 0 only for a bridge's upstream that takes no more: no DUP, no packet id.)
+        dup: i.qos > 0,
+        packet_id: if i.qos > 0 { i.packet_id } else { 0 },
         sub_ids: &i.sub_ids,
     };
     write(conn, &Source::Stored(m), pool, &d, now, cfg);

@@ -577,3 +577,62 @@ def test_qos2_ids_from_a_previous_upstream_session_are_forgotten(gateway, make_b
     link.close()
     srv.close()
     local.disconnect()
+
+
+def test_hung_upstream_is_detected_while_output_waits(upstream, gateway):
+    """A stopped upstream stops reading: the bridge's output fills, and a link whose PINGREQ
+    is unanswered and whose output does not move is dead (a full buffer is no excuse)."""
+    up = upstream()
+    gw = gateway(up.port, ["topic x/# out 0"], ["keepalive_interval 1"])
+    wait_up(gw)
+    up.proc.send_signal(signal.SIGSTOP)
+    try:
+        pub = client(gw.port)
+        for _ in range(60):
+            pub.publish("x/big", b"b" * 600_000, qos=0)
+        wait_log(gw, "Bridge up is down", timeout=20)
+        pub.disconnect()
+    finally:
+        up.proc.send_signal(signal.SIGCONT)
+    wait_up(gw, count=2)
+
+
+def fake_upstream_link(srv, connack):
+    """Accept the gateway's bridge connection on `srv`, take its CONNECT, answer `connack`."""
+    srv.settimeout(15)
+    conn, _ = srv.accept()
+    raw = RawClient.__new__(RawClient)
+    raw.sock, raw.buf = conn, b""
+    assert raw.read_packet()[0] == 0x10
+    raw.send(connack)
+    return raw
+
+
+def test_resent_message_keeps_to_the_upstream_maximum_qos(gateway, tmp_path):
+    """A QoS 2 message sent at QoS 1 to an MQTT 5 upstream with Maximum QoS 1 and not yet
+    acknowledged is resent at QoS 1 after a gateway restart (kill -9), not at QoS 2."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((HOST, 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    store = tmp_path / "gw-store"
+    store.mkdir()
+    gw = gateway(port, ["topic x/# out 2"], ["bridge_protocol_version mqttv50",
+                                             "notifications false", "persistence true",
+                                             f"persistence_location {store}"])
+    pub = client(gw.port)
+    pub.publish("x/a", b"held", qos=2)  # queued: the link is not up yet
+    max_qos_1 = lambda present: bytes([0x20, 5, present, 0, 2, 0x24, 1])  # noqa: E731
+    link = fake_upstream_link(srv, max_qos_1(0))
+    p = link.read_packet()
+    assert p[0] == 0x32, f"first send {p[0]:#x}"  # QoS 1, no DUP
+    pub.disconnect()
+    gw.stop(signal.SIGKILL)
+    link.close()
+    gw.start()
+    link = fake_upstream_link(srv, max_qos_1(1))
+    p = link.read_packet()
+    assert p[0] == 0x3A, f"resend {p[0]:#x}"  # DUP, QoS 1
+    link.close()
+    srv.close()

@@ -443,6 +443,12 @@ impl Broker {
             connect_expiry: 0,
         });
         self.push_timer(now + self.cfg.connect_timeout, id, self.next_gen as u32);
+        // Lists that hold each connection at most once per turn: sized when one opens, so a
+        // turn that makes every connection dirty does not allocate.
+        let n = self.conns.len();
+        for list in [&mut self.dirty, &mut self.closing, &mut self.resumed] {
+            crate::net::room_for(list, n);
+        }
     }
 
     /// Forget connection `id` once the event loop has closed its socket. If the broker did not

@@ -732,6 +732,7 @@ impl Server {
                 ws,
             });
             self.listeners[index].connections += 1;
+            self.room_for_connections();
             self.broker.open(id, Some(peer), index, now);
             log::debug!("New connection from {peer} (slot {id})");
         }
@@ -1047,6 +1048,21 @@ impl Server {
         }
     }
 
+    /// The per-turn lists hold each connection at most once: sized to the connection count
+    /// when a connection opens, they never grow while routing (however many connections one
+    /// turn happens to make ready).
+    fn room_for_connections(&mut self) {
+        let n = self.conns.len();
+        for list in [
+            &mut self.pending_reads,
+            &mut self.pending_writes,
+            &mut self.reading,
+            &mut self.work,
+        ] {
+            room_for(list, n);
+        }
+    }
+
     /// Bridges: collect finished name lookups, and connect the links that are due.
     fn bridges_due(&mut self, now: Instant) {
         use crate::bridge::State;
@@ -1135,6 +1151,7 @@ impl Server {
             ws: None,
         });
         link.state = crate::bridge::State::Open(id);
+        self.room_for_connections();
         self.broker.open_bridge(id, i, Some(addr), now);
     }
 
@@ -1302,6 +1319,13 @@ fn open_store(
     let mut state = Vec::new();
     broker.snapshot(&mut state);
     crate::store::Store::open(&p.location, &p.file, &loaded, &state, p.sync).map_err(StartError)
+}
+
+/// Capacity for `n` entries in `v`.
+pub(crate) fn room_for<T>(v: &mut Vec<T>, n: usize) {
+    if v.capacity() < n {
+        v.reserve(n - v.len());
+    }
 }
 
 /// A seed for a bridge's backoff jitter: links of gateways restarted together (a power cut)

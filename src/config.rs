@@ -154,36 +154,29 @@ impl Config {
         let mut c = Config::parse(&text, &name)?;
         // Relative paths are found next to the config file.
         let dir = path.parent().unwrap_or(Path::new("."));
-        for l in &mut c.listeners {
+        let files = c.listeners.iter_mut().flat_map(|l| {
             let t = &mut l.tls;
-            for p in [
+            [
                 &mut t.certfile,
                 &mut t.keyfile,
                 &mut t.cafile,
                 &mut t.capath,
             ]
-            .into_iter()
-            .flatten()
-            {
-                *p = dir.join(&*p);
-            }
+        });
+        let bridge_files = c.bridges.iter_mut().flat_map(|l| {
+            let t = &mut l.tls;
+            [
+                &mut t.certfile,
+                &mut t.keyfile,
+                &mut t.cafile,
+                &mut t.capath,
+            ]
+        });
+        for p in files.chain(bridge_files).flatten() {
+            *p = dir.join(&*p);
         }
         if let Some(p) = &mut c.persistence {
             p.location = dir.join(&p.location);
-        }
-        for l in &mut c.bridges {
-            let t = &mut l.tls;
-            for p in [
-                &mut t.certfile,
-                &mut t.keyfile,
-                &mut t.cafile,
-                &mut t.capath,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                *p = dir.join(&*p);
-            }
         }
         // Each file is read once, however many listeners use it.
         let mut passwords = Vec::new();

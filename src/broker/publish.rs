@@ -710,11 +710,6 @@ pub(super) fn deliver(
         ..
     } = b;
     let s = &mut sessions[sid];
-    // An upstream broker's Maximum QoS (a bridge's link): what it takes.
-    let qos = match s.conn.and_then(|c| conns[c].as_ref()) {
-        Some(c) => qos.min(c.max_qos_out),
-        None => qos,
-    };
     if let Source::Stored(m) = src {
         if pool.get(m).is_expired(now) {
             return;
@@ -722,6 +717,9 @@ pub(super) fn deliver(
     }
     let conn = s.conn.and_then(|c| conns[c].as_mut().map(|conn| (c, conn)));
     if let Some((cid, conn)) = conn {
+        // An upstream broker's Maximum QoS (a bridge's link) caps what is sent now; a queued
+        // message is capped when `pump` sends it.
+        let qos = qos.min(conn.max_qos_out);
         if !fits(conn, &src, pool, qos, &sub_ids, cfg) {
             stats.publish_dropped += 1;
             stats.dropped.too_large += 1;

@@ -666,7 +666,7 @@ impl Server {
             let Some(listener) = self.listeners.get_mut(index) else {
                 return;
             };
-            let (mut stream, peer) = match listener.socket.accept() {
+            let (stream, peer) = match listener.socket.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -708,18 +708,8 @@ impl Server {
             if self.nodelay {
                 let _ = stream.set_nodelay(true);
             }
-            let entry = self.conns.vacant_entry();
-            let id = entry.key();
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(id),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("cannot watch connection from {peer}: {e}");
-                continue;
-            }
             let ws = listener.websockets.then(|| Box::new(ws::WebSocket::new()));
-            entry.insert(Connection {
+            let added = self.add_connection(Connection {
                 stream,
                 partial: Vec::new(),
                 read_pending: false,
@@ -731,8 +721,14 @@ impl Server {
                 identified,
                 ws,
             });
+            let id = match added {
+                Ok(id) => id,
+                Err(e) => {
+                    log::warn!("cannot watch connection from {peer}: {e}");
+                    continue;
+                }
+            };
             self.listeners[index].connections += 1;
-            self.room_for_connections();
             self.broker.open(id, Some(peer), index, now);
             log::debug!("New connection from {peer} (slot {id})");
         }
@@ -1048,6 +1044,20 @@ impl Server {
         }
     }
 
+    /// Watch a new connection and give it a slot: its key, the mio token.
+    fn add_connection(&mut self, mut conn: Connection) -> io::Result<ConnId> {
+        let entry = self.conns.vacant_entry();
+        let id = entry.key();
+        self.poll.registry().register(
+            &mut conn.stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(conn);
+        self.room_for_connections();
+        Ok(id)
+    }
+
     /// The per-turn lists hold each connection at most once: sized to the connection count
     /// when a connection opens, they never grow while routing (however many connections one
     /// turn happens to make ready).
@@ -1107,7 +1117,7 @@ impl Server {
         let link = &mut self.links[i];
         let name = link.cfg.name.clone();
         log::info!("Bridge {name}: connecting to {addr}");
-        let mut stream = match TcpStream::connect(addr) {
+        let stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("Bridge {name}: cannot connect to {addr}: {}", io_reason(&e));
@@ -1128,17 +1138,7 @@ impl Server {
                 }
             },
         };
-        let entry = self.conns.vacant_entry();
-        let id = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(id),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!("Bridge {name}: cannot watch the connection: {e}");
-            return link.failed(now, false);
-        }
-        entry.insert(Connection {
+        let added = self.add_connection(Connection {
             stream,
             partial: Vec::new(),
             read_pending: false,
@@ -1150,9 +1150,17 @@ impl Server {
             identified: true,
             ws: None,
         });
-        link.state = crate::bridge::State::Open(id);
-        self.room_for_connections();
-        self.broker.open_bridge(id, i, Some(addr), now);
+        let link = &mut self.links[i];
+        match added {
+            Ok(id) => {
+                link.state = crate::bridge::State::Open(id);
+                self.broker.open_bridge(id, i, Some(addr), now);
+            }
+            Err(e) => {
+                log::warn!("Bridge {name}: cannot watch the connection: {e}");
+                link.failed(now, false);
+            }
+        }
     }
 
     /// Write every connection that got output, close every connection the broker ended.

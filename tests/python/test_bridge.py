@@ -542,25 +542,36 @@ def test_a_paused_bridge_is_not_taken_for_dead(upstream, gateway):
     remote.disconnect()
 
 
-def test_qos2_ids_from_a_previous_upstream_session_are_forgotten(gateway, make_broker):
-    """A fake upstream sends QoS 2 id 1, drops the link before PUBREL, then (no session
-    present) sends a new QoS 2 message with id 1 again: it is a new message, delivered."""
+def fake_upstream():
+    """A listening loopback socket standing in for an upstream broker: (socket, port)."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((HOST, 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
+    srv.listen(4)
+    return srv, srv.getsockname()[1]
+
+
+def fake_upstream_link(srv, connack):
+    """Accept the gateway's bridge connection on `srv`, take its CONNECT, answer `connack`."""
+    srv.settimeout(15)
+    conn, _ = srv.accept()
+    raw = RawClient.__new__(RawClient)
+    raw.sock, raw.buf = conn, b""
+    assert raw.read_packet()[0] == 0x10
+    raw.send(connack)
+    return raw
+
+
+def test_qos2_ids_from_a_previous_upstream_session_are_forgotten(gateway, make_broker):
+    """A fake upstream sends QoS 2 id 1, drops the link before PUBREL, then (no session
+    present) sends a new QoS 2 message with id 1 again: it is a new message, delivered."""
+    srv, port = fake_upstream()
     gw = gateway(port, ["topic cmd/# in 2"], ["notifications false", "try_private false"])
     local = client(gw.port)
     local.subscribe("cmd/#", 2)
 
     def accept_link():
-        srv.settimeout(10)
-        conn, _ = srv.accept()
-        raw = RawClient.__new__(RawClient)
-        raw.sock, raw.buf = conn, b""
-        assert raw.read_packet()[0] == 0x10  # CONNECT
-        raw.send(b"\x20\x02\x00\x00")  # CONNACK, no session present
+        raw = fake_upstream_link(srv, b"\x20\x02\x00\x00")  # CONNACK, no session present
         assert raw.read_packet()[0] == 0x82  # SUBSCRIBE
         return raw
 
@@ -597,25 +608,10 @@ def test_hung_upstream_is_detected_while_output_waits(upstream, gateway):
     wait_up(gw, count=2)
 
 
-def fake_upstream_link(srv, connack):
-    """Accept the gateway's bridge connection on `srv`, take its CONNECT, answer `connack`."""
-    srv.settimeout(15)
-    conn, _ = srv.accept()
-    raw = RawClient.__new__(RawClient)
-    raw.sock, raw.buf = conn, b""
-    assert raw.read_packet()[0] == 0x10
-    raw.send(connack)
-    return raw
-
-
 def test_resent_message_keeps_to_the_upstream_maximum_qos(gateway, tmp_path):
     """A QoS 2 message sent at QoS 1 to an MQTT 5 upstream with Maximum QoS 1 and not yet
     acknowledged is resent at QoS 1 after a gateway restart (kill -9), not at QoS 2."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((HOST, 0))
-    srv.listen(4)
-    port = srv.getsockname()[1]
+    srv, port = fake_upstream()
     store = tmp_path / "gw-store"
     store.mkdir()
     gw = gateway(port, ["topic x/# out 2"], ["bridge_protocol_version mqttv50",

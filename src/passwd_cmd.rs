@@ -148,7 +148,8 @@ fn hash_plain_file(path: &Path) -> Result<(), String> {
             out.push('\n');
         } else {
             let mut one = PasswordFile::default();
-            one.set(user, secret)?;
+            one.set(user, secret)
+                .map_err(|e| format!("{name}:{}: {e}", n + 1))?;
             out.push_str(&one.to_text());
         }
     }

@@ -139,10 +139,11 @@ impl PasswordFile {
         Ok(PasswordFile { entries })
     }
 
-    /// Does `password` match `user`'s entry? False for an unknown user.
+    /// Does `password` match `user`'s entry? False for an unknown user, and false for an empty
+    /// password whatever the file holds (a file written elsewhere may hash one), as Mosquitto.
     pub fn check(&self, user: &str, password: &[u8]) -> bool {
         match self.entries.iter().find(|(u, _)| u == user) {
-            Some((_, h)) => h.verify(password),
+            Some((_, h)) => h.verify(password) && !password.is_empty(),
             // Spend the same effort for an unknown user, so timing does not tell who exists.
             None => {
                 let _ = Hash::new_pbkdf2(password, vec![0; SALT_LEN]);
@@ -156,7 +157,11 @@ impl PasswordFile {
     }
 
     /// Add or replace `user` with a new PBKDF2-SHA512 hash of `password` and a random salt.
+    /// An empty password is refused: the broker would never accept it.
     pub fn set(&mut self, user: &str, password: &str) -> Result<(), String> {
+        if password.is_empty() {
+            return Err(format!("empty password for user '{user}' (not allowed)"));
+        }
         let hash = Hash::new_pbkdf2(password.as_bytes(), random_salt()?);
         match self.entries.iter_mut().find(|(u, _)| u == user) {
             Some(e) => e.1 = hash,
@@ -254,5 +259,23 @@ bob:$7$101$2p6FINpsYSeE0B/C$RxAdlQ84VllOVQNqJWhmATcd0/7I0UreV+JtfTj1wvsAUQY3hKZ/
             .unwrap_err()
             .starts_with("pw:3: user 'u': not a $6$ or $7$"));
         assert!(PasswordFile::parse("u:$7$0$AAAA$AAAA\n", "pw").is_err());
+        assert_eq!(
+            f.set("dev3", "").unwrap_err(),
+            "empty password for user 'dev3' (not allowed)"
+        );
+        assert!(!f.contains("dev3"));
+    }
+
+    #[test]
+    fn an_empty_password_never_matches_even_if_the_file_hashes_one() {
+        let salted = Hash::new_pbkdf2(b"", vec![1; SALT_LEN]);
+        let f = PasswordFile::parse(&format!("u:{}\n", salted.encode()), "pw").unwrap();
+        assert!(
+            salted.verify(b""),
+            "the entry really is the empty password's hash"
+        );
+        assert!(!f.check("u", b""));
+        let old = PasswordFile::parse("v:$6$AAAA$AAAA\n", "pw").unwrap();
+        assert!(!old.check("v", b""));
     }
 }

@@ -107,3 +107,34 @@ def test_bad_password_file_is_a_clear_startup_error(tmp_path):
     conf.write_text("listener 0 127.0.0.1\npassword_file missing\n")
     r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
     assert r.returncode == 1 and "option 'password_file': cannot read password file" in r.stderr
+
+
+def test_empty_passwords_are_refused_by_the_tool_and_the_broker(make_broker, tmp_path):
+    pw = tmp_path / "passwd"
+    for how in (dict(args=["-b", str(pw), "alice", ""]),
+                dict(args=[str(pw), "alice"], stdin=subprocess.DEVNULL),  # stdin at EOF
+                dict(args=[str(pw), "alice"], input="\n\n")):  # two empty lines
+        r = subprocess.run([BIN, "passwd", "-c", *how["args"]], capture_output=True, text=True,
+                           stdin=how.get("stdin"), input=how.get("input"))
+        assert r.returncode == 1, how
+        assert r.stderr == "gatemq passwd: empty password for user 'alice' (not allowed)\n"
+        assert not pw.exists()
+    pw.write_text("ok:fine\nblank:\n")
+    r = subprocess.run([BIN, "passwd", "-U", str(pw)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr == f"gatemq passwd: {pw}:2: empty password for user 'blank' (not allowed)\n"
+    assert pw.read_text() == "ok:fine\nblank:\n", "nothing written"
+    # A file that does hash an empty password (written by hand or by an older tool): the
+    # broker still never accepts an empty password, for that user or any other.
+    import base64, hashlib
+    salt = b"0123456789ab"
+    empty = base64.b64encode(hashlib.pbkdf2_hmac("sha512", b"", salt, 101)).decode()
+    pw.write_text(f"blank:$7$101${base64.b64encode(salt).decode()}${empty}\n")
+    subprocess.run([BIN, "passwd", "-b", str(pw), "alice", "s3cret"], check=True)
+    b = make_broker([f"password_file {pw}", "allow_anonymous false"])
+    assert connect_rc(b.port, "alice", "s3cret") == 0
+    # 3.1.1 return code 4 and MQTT 5 reason 0x86, both "bad user name or password".
+    for v5, refused in ((False, 4), (True, 0x86)):
+        assert connect_rc(b.port, "blank", "", v5=v5) == refused
+        assert connect_rc(b.port, "blank", None, v5=v5) == refused  # username, no password
+        assert connect_rc(b.port, "alice", "", v5=v5) == refused

@@ -385,6 +385,7 @@ impl Config {
                     )? as usize
                 }
                 "max_keepalive" => b.max_keepalive = at.parse_num(at.one(&args)?, 0, 65535)? as u16,
+                "allow_zero_keepalive" => b.allow_zero_keepalive = at.parse_bool(&args)?,
                 "retain_available" => b.retain_available = at.parse_bool(&args)?,
                 "max_topic_length" => {
                     b.max_topic_length = at.parse_num(at.one(&args)?, 1, 65535)? as usize

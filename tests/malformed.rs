@@ -280,17 +280,26 @@ fn keepalive_above_max_keepalive_gets_code_2() {
 }
 
 #[test]
-fn keepalive_zero_is_above_max_keepalive() {
-    // Keep-alive 0 switches keep-alive off: no limit at all. Mosquitto (handle_connect.c:
-    // `max_keepalive && (keepalive > max_keepalive || keepalive == 0)`) refuses a 3.1.1
-    // client with it, code 2, when max_keepalive is set.
+fn keepalive_zero_is_accepted_with_max_keepalive_set() {
+    // Keep-alive 0 switches keep-alive off, which MQTT allows: accepted whatever max_keepalive.
     let (mut b, mut w) = setup("max_keepalive 60");
+    let _kept = accepted(&b, &connect("ka0", true, 0, None, None, None));
+    still_works(&mut b, &mut w);
+}
+
+#[test]
+fn allow_zero_keepalive_false_is_mosquittos_rule() {
+    // Mosquitto 2.0.12+ (handle_connect.c: `max_keepalive && (keepalive > max_keepalive ||
+    // keepalive == 0)`) refuses a 3.1.1 client with keep-alive 0, code 2, when max_keepalive
+    // is set; `allow_zero_keepalive false` asks for that.
+    let (mut b, mut w) = setup("max_keepalive 60\nallow_zero_keepalive false");
     refused(
         &mut b,
         &mut w,
         &connect("ka0", true, 0, None, None, None),
         2,
     );
+    let _kept = accepted(&b, &connect("ka60", true, 60, None, None, None));
     still_works(&mut b, &mut w);
 }
 

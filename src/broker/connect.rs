@@ -117,11 +117,13 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
             now,
         );
     }
-    // Mosquitto's rule: with a max_keepalive set, a keep-alive above it or 0 (none) is not
-    // accepted. MQTT 5 clients are told the limit (Server Keep Alive); 3.1.x clients, who
-    // cannot be told, are refused. max_keepalive 0 means no limit.
+    // A keep-alive above max_keepalive is not accepted: MQTT 5 clients are told the limit
+    // (Server Keep Alive); 3.1.x clients, who cannot be told, are refused. Keep-alive 0 (none)
+    // is allowed, as MQTT says (the socket's TCP keepalive finds a vanished peer), unless
+    // allow_zero_keepalive is false: Mosquitto 2.0.12+'s rule. max_keepalive 0 = no limit.
     let max = b.cfg.max_keepalive;
-    let keep_alive_out_of_range = max > 0 && (c.keep_alive > max || c.keep_alive == 0);
+    let zero_refused = c.keep_alive == 0 && !b.cfg.allow_zero_keepalive;
+    let keep_alive_out_of_range = max > 0 && (c.keep_alive > max || zero_refused);
     if keep_alive_out_of_range && !v5 {
         log::info!(
             "Client {client_id} refused: keep-alive {} is not within max_keepalive {max}",

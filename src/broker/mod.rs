@@ -57,9 +57,12 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// Largest PUBLISH payload; larger ones are dropped. 0 = only `max_packet_size` applies.
     pub message_size_limit: usize,
-    /// 3.1.1 clients asking for a longer keep-alive, or for none (0), are refused (there is no
-    /// way to tell them); 0 = no limit, keep-alive 0 allowed.
+    /// 3.1.1 clients asking for a longer keep-alive are refused (there is no way to tell
+    /// them); MQTT 5 clients are told to use this one. 0 = no limit.
     pub max_keepalive: u16,
+    /// Keep-alive 0 (none) is accepted, as MQTT allows; false is Mosquitto 2.0.12+'s rule
+    /// (refused like a keep-alive above `max_keepalive`, when that is set).
+    pub allow_zero_keepalive: bool,
     pub retain_available: bool,
     /// Seconds between `$SYS` updates; 0 = none.
     pub sys_interval: u32,
@@ -99,6 +102,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             message_size_limit: 0,
             max_keepalive: 65535,
+            allow_zero_keepalive: true,
             retain_available: true,
             sys_interval: 10,
             connect_timeout: Duration::from_secs(10),

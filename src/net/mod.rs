@@ -22,7 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 /// A bridge's host name lookup finished.
@@ -708,6 +708,7 @@ impl Server {
             if self.nodelay {
                 let _ = stream.set_nodelay(true);
             }
+            set_tcp_keepalive(&stream);
             let ws = listener.websockets.then(|| Box::new(ws::WebSocket::new()));
             let added = self.add_connection(Connection {
                 stream,
@@ -1363,4 +1364,22 @@ fn handle_frames(broker: &mut Broker, id: ConnId, data: &[u8], max: usize, now: 
         }
     }
     used
+}
+
+/// TCP keepalive on a client's socket: a client with MQTT keep-alive 0 that vanishes (power cut,
+/// Wi-Fi gone) is found dead by the kernel after `TCP_KEEPIDLE` + `TCP_KEEPCNT` unanswered
+/// probes `TCP_KEEPINTVL` apart (120 s + 3 x 20 s), and its connection is closed like any lost
+/// one (its will is published), instead of being kept for ever.
+pub const TCP_KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(120), Duration::from_secs(20), 3);
+
+fn set_tcp_keepalive(stream: &TcpStream) {
+    let (idle, interval, count) = TCP_KEEPALIVE;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(count);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        log::debug!("cannot set TCP keepalive: {e}");
+    }
 }

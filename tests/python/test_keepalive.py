@@ -1,4 +1,6 @@
 """Keep Alive (MQTT 3.1.1 section 3.1.2.10)."""
+import re
+import subprocess
 import time
 
 from clients import PINGREQ, RawClient, connect_packet, connected, publish_packet, uid
@@ -54,13 +56,51 @@ def test_paho_client_with_short_keepalive_stays_connected(broker):
     assert c.get().payload == b"still here"
 
 
-def test_keepalive_zero_rejected_by_default(broker):
-    """Mosquitto (>= 2.0.12) applies max_keepalive (default 65535) to 3.1/3.1.1 clients and
-    treats Keep Alive 0 as exceeding it: CONNACK 0x02, then the connection is closed."""
+def silent_for(raw, seconds):
+    """Nothing at all arrives (no packet, no close) for `seconds`."""
+    raw.sock.settimeout(seconds)
+    try:
+        data = raw.sock.recv(16)
+    except TimeoutError:
+        data = None
+    assert data is None, f"broker sent {data!r} (b'' = closed) to a keepalive-0 client"
+
+
+def test_keepalive_zero_accepted_by_default(broker):
+    """Keep Alive 0 (no keep-alive, section 3.1.2.10) is accepted with the default
+    max_keepalive, as umqtt.simple and the Paho interop suite connect; the silent client is
+    not disconnected, and still answered."""
     raw = RawClient(broker.port)
+    raw.connect(client_id=uid("zero"), keepalive=0)
+    silent_for(raw, 2.5)
+    raw.send(PINGREQ)
+    assert raw.read_packet(timeout=1) == b"\xd0\x00"
+
+
+def test_allow_zero_keepalive_false_is_mosquittos_rule(make_broker):
+    """`allow_zero_keepalive false`: Mosquitto 2.0.12+'s rule, Keep Alive 0 counts as above
+    max_keepalive: CONNACK 0x02 for 3.1.1, then the connection is closed."""
+    b = make_broker(["allow_zero_keepalive false"])
+    raw = RawClient(b.port)
     raw.send(connect_packet(client_id=uid("zero"), keepalive=0))
     assert raw.read_packet() == b"\x20\x02\x00\x02"
     raw.wait_closed(2)
+    RawClient(b.port).connect(client_id=uid("one"), keepalive=1)
+
+
+def test_client_sockets_have_tcp_keepalive(broker):
+    """A keep-alive-0 client that vanishes is found by TCP keepalive: the broker's side of
+    the connection runs the kernel's keepalive timer (ss shows `timer:(keepalive,...)`),
+    first probe after 120 s idle."""
+    raw = RawClient(broker.port)
+    raw.connect(client_id=uid("zero"), keepalive=0)
+    out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{broker.port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.count("\n") == 1, out
+    m = re.search(r"timer:\(keepalive,(?:(\d+)min)?(?:(\d+)(?:\.\d+)?sec)?,0\)", out)
+    assert m, out
+    left = int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+    assert 100 <= left <= 120, out
 
 
 def test_keepalive_above_max_keepalive_rejected(make_broker):

@@ -52,12 +52,16 @@ def test_empty_client_id_gets_assigned_client_identifier(broker):
 
 
 def test_server_keep_alive_caps_keepalive_above_max(make_broker):
-    """Section 3.2.2.3.14: with max_keepalive 30, a v5 client asking for 60 s (or 0, no keep
-    alive) is accepted and told Server Keep Alive = 30; 20 s is left alone."""
+    """Section 3.2.2.3.14: with max_keepalive 30, a v5 client asking for 60 s is accepted and
+    told Server Keep Alive = 30; 20 s and 0 (no keep-alive) are left alone, and with
+    `allow_zero_keepalive false` (Mosquitto's rule) 0 is told 30 too."""
     b = make_broker(["max_keepalive 30"])
     assert v5(b.port, keepalive=60).connack[2].get("ServerKeepAlive") == 30
-    assert v5(b.port, keepalive=0).connack[2].get("ServerKeepAlive") == 30
+    assert "ServerKeepAlive" not in v5(b.port, keepalive=0).connack[2]
     assert "ServerKeepAlive" not in v5(b.port, keepalive=20).connack[2]
+    strict = make_broker(["max_keepalive 30", "allow_zero_keepalive false"])
+    assert v5(strict.port, keepalive=0).connack[2].get("ServerKeepAlive") == 30
+    assert "ServerKeepAlive" not in v5(strict.port, keepalive=20).connack[2]
 
 
 def test_response_information_only_when_requested(make_broker):

@@ -12,12 +12,12 @@
 //! by a crash in the middle of that switch and is already contained in the snapshot.
 //!
 //! Reading at start never stops the broker: a torn last record is dropped with a warning, and a
-//! damaged file is moved aside (`.damaged-<unix time>`) after everything before the damage has
-//! been read. The state that was read is then written as a fresh snapshot.
+//! damaged record costs that record only (the reader resynchronises on the next intact frame,
+//! [`record::scan`]); a damaged file is moved aside (`.damaged-<unix time>`) once every intact
+//! record has been read. The state that was read is then written as a fresh snapshot.
 
 pub mod record;
 
-use record::Frame;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -131,33 +131,24 @@ fn read_file(
         // are in the snapshot.
         return Ok(None);
     }
-    let mut at = HEADER;
-    let mut count = 0usize;
-    loop {
-        match record::decode(&data[at..]) {
-            Frame::Record(_, n) => {
-                loaded.records.extend_from_slice(&data[at..at + n]);
-                at += n;
-                count += 1;
-            }
-            Frame::End => break,
-            Frame::Torn => {
-                loaded.warnings.push(format!(
-                    "{name}: the last record was cut short ({} bytes, a write interrupted by a crash); dropped, the {count} records before it were read",
-                    data.len() - at
-                ));
-                break;
-            }
-            Frame::Damaged => {
-                loaded.warnings.push(format!(
-                    "{name}: record {} at byte {at} is damaged; the {count} records before it were read, the {} bytes from it on were not (the file is moved aside)",
-                    count + 1,
-                    data.len() - at
-                ));
-                move_aside(path, &mut loaded.warnings);
-                break;
-            }
-        }
+    let records = &mut loaded.records;
+    let s = record::scan(&data[HEADER..], |frame| records.extend_from_slice(frame));
+    if s.torn > 0 {
+        loaded.warnings.push(format!(
+            "{name}: the last record was cut short ({} bytes, a write interrupted by a crash); dropped, the {} records before it were read",
+            s.torn, s.records
+        ));
+    }
+    if let Some(first) = s.first_damage {
+        loaded.warnings.push(format!(
+            "{name} is damaged: {} bytes in {} place{} skipped (the first at byte {}); the {} intact records around them were read (the file is moved aside)",
+            s.skipped,
+            s.damaged,
+            if s.damaged == 1 { "" } else { "s" },
+            HEADER + first,
+            s.records
+        ));
+        move_aside(path, &mut loaded.warnings);
     }
     Ok(Some(generation))
 }

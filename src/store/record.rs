@@ -373,6 +373,58 @@ pub fn decode(data: &[u8]) -> Frame<'_> {
     }
 }
 
+/// What [`scan`] found besides the intact frames.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Intact frames handed on.
+    pub records: usize,
+    /// Damaged regions skipped (each one up to the next intact frame, or to the end).
+    pub damaged: usize,
+    /// Bytes in those regions.
+    pub skipped: usize,
+    /// Where the first damaged region starts.
+    pub first_damage: Option<usize>,
+    /// Bytes of a last frame cut short by a crash (nothing intact follows it): not damage.
+    pub torn: usize,
+}
+
+/// Walk the frames of `data`, handing each intact one's bytes to `keep`. A frame that does
+/// not add up costs that frame only: the reader resynchronises on the next offset where an
+/// intact frame (length, checksum and contents) starts, as LevelDB's log reader does. An
+/// incomplete frame with nothing intact after it is a torn tail (a crash mid-write); with
+/// something intact after it, its length field was damaged. Offsets whose length field is
+/// out of range are rejected before any checksum is computed, so garbage is scanned quickly.
+pub fn scan<'a>(data: &'a [u8], mut keep: impl FnMut(&'a [u8])) -> Scan {
+    let mut s = Scan::default();
+    let mut at = 0;
+    loop {
+        let bad = match decode(&data[at..]) {
+            Frame::Record(_, n) => {
+                keep(&data[at..at + n]);
+                s.records += 1;
+                at += n;
+                continue;
+            }
+            Frame::End => return s,
+            bad => bad,
+        };
+        let next = (at + 1..data.len()).find(|&p| matches!(decode(&data[p..]), Frame::Record(..)));
+        match (next, bad) {
+            (None, Frame::Torn) => {
+                s.torn = data.len() - at;
+                return s;
+            }
+            (next, _) => {
+                let to = next.unwrap_or(data.len());
+                s.damaged += 1;
+                s.skipped += to - at;
+                s.first_damage.get_or_insert(at);
+                at = to;
+            }
+        }
+    }
+}
+
 fn parse(body: &[u8]) -> Option<Record<'_>> {
     let mut r = Reader(body);
     let rec = match r.u8()? {
@@ -700,5 +752,58 @@ mod tests {
                 d[i] ^= bit;
             }
         }
+    }
+
+    /// The frame boundaries of `data`.
+    fn bounds(data: &[u8]) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        scan(data, |f| {
+            let start = f.as_ptr() as usize - data.as_ptr() as usize;
+            v.push((start, start + f.len()));
+        });
+        v
+    }
+
+    #[test]
+    fn a_damaged_frame_costs_that_frame_only() {
+        let data = samples();
+        let frames = bounds(&data);
+        assert_eq!(frames.len(), 13);
+        let mut d = data.clone();
+        for i in 0..d.len() {
+            for bit in [0x01, 0x10, 0x80] {
+                d[i] ^= bit;
+                let hit = frames.iter().position(|&(s, e)| s <= i && i < e).unwrap();
+                let mut kept = Vec::new();
+                let s = scan(&d, |f| kept.push(f));
+                let want: Vec<&[u8]> = (0..frames.len())
+                    .filter(|&k| k != hit)
+                    .map(|k| &data[frames[k].0..frames[k].1])
+                    .collect();
+                assert_eq!(kept, want, "flip {bit:#x} at {i}");
+                if hit == frames.len() - 1 && s.torn > 0 {
+                    // A last frame whose length now runs past the end reads as torn.
+                    assert_eq!((s.damaged, s.torn), (0, frames[hit].1 - frames[hit].0));
+                } else {
+                    assert_eq!((s.damaged, s.first_damage), (1, Some(frames[hit].0)));
+                    assert_eq!(s.skipped, frames[hit].1 - frames[hit].0, "flip at {i}");
+                }
+                d[i] ^= bit;
+            }
+        }
+        // A zeroed sector across several frames costs exactly those frames.
+        let mut z = data.clone();
+        let (from, to) = (frames[3].0 + 5, frames[6].0 + 2);
+        z[from..to].fill(0);
+        let mut kept = 0;
+        let s = scan(&z, |_| kept += 1);
+        assert_eq!((kept, s.damaged), (13 - 4, 1));
+        assert_eq!(s.skipped, frames[6].1 - frames[3].0);
+        // A torn tail is not damage.
+        let s = scan(&data[..data.len() - 3], |_| {});
+        assert_eq!(
+            (s.records, s.damaged, s.torn),
+            (12, 0, frames[12].1 - frames[12].0 - 3)
+        );
     }
 }

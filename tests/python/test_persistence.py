@@ -194,26 +194,106 @@ def test_a_journal_cut_anywhere_keeps_every_record_before_the_cut(make_broker, t
         b.stop()
 
 
-def test_flipped_bytes_keep_the_records_before_them_and_the_file_is_moved_aside(make_broker, tmp_path):
+def test_a_flipped_bit_costs_its_record_only_and_the_file_is_moved_aside(make_broker, tmp_path):
     d, frames = make_journal(make_broker, tmp_path)
     data = (d / "gatemq.db.journal").read_bytes()
     rnd = random.Random(9)
-    for k in range(5):
-        at = rnd.randrange(16, len(data))
+    # Random places, and the first and last byte of a middle record and of the last one.
+    places = [rnd.randrange(16, len(data)) for _ in range(4)]
+    places += [frames[12][0], frames[12][1] - 1, frames[-1][0] + 1]
+    for k, at in enumerate(places):
         bad = bytearray(data)
         bad[at] ^= 1 << rnd.randrange(8)
         run = tmp_path / f"flip{k}"
         shutil.copytree(d, run)
         (run / "gatemq.db.journal").write_bytes(bytes(bad))
         b = make_broker(persist_lines(run))
-        before = sum(1 for s, e in frames if e <= at)
-        assert retained(b.port, wait=0.5) == {f"r/{i:02}": f"v{i}".encode() for i in range(before)}
+        hit = next(i for i, (s, e) in enumerate(frames) if s <= at < e)
+        want = {f"r/{i:02}": f"v{i}".encode() for i in range(len(frames)) if i != hit}
+        assert retained(b.port, wait=0.5) == want, f"flip at {at} (record {hit})"
         log = b.log()
-        assert "is damaged" in log or "was cut short" in log, log
         assert b.alive()
         b.stop()
-        if "is damaged" in log:
-            assert any(p.name.startswith("gatemq.db.journal.damaged-") for p in run.iterdir())
+        if "was cut short" in log:
+            # Only the last record's length can run past the end: a torn tail, not damage.
+            assert hit == len(frames) - 1, log
+            continue
+        n = frames[hit][1] - frames[hit][0]
+        assert (f"gatemq.db.journal is damaged: {n} bytes in 1 place skipped (the first at "
+                f"byte {frames[hit][0]}); the {len(frames) - 1} intact records around them "
+                "were read (the file is moved aside)") in log, log
+        assert any(p.name.startswith("gatemq.db.journal.damaged-") for p in run.iterdir())
+
+
+def frame_kinds(path):
+    """(start, end, kind, message id) of each frame; the id of Message (5) and Hold (6) records."""
+    data, out = path.read_bytes(), []
+    for s, e in journal_frames(path):
+        body = data[s + 8:e]
+        kind, mid = body[0], None
+        if kind == 5:
+            mid = struct.unpack_from("<Q", body, 1)[0]
+        elif kind == 6:
+            n = struct.unpack_from("<H", body, 1)[0]
+            mid = struct.unpack_from("<Q", body, 3 + n)[0]
+        out.append((s, e, kind, mid, body))
+    return out
+
+
+def test_a_damaged_sector_mid_journal_costs_only_the_records_in_it(make_broker, tmp_path):
+    """300 messages queued for an offline persistent session, then 50 retained ones; kill -9;
+    one 512-byte sector in the middle of the journal overwritten with garbage. Every message
+    and retained message whose records lie outside that sector comes back, exactly."""
+    d = tmp_path / "data"
+    b = make_broker(persist_lines(d))
+    sub = Client(b.port, client_id="sector", clean_session=False)
+    sub.connect()
+    sub.subscribe("q/#", 1)
+    sub.disconnect()
+    pub = Client(b.port)
+    pub.connect()
+    for i in range(300):
+        pub.publish("q/t", f"queued-{i:03}".encode(), qos=1)  # waits for PUBACK
+    pub.disconnect()
+    publish_retained(b.port, [(f"r/{i:02}", f"ret-{i:02}".encode()) for i in range(50)])
+    b.stop(sig=signal.SIGKILL)
+    journal = d / "gatemq.db.journal"
+    frames = frame_kinds(journal)
+    data = journal.read_bytes()
+    assert len(frames) >= 1 + 300 + 50 and frames[-1][1] == len(data)
+    start = (len(data) // 2) & ~511
+    sector = range(start, start + 512)
+    bad = bytearray(data)
+    bad[start:start + 512] = random.Random(3).randbytes(512)
+    journal.write_bytes(bytes(bad))
+    hit = [f for f in frames if f[0] < sector.stop and sector.start < f[1]]
+    lost_ids = {f[3] for f in hit if f[2] in (5, 6)}
+    payload = {f[3]: f[4] for f in frames if f[2] == 5}
+    want_queued = {f"queued-{i:03}".encode() for i in range(300)}
+    lost_payloads = {q for q in want_queued if any(q in payload[mid] for mid in lost_ids)}
+    want_queued -= lost_payloads
+    lost_retained = {f"r/{i:02}" for i in range(50)
+                     if any(f[2] == 1 and f"ret-{i:02}".encode() in f[4] for f in hit)}
+    want_retained = {f"r/{i:02}": f"ret-{i:02}".encode() for i in range(50)
+                     if f"r/{i:02}" not in lost_retained}
+
+    b2 = make_broker(persist_lines(d))
+    log = b2.log()
+    assert "gatemq.db.journal is damaged: " in log and "in 1 place skipped" in log, log
+    assert retained(b2.port) == want_retained
+    back = Client(b2.port, client_id="sector", clean_session=False)
+    back.connect()
+    got = []
+    while True:
+        try:
+            got.append(back.messages.get(timeout=1.0).payload)
+        except Exception:
+            break
+    back.disconnect()
+    assert sorted(got) == sorted(want_queued)
+    print(f"sector at {start}: {len(hit)} records hit; {len(got)}/300 queued and "
+          f"{len(want_retained)}/50 retained came back;",
+          next(ln for ln in log.splitlines() if "is damaged" in ln))
 
 
 def test_a_snapshot_that_is_not_ours_is_moved_aside_and_the_broker_serves(make_broker, tmp_path):

@@ -215,6 +215,9 @@ struct Conn {
     last_rx: Instant,
     will: Option<MsgId>,
     out: Vec<u8>,
+    /// Output from this offset on waits for the journal: it holds the acknowledgement of a
+    /// message whose records are not written yet (see `persist::hold_output`).
+    held: Option<usize>,
     dirty: bool,
     closing: bool,
     /// Timer entries carrying another generation are stale.
@@ -275,6 +278,10 @@ pub struct Broker {
     closing: Vec<ConnId>,
     /// Connections whose pause ended: the event loop reads what they have buffered.
     resumed: Vec<ConnId>,
+    /// Connections with output held for the journal.
+    held: Vec<ConnId>,
+    /// Persistence cannot write: connections with held output are not read.
+    journal_failing: bool,
     stats: Stats,
     sys: sys::SysState,
     /// The device command executor, when a devices file is configured.
@@ -321,6 +328,8 @@ impl Broker {
             dirty: Vec::new(),
             closing: Vec::new(),
             resumed: Vec::new(),
+            held: Vec::new(),
+            journal_failing: false,
             stats: Stats::default(),
             sys,
             devices: None,
@@ -430,6 +439,7 @@ impl Broker {
             last_rx: now,
             will: None,
             out: Vec::new(),
+            held: None,
             dirty: false,
             closing: false,
             timer_gen: self.next_gen as u32,
@@ -450,7 +460,12 @@ impl Broker {
         // Lists that hold each connection at most once per turn: sized when one opens, so a
         // turn that makes every connection dirty does not allocate.
         let n = self.conns.len();
-        for list in [&mut self.dirty, &mut self.closing, &mut self.resumed] {
+        for list in [
+            &mut self.dirty,
+            &mut self.closing,
+            &mut self.resumed,
+            &mut self.held,
+        ] {
             crate::net::room_for(list, n);
         }
     }
@@ -519,8 +534,22 @@ impl Broker {
         self.protocol_error(id, err, now);
     }
 
-    /// Handle one whole packet (fixed header included) from connection `id`.
+    /// Handle one whole packet (fixed header included) from connection `id`. A QoS 1/2
+    /// PUBLISH whose message had to be journaled is acknowledged only once its records are
+    /// written: the output it made waits for [`Broker::journal_written`].
     pub fn handle_packet(&mut self, id: ConnId, frame: &[u8], header_len: usize, now: Instant) {
+        let acked_publish = frame.first().is_some_and(|&b| b >> 4 == 3 && b & 0x06 != 0);
+        let before = match (&self.journal, acked_publish) {
+            (Some(j), true) => Some((j.len(), self.output(id).len())),
+            _ => None,
+        };
+        self.dispatch(id, frame, header_len, now);
+        if let Some((journal_len, out_len)) = before {
+            self.hold_output(id, journal_len, out_len);
+        }
+    }
+
+    fn dispatch(&mut self, id: ConnId, frame: &[u8], header_len: usize, now: Instant) {
         let Some(conn) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -583,10 +612,10 @@ impl Broker {
         }
     }
 
-    /// Bytes waiting to be written to connection `id`.
+    /// Bytes waiting to be written to connection `id` (up to output held for the journal).
     pub fn output(&self, id: ConnId) -> &[u8] {
         match self.conns.get(id).and_then(|c| c.as_ref()) {
-            Some(c) => &c.out,
+            Some(c) => &c.out[..c.held.unwrap_or(c.out.len())],
             None => &[],
         }
     }
@@ -599,6 +628,9 @@ impl Broker {
             return;
         };
         c.out.drain(..n.min(c.out.len()));
+        if let Some(h) = &mut c.held {
+            *h -= n.min(*h);
+        }
         self.stats.bytes_sent += n as u64;
         if c.bridge != bridge::NO_BRIDGE && n > 0 {
             // Upstream is taking what the bridge sends: it is alive (see bridge::keep_alive).
@@ -620,11 +652,15 @@ impl Broker {
     }
 
     /// Whether the event loop should read more from connection `id`: not while it is closing,
-    /// nor while it leaves a full output buffer unread (it is not reading its acknowledgements).
+    /// nor while it leaves a full output buffer unread (it is not reading its acknowledgements),
+    /// nor while its acknowledgements wait for a journal that cannot be written.
     pub fn wants_read(&self, id: ConnId) -> bool {
         match self.conns.get(id).and_then(|c| c.as_ref()) {
             Some(c) => {
-                !c.closing && c.paused_on.is_none() && c.out.len() < self.cfg.output_buffer_soft
+                !c.closing
+                    && c.paused_on.is_none()
+                    && c.out.len() < self.cfg.output_buffer_soft
+                    && !(self.journal_failing && c.held.is_some())
             }
             None => false,
         }

@@ -12,7 +12,7 @@ use super::message::{MessagePool, MsgId};
 use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::SubEntry;
 use super::subscribe::split_shared;
-use super::{Broker, SessionId};
+use super::{Broker, ConnId, SessionId};
 use crate::store::record::{self, Frame, Msg, Record};
 use crate::wire::SubOptions;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,6 +35,54 @@ impl Broker {
     /// Records made and not taken yet.
     pub fn journal_waiting(&self) -> bool {
         self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    /// Connection `id` was handling a QoS 1/2 PUBLISH, with the journal `journal_len` long and
+    /// its output `out_len` long before: if that made records, what it output since (its
+    /// PUBACK/PUBREC, and what follows) waits until the records are written.
+    pub(super) fn hold_output(&mut self, id: ConnId, journal_len: usize, out_len: usize) {
+        let grew = self.journal.as_ref().is_some_and(|j| j.len() > journal_len);
+        let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if grew && c.held.is_none() && c.out.len() > out_len {
+            c.held = Some(out_len);
+            self.held.push(id);
+        }
+    }
+
+    /// What the event loop could write of the records taken so far: `durable`, everything
+    /// (held output is released, and its connections are read again); or not, and then the
+    /// connections with held output are not read until it is.
+    pub fn journal_written(&mut self, durable: bool) {
+        let was_failing = self.journal_failing;
+        if durable == was_failing {
+            self.journal_failing = !durable;
+            super::sys::persistence(self);
+        }
+        if !durable {
+            return;
+        }
+        for i in 0..self.held.len() {
+            let id = self.held[i];
+            let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            c.held = None;
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+            if was_failing {
+                self.resumed.push(id);
+            }
+        }
+        self.held.clear();
+    }
+
+    /// Publishers whose acknowledgements wait for the journal.
+    pub fn held_connections(&self) -> usize {
+        self.held.len()
     }
 
     /// Session `sid` changed in a way a restart must keep (created, resumed, subscribed,

@@ -105,6 +105,7 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
             None,
             None,
         );
+        persistence(b);
     }
     let st = &b.stats;
     let connected = st.clients_connected as u64;
@@ -167,6 +168,24 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
     }
     super::bridge::publish_sys(b);
     b.sys.next = Some(now + b.sys.interval);
+}
+
+/// `$SYS/broker/persistence/failing` (with persistence on): `1` while the journal cannot be
+/// written, `0` otherwise; retained, and sent when it changes.
+pub(super) fn persistence(b: &mut Broker) {
+    if b.sys.next.is_none() || b.journal.is_none() {
+        return;
+    }
+    let value: &[u8] = if b.journal_failing { b"1" } else { b"0" };
+    publish::route(
+        b,
+        "$SYS/broker/persistence/failing",
+        value,
+        0,
+        true,
+        None,
+        None,
+    );
 }
 
 fn update(b: &mut Broker, slot: usize, topic: &str, value: Value) {

@@ -34,6 +34,8 @@ pub struct PageConfig {
 /// What `/metrics` reports beyond the broker's own counters.
 pub struct Extra {
     pub persistence_bytes: Option<u64>,
+    /// With persistence on: whether it is failing to write.
+    pub persistence_failing: Option<bool>,
     pub uptime: Duration,
 }
 
@@ -391,6 +393,20 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
             "counter",
             "Bytes written to the journal and snapshots.",
             n,
+        );
+    }
+    if let Some(failing) = extra.persistence_failing {
+        one(
+            "persistence_failing",
+            "gauge",
+            "1 while the journal cannot be written (acknowledgements of messages to keep are held).",
+            failing as u64,
+        );
+        one(
+            "persistence_held_connections",
+            "gauge",
+            "Publishers whose acknowledgements wait for the journal.",
+            b.held_connections() as u64,
         );
     }
     let d = &s.dropped;

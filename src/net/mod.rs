@@ -265,7 +265,11 @@ impl Server {
         // The kept state is read before any listener opens: a client never sees it half-read.
         let mut broker = Broker::new(config.broker.clone(), Instant::now());
         let store = match &config.persistence {
-            Some(p) => Some(open_store(p, &mut broker)?),
+            Some(p) => {
+                let store = open_store(p, &mut broker)?;
+                broker.journal_written(store.durable());
+                Some(store)
+            }
             None => None,
         };
         let mut listeners = Vec::new();
@@ -377,7 +381,7 @@ impl Server {
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
         let now = Instant::now();
         let timeout = if self.pending_reads.is_empty() && self.pending_writes.is_empty() {
-            let sync = self.store.as_ref().and_then(|s| s.next_sync());
+            let sync = self.store.as_ref().and_then(|s| s.next_deadline());
             let bridges = self.links.iter().filter_map(|l| l.deadline()).min();
             let http = self
                 .http_conns
@@ -465,26 +469,25 @@ impl Server {
         self.store.is_some() && self.broker.journal_waiting()
     }
 
-    /// Write the journal records of this turn (and compact, or sync, when due). At shutdown
-    /// (`last`) the whole state becomes the snapshot.
+    /// Write the journal records of this turn (or, when due, the whole state as a snapshot,
+    /// which holds them too). At shutdown (`last`) the whole state becomes the snapshot. What
+    /// cannot be written is held by the store and retried; the broker holds the
+    /// acknowledgements that depend on it until it is written.
     fn persist(&mut self, last: bool) {
         let Some(store) = &mut self.store else {
             return;
         };
+        let now = Instant::now();
         self.records.clear();
         self.broker.take_journal(&mut self.records);
-        let mut result = store.append(&self.records);
-        if last || store.wants_compaction() {
+        if last || store.wants_snapshot(now) {
             self.records.clear();
             self.broker.snapshot(&mut self.records);
-            result = result.and_then(|_| store.compact(&self.records));
-        } else if store.next_sync().is_some_and(|t| t <= Instant::now()) {
-            result = result.and_then(|_| store.sync_now());
+            store.snapshot(&self.records, now);
+        } else {
+            store.write(&self.records, now);
         }
-        if let Err(e) = result {
-            // Serving goes on; the warning repeats at most once per turn that fails.
-            log::warn!("persistence: cannot write: {}", io_reason(&e));
-        }
+        self.broker.journal_written(store.durable());
     }
 
     /// STATUS= for `systemctl status`: clients connected and messages per second.
@@ -996,6 +999,7 @@ impl Server {
         let page = self.page_config();
         let extra = http::Extra {
             persistence_bytes: self.store.as_ref().map(|s| s.bytes_written),
+            persistence_failing: self.store.as_ref().map(|s| !s.durable()),
             uptime: self.started.elapsed(),
         };
         let broker = &self.broker;

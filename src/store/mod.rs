@@ -16,7 +16,10 @@
 //! [`record::scan`]); a damaged file is moved aside (`.damaged-<unix time>`) once every intact
 //! record has been read. The state that was read is then written as a fresh snapshot.
 
+pub mod failing;
 pub mod record;
+
+use failing::Failing;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -48,11 +51,14 @@ pub struct Store {
     journal_path: PathBuf,
     journal: File,
     generation: u64,
+    /// The journal file's length: where its last whole record ends.
     journal_len: u64,
     snapshot_len: u64,
     sync: SyncPolicy,
     last_sync: Instant,
     unsynced: bool,
+    /// Set while the storage refuses writes.
+    failing: Option<Failing>,
     /// Bytes written to both files since start (for metrics and the wear figures).
     pub bytes_written: u64,
 }
@@ -179,7 +185,10 @@ fn move_aside(path: &Path, warnings: &mut Vec<String>) {
 
 impl Store {
     /// Start writing in `dir`: `state` (the records of the whole state, as read and applied)
-    /// becomes a fresh snapshot and an empty journal follows it.
+    /// becomes a fresh snapshot and an empty journal follows it. A storage that refuses the
+    /// write (full, read-only, failing) does not stop the start: the store begins failing and
+    /// retries, and the files read stay as they are. Only what looks like a mistake in the
+    /// config (no permission, not a folder) is an error.
     pub fn open(
         dir: &Path,
         file: &str,
@@ -189,6 +198,7 @@ impl Store {
     ) -> Result<Store, String> {
         let snapshot = dir.join(file);
         let journal_path = journal_path(&snapshot);
+        let now = Instant::now();
         let mut store = Store {
             journal: File::open("/dev/null").map_err(|e| e.to_string())?,
             snapshot,
@@ -197,48 +207,147 @@ impl Store {
             journal_len: 0,
             snapshot_len: 0,
             sync,
-            last_sync: Instant::now(),
+            last_sync: now,
             unsynced: false,
+            failing: None,
             bytes_written: 0,
         };
-        store.compact(state).map_err(|e| {
-            format!(
-                "cannot write {}: {}",
-                store.snapshot.display(),
-                crate::config::io_reason(&e)
-            )
-        })?;
+        if let Err(e) = store.compact(state) {
+            use io::ErrorKind::*;
+            let what = store.snapshot.display();
+            if matches!(
+                e.kind(),
+                PermissionDenied | NotFound | NotADirectory | IsADirectory
+            ) {
+                return Err(format!(
+                    "cannot write {what}: {}",
+                    crate::config::io_reason(&e)
+                ));
+            }
+            store.failing = Some(Failing::start(now, &what.to_string(), &e, true));
+        }
         Ok(store)
     }
 
-    /// Append one loop turn's records (before that turn's output is written). An error is
-    /// returned for the caller to log; the broker goes on serving.
-    pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
-        if records.is_empty() {
+    /// Write one loop turn's records (before that turn's output is written), syncing per the
+    /// policy. What cannot be written is held and retried (see [`failing`]): [`Store::durable`]
+    /// says whether everything so far is written.
+    pub fn write(&mut self, records: &[u8], now: Instant) {
+        if let Some(f) = &mut self.failing {
+            f.hold(records);
+            if f.snapshot || now < f.retry_at {
+                return;
+            }
+            let pending = std::mem::take(&mut f.pending);
+            match self.append(&pending) {
+                Ok(()) => self.recovered(now),
+                Err((e, untrusted)) => {
+                    if let Some(f) = &mut self.failing {
+                        f.pending = pending;
+                    }
+                    self.failed_journal(now, &e, untrusted);
+                }
+            }
+            return;
+        }
+        if let Err((e, untrusted)) = self.append(records) {
+            self.failed_journal(now, &e, untrusted);
+            if let Some(f) = &mut self.failing {
+                f.hold(records);
+            }
+            return;
+        }
+        if let SyncPolicy::Interval(every) = self.sync {
+            if self.unsynced && now.duration_since(self.last_sync) >= every {
+                if let Err(e) = self.sync_now() {
+                    self.failed_journal(now, &e, true);
+                }
+            }
+        }
+    }
+
+    /// Append `bytes` and sync per the policy. On an error the journal is cut back to its last
+    /// whole record; `true` with it: the journal cannot be trusted (a sync failed, or the cut
+    /// did), and only a new snapshot can follow.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), (io::Error, bool)> {
+        if bytes.is_empty() {
             return Ok(());
         }
-        self.journal.write_all(records)?;
-        self.journal_len += records.len() as u64;
-        self.bytes_written += records.len() as u64;
+        if let Err(e) = self.journal.write_all(bytes) {
+            let cut = self.journal.set_len(self.journal_len).is_err();
+            return Err((e, cut));
+        }
+        self.journal_len += bytes.len() as u64;
+        self.bytes_written += bytes.len() as u64;
         self.unsynced = true;
-        match self.sync {
-            SyncPolicy::Always => self.sync_now()?,
-            SyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync_now()?,
-            _ => {}
+        if self.sync == SyncPolicy::Always {
+            // After a failed fdatasync the kernel may have dropped the pages it could not
+            // write: retrying on the same file could report success for lost data.
+            self.sync_now().map_err(|e| (e, true))?;
         }
         Ok(())
     }
 
-    /// With `persistence_sync interval`, when the journal next needs syncing.
-    pub fn next_sync(&self) -> Option<Instant> {
-        match self.sync {
-            SyncPolicy::Interval(every) if self.unsynced => Some(self.last_sync + every),
+    /// Write `state` as a new snapshot with an empty journal after it: when compaction is due
+    /// ([`Store::wants_snapshot`]), when the journal cannot be trusted, and at shutdown.
+    pub fn snapshot(&mut self, state: &[u8], now: Instant) {
+        match self.compact(state) {
+            Ok(()) => self.recovered(now),
+            Err(e) => self.failed(now, &e, Some(&self.snapshot.clone())),
+        }
+    }
+
+    /// Is every record handed to [`Store::write`] written (synced, per the policy)?
+    pub fn durable(&self) -> bool {
+        self.failing.is_none()
+    }
+
+    /// Should this turn write a whole snapshot instead of its records?
+    pub fn wants_snapshot(&self, now: Instant) -> bool {
+        match &self.failing {
+            Some(f) => f.snapshot && now >= f.retry_at,
+            None => self.journal_len > COMPACT_MIN.max(self.snapshot_len),
+        }
+    }
+
+    /// When [`Store::write`] next has something to do on its own: an interval sync, a retry.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (&self.failing, self.sync) {
+            (Some(f), _) => Some(f.retry_at),
+            (None, SyncPolicy::Interval(every)) if self.unsynced => Some(self.last_sync + every),
             _ => None,
         }
     }
 
-    /// Sync what is unsynced (the interval policy's deadline, and at shutdown).
-    pub fn sync_now(&mut self) -> io::Result<()> {
+    /// Writing failed. `snapshot`: only a new snapshot may follow (a snapshot failed, naming
+    /// its file, or the journal cannot be trusted).
+    fn failed(&mut self, now: Instant, e: &io::Error, snapshot: Option<&Path>) {
+        let what = snapshot.unwrap_or(&self.journal_path).display().to_string();
+        let snapshot = snapshot.is_some();
+        match &mut self.failing {
+            Some(f) => f.again(now, &what, e, snapshot),
+            None => self.failing = Some(Failing::start(now, &what, e, snapshot)),
+        }
+    }
+
+    /// Writing the journal failed; `untrusted`: it cannot be appended to any more.
+    fn failed_journal(&mut self, now: Instant, e: &io::Error, untrusted: bool) {
+        if untrusted {
+            let file = self.journal_path.clone();
+            self.failed(now, e, Some(&file));
+        } else {
+            self.failed(now, e, None);
+        }
+    }
+
+    fn recovered(&mut self, now: Instant) {
+        if let Some(f) = self.failing.take() {
+            f.end(now);
+        }
+    }
+
+    /// Sync what is unsynced.
+    fn sync_now(&mut self) -> io::Result<()> {
         if self.unsynced {
             self.journal.sync_data()?;
             self.unsynced = false;
@@ -247,13 +356,8 @@ impl Store {
         Ok(())
     }
 
-    /// Is the journal big enough to be folded into a new snapshot?
-    pub fn wants_compaction(&self) -> bool {
-        self.journal_len > COMPACT_MIN.max(self.snapshot_len)
-    }
-
     /// Write `state` as the next generation's snapshot and start its empty journal.
-    pub fn compact(&mut self, state: &[u8]) -> io::Result<()> {
+    fn compact(&mut self, state: &[u8]) -> io::Result<()> {
         let generation = self.generation + 1;
         let mut header = [0u8; HEADER];
         header[..8].copy_from_slice(SNAPSHOT_MAGIC);
@@ -264,7 +368,7 @@ impl Store {
         self.journal = OpenOptions::new().append(true).open(&self.journal_path)?;
         self.generation = generation;
         self.snapshot_len = (HEADER + state.len()) as u64;
-        self.journal_len = 0;
+        self.journal_len = HEADER as u64;
         self.bytes_written += (2 * HEADER + state.len()) as u64;
         self.unsynced = false;
         Ok(())
@@ -277,14 +381,17 @@ fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         for p in parts {
             f.write_all(p)?;
         }
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        // A full disk gets its space back.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         // The rename itself must reach the disk.
         File::open(dir)?.sync_all()?;

@@ -39,8 +39,9 @@ fuzz_target!(|data: &[u8]| {
         record::frame_body(&mut frames, &tail[..n]);
         rest = &tail[n..];
     }
-    assert_eq!(scanned(&frames), frames, "undamaged frames are all read");
     replay(&frames);
+    // Frames with correct checksums whose bodies are not records are damage to the reader.
+    replay(&scanned(&frames));
     if let [a, b, ..] = *data {
         let at = a as usize * frames.len() / 256;
         let end = (at + 1 + b as usize % 64).min(frames.len());

@@ -4,6 +4,7 @@ disconnected (MQTT 5: DISCONNECT 0x87 Not authorized; 3.1.1: the connection is c
 packet), those still allowed stay connected and keep receiving, and nothing the new ACL denies
 is delivered any more: not live, not retained, not queued for an offline session, not resent
 from in flight."""
+import signal
 import socket
 import ssl
 import struct
@@ -12,6 +13,7 @@ import subprocess
 from clients import (HOST, PINGREQ, Client, RawClient, _str, ack_packet, connect_packet, packet,
                      subscribe_packet, uid)
 from conftest import BIN
+from test_bridge import gateway, wait_up  # noqa: F401 (gateway is a fixture)
 from test_reload import reload
 from test_tls import context, pki, tls_lines  # noqa: F401 (pki is a fixture)
 
@@ -237,3 +239,63 @@ def test_tls_clients_whose_certificate_no_longer_passes_go(make_broker, pki, tmp
     assert log.count("no client certificate, and require_certificate is on") == 2
     alice5.disconnect()
     plain.disconnect()
+
+
+def test_what_the_new_acl_let_go_stays_gone_after_kill_9(make_broker, tmp_path):
+    """The queued messages let go at the reload are journaled as gone: a kill -9 and a restart
+    do not bring them back."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\n")
+    lines = ["acl_file acl", "persistence true", f"persistence_location {tmp_path}"]
+    b = make_broker(lines)
+    keeper = Client(b.port, client_id=uid("keeper"), clean_session=False)
+    keeper.connect()
+    keeper.subscribe([("a/#", 1), ("secret/#", 1)])
+    keeper.disconnect()
+    pub = Client(b.port)
+    pub.connect()
+    for topic in ("secret/1", "a/1", "secret/2", "a/2"):
+        pub.publish(topic, b"q", qos=1)
+    pub.disconnect()
+    acl.write_text("topic readwrite #\ntopic deny secret/#\n")
+    reload(b)
+    before = b.log()
+    b.stop(sig=signal.SIGKILL)
+    b.start()
+    back = Client(b.port, client_id=keeper.client_id, clean_session=False)
+    assert back.connect()[1] is True
+    pub = Client(b.port)
+    pub.connect()
+    pub.publish("a/end", b"", qos=1)
+    assert [m.topic for m in back.collect_until("a/end")] == ["a/1", "a/2"]
+    assert "the new ACL denies 2 queued messages" in before
+    back.disconnect()
+    pub.disconnect()
+
+
+def test_a_bridge_link_is_not_checked_and_keeps_running(make_broker, gateway, tmp_path):  # noqa: F811
+    """The gateway's own link to its upstream is not a client: turning anonymous access off
+    and adding a password file and an ACL at the gateway leaves it up, and it carries on."""
+    up = make_broker()
+    bridge = ["connection up", f"address 127.0.0.1:{up.port}", "restart_timeout 1",
+              "topic x/# out 1"]
+    gw = gateway(up.port, ["topic x/# out 1"])
+    wait_up(gw)
+    anon = v5(gw.port)
+    remote = Client(up.port)
+    remote.connect()
+    remote.subscribe("x/#", 1)
+    pw = tmp_path / "gw-pw"
+    passwd("-c", "-b", str(pw), "dev", "d1")
+    (tmp_path / "gw-acl").write_text("user dev\ntopic write x/#\n")
+    configure(gw, "allow_anonymous false", f"password_file {pw}", "acl_file gw-acl", *bridge)
+    reload(gw)
+    assert anon.disconnected.wait(5) and anon.server_disconnect == NOT_AUTHORIZED
+    dev = Client(gw.port, username="dev", password="d1")
+    dev.connect()
+    dev.publish("x/after", b"1", qos=1)
+    assert remote.get().topic == "x/after"
+    assert gw.log().count("Bridge up connected to") == 1
+    assert len(revoked_lines(gw)) == 1
+    for c in (dev, remote):
+        c.disconnect()

@@ -102,6 +102,24 @@ impl Hash {
     }
 }
 
+/// A digest of one password file entry (username and hash): equal digests, same entry. An
+/// entry rewritten with the same password gets a new salt, so a new digest: the password
+/// itself is not known, only that the entry changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryDigest([u8; 16]);
+
+impl EntryDigest {
+    fn of(user: &str, hash: &Hash) -> EntryDigest {
+        let mut h = Sha512::new();
+        h.update(user.as_bytes());
+        h.update(b":");
+        h.update(hash.encode().as_bytes());
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&h.finalize()[..16]);
+        EntryDigest(d)
+    }
+}
+
 /// A password file: users in file order, so rewriting it keeps the order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PasswordFile {
@@ -142,14 +160,31 @@ impl PasswordFile {
     /// Does `password` match `user`'s entry? False for an unknown user, and false for an empty
     /// password whatever the file holds (a file written elsewhere may hash one), as Mosquitto.
     pub fn check(&self, user: &str, password: &[u8]) -> bool {
+        self.verify(user, password).is_some()
+    }
+
+    /// [`PasswordFile::check`], giving the digest of the entry that matched: a connection
+    /// keeps it (never the password) so that a reload can tell whether that entry is still
+    /// the same.
+    pub fn verify(&self, user: &str, password: &[u8]) -> Option<EntryDigest> {
         match self.entries.iter().find(|(u, _)| u == user) {
-            Some((_, h)) => h.verify(password) && !password.is_empty(),
+            Some((_, h)) => {
+                (h.verify(password) && !password.is_empty()).then(|| EntryDigest::of(user, h))
+            }
             // Spend the same effort for an unknown user, so timing does not tell who exists.
             None => {
                 let _ = Hash::new_pbkdf2(password, vec![0; SALT_LEN]);
-                false
+                None
             }
         }
+    }
+
+    /// The digest of `user`'s entry, if the file has one.
+    pub fn entry_digest(&self, user: &str) -> Option<EntryDigest> {
+        self.entries
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(u, h)| EntryDigest::of(u, h))
     }
 
     pub fn contains(&self, user: &str) -> bool {
@@ -264,6 +299,31 @@ bob:$7$101$2p6FINpsYSeE0B/C$RxAdlQ84VllOVQNqJWhmATcd0/7I0UreV+JtfTj1wvsAUQY3hKZ/
             "empty password for user 'dev3' (not allowed)"
         );
         assert!(!f.contains("dev3"));
+    }
+
+    #[test]
+    fn entry_digests_change_with_the_entry_not_with_other_entries() {
+        let f = PasswordFile::parse(MOSQUITTO, "pw").unwrap();
+        let alice = f.verify("alice", b"secret1").unwrap();
+        assert_eq!(f.entry_digest("alice"), Some(alice));
+        assert_eq!(f.verify("alice", b"wrong"), None);
+        assert_ne!(f.entry_digest("bob"), Some(alice));
+        let mut g = f.clone();
+        g.set("bob", "other").unwrap();
+        assert_eq!(
+            g.entry_digest("alice"),
+            Some(alice),
+            "bob's change is not alice's"
+        );
+        g.set("alice", "secret1").unwrap();
+        assert!(g.check("alice", b"secret1"));
+        assert_ne!(
+            g.entry_digest("alice"),
+            Some(alice),
+            "same password, new salt: changed"
+        );
+        g.delete("alice");
+        assert_eq!(g.entry_digest("alice"), None);
     }
 
     #[test]

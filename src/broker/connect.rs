@@ -2,8 +2,9 @@
 //! session, answer CONNACK (with MQTT 5 properties saying what this broker supports), and
 //! resend what was in flight for a resumed session.
 
+use super::access::Credential;
 use super::session::{Awaiting, Session, NEVER_EXPIRES};
-use super::{publish, topic, Broker, ConnId};
+use super::{publish, topic, Broker, ConnId, ListenerPolicy};
 use crate::auth::acl::Access;
 use crate::wire::properties::id;
 use crate::wire::{self, ConnAck, Connect, DecodeError, PropBuf, LEVEL_31, LEVEL_5};
@@ -143,25 +144,13 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     } else {
         c.keep_alive
     };
-    let policy = b.policy(listener);
-    if username.is_none() && !policy.allow_anonymous {
-        log::info!("Client {client_id} refused: anonymous clients are not allowed");
-        return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
-    }
-    // With a password file, a username must come with its password (Mosquitto's rule).
-    if let (Some(user), Some(passwords), false) = (username, &policy.passwords, use_identity) {
-        if !passwords.check(user, c.password.unwrap_or(&[])) {
-            log::info!("Client {client_id} refused: bad username or password (u'{user}')");
-            return refuse(
-                b,
-                id,
-                v5,
-                ConnAck::BadUsernameOrPassword,
-                BAD_USERNAME_OR_PASSWORD,
-                now,
-            );
+    let credential = match authenticate(b.policy(listener), username, c.password, use_identity) {
+        Ok(credential) => credential,
+        Err((code, reason, why)) => {
+            log::info!("Client {client_id} refused: {why}");
+            return refuse(b, id, v5, code, reason, now);
         }
-    }
+    };
 
     // 3.1.x: clean session 0 keeps the session for ever; MQTT 5 says how long.
     let expiry = match (v5, c.clean_session) {
@@ -255,6 +244,7 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     conn.peer_bridge = c.bridge;
     conn.keep_alive = keep_alive;
     conn.connect_expiry = expiry;
+    conn.credential = credential;
     conn.will = will.map(|w| w.0);
     conn.will_delay = will.map_or(0, |w| w.1);
     conn.will_expiry = will.and_then(|w| w.2);
@@ -294,6 +284,43 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     if session_present {
         resend_inflight(b, id, sid, now);
         publish::pump(b, sid);
+    }
+}
+
+/// May `username` (None: anonymous) in with `password` under `policy`? The credential it
+/// proved itself with is kept for a reload to check again (`access.rs`); a refusal gives the
+/// 3.1.x return code, the MQTT 5 reason code and a log line's reason.
+fn authenticate(
+    policy: &ListenerPolicy,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    use_identity: bool,
+) -> Result<Credential, (ConnAck, u8, String)> {
+    let Some(user) = username else {
+        return match policy.allow_anonymous {
+            true => Ok(Credential::Unchecked),
+            false => Err((
+                ConnAck::NotAuthorized,
+                NOT_AUTHORIZED,
+                "anonymous clients are not allowed".into(),
+            )),
+        };
+    };
+    if use_identity {
+        // The certificate named the user; the CONNECT's password does not count.
+        return Ok(Credential::Identity);
+    }
+    // With a password file, a username must come with its password (Mosquitto's rule).
+    let Some(passwords) = &policy.passwords else {
+        return Ok(Credential::Unchecked);
+    };
+    match passwords.verify(user, password.unwrap_or(&[])) {
+        Some(entry) => Ok(Credential::Password(entry)),
+        None => Err((
+            ConnAck::BadUsernameOrPassword,
+            BAD_USERNAME_OR_PASSWORD,
+            format!("bad username or password (u'{user}')"),
+        )),
     }
 }
 
@@ -350,6 +377,7 @@ fn refuse(b: &mut Broker, id: ConnId, v5: bool, code: ConnAck, reason: u8, now: 
 /// Spec 4.4: on reconnect with a kept session, resend unacknowledged PUBLISH packets with DUP
 /// set and unacknowledged PUBRELs, in their original order.
 pub(super) fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Instant) {
+    forget_denied_inflight(b, sid);
     let Broker {
         sessions,
         conns,
@@ -391,6 +419,32 @@ pub(super) fn resend_inflight(b: &mut Broker, id: ConnId, sid: usize, now: Insta
         dirty.push(id);
     }
     for packet_id in done {
+        let s = &mut b.sessions[sid];
+        if let Some(at) = s.inflight.iter().position(|i| i.packet_id == packet_id) {
+            if let Some(m) = s.inflight.remove(at).and_then(|i| i.msg) {
+                b.pool.release(m);
+            }
+            b.journal_ack(sid, super::persist::AckStep::Done(packet_id));
+        }
+    }
+}
+
+/// In-flight messages whose topic the ACL (changed by a reload since they were sent) no longer
+/// lets session `sid` read are not sent again: they are done with.
+fn forget_denied_inflight(b: &mut Broker, sid: usize) {
+    if b.policy(b.sessions[sid].listener).acl.is_none() {
+        return;
+    }
+    let denied: Vec<u16> = b.sessions[sid]
+        .inflight
+        .iter()
+        .filter(|i| {
+            i.msg
+                .is_some_and(|m| !b.acl_allows(sid, b.pool.get(m).topic_str(), Access::Read))
+        })
+        .map(|i| i.packet_id)
+        .collect();
+    for packet_id in denied {
         let s = &mut b.sessions[sid];
         if let Some(at) = s.inflight.iter().position(|i| i.packet_id == packet_id) {
             if let Some(m) = s.inflight.remove(at).and_then(|i| i.msg) {

@@ -9,6 +9,7 @@
 //! One file per packet family says what happens on it: `connect.rs`, `publish.rs`
 //! (routing and delivery), `ack.rs`, `subscribe.rs`, `disconnect.rs` (and wills), `sys.rs`.
 
+mod access;
 mod ack;
 pub mod bridge;
 mod connect;
@@ -26,6 +27,7 @@ mod sys;
 pub mod topic;
 
 use crate::wire::{self, DecodeError, Packet};
+pub use access::CertCheck;
 use fxhash::FxHashMap;
 use message::{MessagePool, MsgId};
 use retain::RetainedStore;
@@ -247,6 +249,8 @@ struct Conn {
     will_expiry: Option<u32>,
     /// The Session Expiry Interval of the CONNECT (a DISCONNECT may not raise it from 0).
     connect_expiry: u32,
+    /// How it proved who it is, for a reload to check again (`access.rs`).
+    credential: access::Credential,
 }
 
 pub struct Broker {
@@ -455,6 +459,7 @@ impl Broker {
             will_delay: 0,
             will_expiry: None,
             connect_expiry: 0,
+            credential: access::Credential::Unchecked,
         });
         self.push_timer(now + self.cfg.connect_timeout, id, self.next_gen as u32);
         // Lists that hold each connection at most once per turn: sized when one opens, so a

@@ -479,3 +479,41 @@ fn packet_ids_skip_one_still_in_flight_after_a_full_cycle() {
     s.inflight.push_back(entry(id, seq));
     assert_eq!(s.next_packet_id().0, 3);
 }
+
+#[test]
+fn reload_closes_who_is_no_longer_allowed_and_only_them() {
+    let mut h = Harness::new(BrokerConfig::default());
+    assert_eq!(h.connect(1, "anon", true).0, 0x20);
+    assert_eq!(h.connect(2, "kept", true).0, 0x20);
+    h.open(3); // no CONNECT yet
+    h.send(2, &subscribe(1, &[("t/#", 0)]));
+    h.recv(2);
+    // Nothing changed: nobody goes.
+    let cfg = h.b.config().clone();
+    h.b.reconfigure(cfg.clone(), &[0], h.now);
+    assert_eq!(h.b.recheck_access(&mut |_| CertCheck::Unchecked, h.now), 0);
+    assert!(h.closing().is_empty());
+    // 1's and 3's certificates fail now: they go (3.1.1: closed, nothing written), 2 stays
+    // untouched and still receives.
+    let mut cert = |id| match id {
+        1 | 3 => CertCheck::Invalid("not signed by the cafile".into()),
+        _ => CertCheck::Valid(None),
+    };
+    assert_eq!(h.b.recheck_access(&mut cert, h.now), 2);
+    assert!(h.recv(1).is_empty() && h.recv(3).is_empty() && h.recv(2).is_empty());
+    let mut closed = h.closing();
+    closed.sort();
+    assert_eq!(closed, [1, 3]);
+    h.connect(4, "pub", true);
+    h.send(4, &publish("t/x", b"1", 0, false, false, 0));
+    assert_eq!(h.recv(2).len(), 1);
+    // Anonymous clients are no longer allowed: 2 and 4 go.
+    let mut strict = cfg;
+    strict.listeners[0].allow_anonymous = false;
+    h.b.reconfigure(strict, &[0], h.now);
+    assert_eq!(h.b.recheck_access(&mut |_| CertCheck::Unchecked, h.now), 2);
+    let mut closed = h.closing();
+    closed.sort();
+    assert_eq!(closed, [2, 4]);
+    assert_eq!(h.b.stats().clients_connected, 0);
+}

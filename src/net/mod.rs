@@ -7,6 +7,7 @@
 //! starve the rest, and a connection that does not read its own output is not read from.
 
 pub mod http;
+mod reload;
 mod systemd;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -644,6 +645,7 @@ impl Server {
             c.listener = map[c.listener as usize];
         }
         self.broker.reconfigure(new.broker.clone(), &map, now);
+        let revoked = self.recheck_access(now);
         match &new.devices {
             Some(devices) => {
                 let ex = crate::devices::Executor::new(devices.clone(), new.device_options.clone());
@@ -659,7 +661,7 @@ impl Server {
         log::info!(
             "configuration reloaded: {} listeners, {} connections kept",
             self.listeners.len(),
-            self.conns.len()
+            self.conns.len() - revoked
         );
         self.config = new;
     }

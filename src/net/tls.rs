@@ -4,20 +4,28 @@
 //! it, with rustls's own buffer bounded (64 KiB) so backpressure works as for plain TCP.
 
 use crate::bridge::BridgeTls;
+use crate::broker::CertCheck;
 use crate::config::TlsOptions;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConfig, ClientConnection, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::ServerName;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
 use rustls::{Connection, RootCertStore};
 use std::io::{self, ErrorKind, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A listener's TLS setup, built once at start.
-pub type Context = Arc<ServerConfig>;
+/// A listener's TLS setup, built at start and at a reload.
+#[derive(Clone)]
+pub struct Context {
+    config: Arc<ServerConfig>,
+    /// `require_certificate`: what checks client certificates (kept to check connected
+    /// clients' certificates again at a reload).
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
 
 /// Build a listener's TLS context from its options, or say in one sentence what is wrong
 /// (which file, and why).
@@ -31,6 +39,7 @@ pub fn context(t: &TlsOptions) -> Result<Context, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(t.min_version))
         .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let mut client_verifier = None;
     let builder = if t.require_certificate {
         let mut roots = RootCertStore::empty();
         if let Some(cafile) = &t.cafile {
@@ -47,6 +56,7 @@ pub fn context(t: &TlsOptions) -> Result<Context, String> {
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| format!("cannot check client certificates: {e}"))?;
+        client_verifier = Some(verifier.clone());
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
@@ -58,7 +68,33 @@ pub fn context(t: &TlsOptions) -> Result<Context, String> {
             keyfile.display()
         )
     })?;
-    Ok(Arc::new(config))
+    Ok(Context {
+        config: Arc::new(config),
+        client_verifier,
+    })
+}
+
+/// A connected client's certificate checked again, against `ctx`: its listener's TLS setup
+/// now (None: the listener has no TLS now). A connection still in its handshake is checked
+/// by the handshake. Without `require_certificate` nothing is checked, and a certificate
+/// that is not checked names no one.
+pub fn recheck(ctx: Option<&Context>, tls: &Connection) -> CertCheck {
+    let Some(verifier) = ctx.and_then(|c| c.client_verifier.as_ref()) else {
+        return CertCheck::Unchecked;
+    };
+    if tls.is_handshaking() {
+        return CertCheck::Unchecked;
+    }
+    let Some((end_entity, intermediates)) = tls.peer_certificates().and_then(|c| c.split_first())
+    else {
+        return CertCheck::Invalid("no client certificate, and require_certificate is on".into());
+    };
+    match verifier.verify_client_cert(end_entity, intermediates, UnixTime::now()) {
+        Ok(_) => CertCheck::Valid(common_name(end_entity)),
+        Err(e) => CertCheck::Invalid(format!(
+            "its client certificate does not pass the listener's TLS settings now: {e}"
+        )),
+    }
 }
 
 /// TLS 1.3 only with `tls_version tlsv1.3`, else 1.2 and 1.3.
@@ -128,7 +164,7 @@ fn add_roots(roots: &mut RootCertStore, path: &Path, option: &str) -> Result<(),
 
 /// A new server side of a TLS connection.
 pub fn accept(ctx: &Context) -> Option<Box<Connection>> {
-    ServerConnection::new(ctx.clone())
+    ServerConnection::new(ctx.config.clone())
         .ok()
         .map(|c| Box::new(Connection::Server(c)))
 }

@@ -61,6 +61,7 @@ class Client:
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.connack = None  # (reason code value, session_present)
+        self.server_disconnect = None  # the reason code of a DISCONNECT the broker sent
         self._acks: dict[int, list[int]] = {}
         self._ack_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -78,6 +79,9 @@ class Client:
         self.connected.set()
 
     def _on_disconnect(self, c, userdata, flags, rc, props):
+        # A DISCONNECT from the broker (MQTT 5): its reason code, e.g. 0x87 Not authorized.
+        if flags.is_disconnect_packet_from_server:
+            self.server_disconnect = rc.value
         self.disconnected.set()
 
     def _on_message(self, c, userdata, m):

@@ -4,10 +4,11 @@
 
 use super::access::Credential;
 use super::session::{Awaiting, Session, NEVER_EXPIRES};
-use super::{publish, topic, Broker, ConnId, ListenerPolicy};
+use super::{publish, topic, Broker, ConnId, ListenerPolicy, SessionId};
 use crate::auth::acl::Access;
 use crate::wire::properties::id;
 use crate::wire::{self, ConnAck, Connect, DecodeError, PropBuf, LEVEL_31, LEVEL_5};
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// MQTT 5 CONNACK reason codes used here.
@@ -19,44 +20,127 @@ const QOS_NOT_SUPPORTED: u8 = 0x9B;
 const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
 
 pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
+    let v5 = c.level == LEVEL_5;
+    match accept(b, id, &c, now) {
+        Ok(()) => {}
+        Err(Refused::Version) => refuse(b, id, false, ConnAck::UnacceptableProtocolVersion, 0, now),
+        Err(Refused::Connack(code, reason)) => refuse(b, id, v5, code, reason, now),
+        Err(Refused::Protocol(why)) => b.protocol_error(id, DecodeError::protocol(why), now),
+    }
+}
+
+/// Why a CONNECT is not accepted (logged where it is decided).
+enum Refused {
+    /// An unsupported protocol level: answered in 3.1.1's form.
+    Version,
+    /// CONNACK with this return code (3.1.x) or reason code (MQTT 5), then close.
+    Connack(ConnAck, u8),
+    /// Closed without CONNACK.
+    Protocol(&'static str),
+}
+
+/// Who the client is, as decided from its CONNECT and its listener's rules.
+struct Client<'c> {
+    listener: u16,
+    /// The TLS certificate's identity names the user (`use_identity_as_username`).
+    use_identity: bool,
+    username: Option<Cow<'c, str>>,
+    client_id: Cow<'c, str>,
+    keep_alive: u16,
+    /// MQTT 5: the keep-alive it is told to use instead of its own (Server Keep Alive).
+    server_keep_alive: Option<u16>,
+}
+
+/// The phases of a CONNECT: validate, identify, authenticate, take over or resume the session,
+/// attach the connection to it, CONNACK, resend what was in flight.
+fn accept(b: &mut Broker, id: ConnId, c: &Connect<'_>, now: Instant) -> Result<(), Refused> {
     let who = super::peer(&b.conns[id].as_ref().and_then(|c| c.peer));
+    validate(b, c, &who)?;
+    let client = identify(b, id, c, &who)?;
+    let policy = b.policy(client.listener);
+    let username = client.username.as_deref();
+    let credential = authenticate(policy, username, c.password, client.use_identity).map_err(
+        |(code, reason, why)| {
+            log::info!("Client {} refused: {why}", client.client_id);
+            Refused::Connack(code, reason)
+        },
+    )?;
+    // 3.1.x: clean session 0 keeps the session for ever; MQTT 5 says how long.
+    let expiry = match (c.level == LEVEL_5, c.clean_session) {
+        (true, _) => c.properties.u32(id::SESSION_EXPIRY_INTERVAL).unwrap_or(0),
+        (false, true) => 0,
+        (false, false) => NEVER_EXPIRES,
+    };
+    let (sid, session_present) = take_over_or_resume(b, id, c, &client, expiry, now)?;
+    attach(b, id, sid, c, &client, expiry, credential, now);
+    log::info!(
+        "New {} connected from {who} as {} (p{}, c{}, k{}{}).",
+        if c.bridge { "bridge" } else { "client" },
+        client.client_id,
+        c.level,
+        c.clean_session as u8,
+        c.keep_alive,
+        username.map(|u| format!(", u'{u}'")).unwrap_or_default()
+    );
+    connack(b, id, c, &client, session_present);
+    if session_present {
+        resend_inflight(b, id, sid, now);
+        publish::pump(b, sid);
+    }
+    Ok(())
+}
+
+/// What the CONNECT asks for that this broker does not offer: the protocol level, a will it
+/// cannot take, an authentication method.
+fn validate(b: &Broker, c: &Connect<'_>, who: &str) -> Result<(), Refused> {
     if !c.is_supported_level() {
         log::info!(
             "Connection from {who} refused: unsupported protocol {} level {}",
             c.protocol_name,
             c.level
         );
-        return refuse(b, id, false, ConnAck::UnacceptableProtocolVersion, 0, now);
+        return Err(Refused::Version);
     }
-    let v5 = c.level == LEVEL_5;
     if let Some(w) = &c.will {
         if !topic::valid_name(w.topic) || !b.topic_within_limits(w.topic) {
-            return b.protocol_error(id, DecodeError::protocol("invalid will topic"), now);
+            return Err(Refused::Protocol("invalid will topic"));
         }
         if w.retain && !b.cfg.retain_available {
             log::info!("Connection from {who} refused: retained will, but retain is not available");
-            return refuse(b, id, v5, ConnAck::NotAuthorized, RETAIN_NOT_SUPPORTED, now);
+            return Err(Refused::Connack(
+                ConnAck::NotAuthorized,
+                RETAIN_NOT_SUPPORTED,
+            ));
         }
         if w.qos > b.cfg.max_qos {
             log::info!(
                 "Connection from {who} refused: will QoS {} above max_qos",
                 w.qos
             );
-            return refuse(b, id, v5, ConnAck::NotAuthorized, QOS_NOT_SUPPORTED, now);
+            return Err(Refused::Connack(ConnAck::NotAuthorized, QOS_NOT_SUPPORTED));
         }
     }
-    if v5 && c.properties.str(id::AUTHENTICATION_METHOD).is_some() {
+    if c.level == LEVEL_5 && c.properties.str(id::AUTHENTICATION_METHOD).is_some() {
         // No enhanced authentication method is offered (spec 4.12).
         log::info!("Connection from {who} refused: authentication method not supported");
-        return refuse(
-            b,
-            id,
-            v5,
+        return Err(Refused::Connack(
             ConnAck::NotAuthorized,
             BAD_AUTHENTICATION_METHOD,
-            now,
-        );
+        ));
     }
+    Ok(())
+}
+
+/// The username (the CONNECT's, or the TLS certificate's), the client id (given, the username,
+/// or assigned) and the keep-alive, under the listener's rules.
+fn identify<'c>(
+    b: &mut Broker,
+    id: ConnId,
+    c: &Connect<'c>,
+    who: &str,
+) -> Result<Client<'c>, Refused> {
+    let not_authorized = Refused::Connack(ConnAck::NotAuthorized, NOT_AUTHORIZED);
+    let id_rejected = || Refused::Connack(ConnAck::IdentifierRejected, CLIENT_ID_NOT_VALID);
     let listener = b.conns[id].as_ref().map_or(0, |c| c.listener);
     let policy = b.policy(listener);
     let (use_identity, use_username_as_clientid) = (
@@ -66,57 +150,39 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     // TLS client certificates as identity: the certificate names the user, the CONNECT's
     // username and password do not count.
     let identity = b.identities.remove(&id);
-    let username = if use_identity {
-        if identity.is_none() {
+    let username: Option<Cow<'c, str>> = if use_identity {
+        let Some(identity) = identity else {
             log::info!("Connection from {who} refused: no client certificate identity");
-            return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
-        }
-        identity.as_deref()
+            return Err(not_authorized);
+        };
+        Some(Cow::Owned(identity.into()))
     } else {
-        c.username
+        c.username.map(Cow::Borrowed)
     };
     // Mosquitto's use_username_as_clientid: the username is the client id.
-    let c_client_id = if use_username_as_clientid {
-        match username {
-            Some(u) => u,
-            None => {
-                log::info!("Connection from {who} refused: no username to use as client id");
-                return refuse(b, id, v5, ConnAck::NotAuthorized, NOT_AUTHORIZED, now);
-            }
+    let given: Cow<'c, str> = match (use_username_as_clientid, &username) {
+        (true, Some(u)) => u.clone(),
+        (true, None) => {
+            log::info!("Connection from {who} refused: no username to use as client id");
+            return Err(not_authorized);
         }
-    } else {
-        c.client_id
+        (false, _) => Cow::Borrowed(c.client_id),
     };
     // Client identifier rules (3.1.1 section 3.1.3.1; 3.1 requires 1 to 23 characters; MQTT 5
     // assigns one to any empty id and says which in CONNACK).
-    let assigned;
-    let client_id = if c_client_id.is_empty() {
+    let v5 = c.level == LEVEL_5;
+    let client_id = if given.is_empty() {
         if c.level == LEVEL_31 || (!c.clean_session && !v5) {
             log::info!("Connection from {who} refused: empty client id without clean session");
-            return refuse(
-                b,
-                id,
-                v5,
-                ConnAck::IdentifierRejected,
-                CLIENT_ID_NOT_VALID,
-                now,
-            );
+            return Err(id_rejected());
         }
-        assigned = b.assign_client_id();
-        assigned.as_str()
+        Cow::Owned(b.assign_client_id())
     } else {
-        c_client_id
+        given
     };
     if c.level == LEVEL_31 && client_id.len() > 23 {
         log::info!("Connection from {who} refused: MQTT 3.1 client id longer than 23 characters");
-        return refuse(
-            b,
-            id,
-            v5,
-            ConnAck::IdentifierRejected,
-            CLIENT_ID_NOT_VALID,
-            now,
-        );
+        return Err(id_rejected());
     }
     // A keep-alive above max_keepalive is not accepted: MQTT 5 clients are told the limit
     // (Server Keep Alive); 3.1.x clients, who cannot be told, are refused. Keep-alive 0 (none)
@@ -124,55 +190,45 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     // allow_zero_keepalive is false: Mosquitto 2.0.12+'s rule. max_keepalive 0 = no limit.
     let max = b.cfg.max_keepalive;
     let zero_refused = c.keep_alive == 0 && !b.cfg.allow_zero_keepalive;
-    let keep_alive_out_of_range = max > 0 && (c.keep_alive > max || zero_refused);
-    if keep_alive_out_of_range && !v5 {
+    let out_of_range = max > 0 && (c.keep_alive > max || zero_refused);
+    if out_of_range && !v5 {
         log::info!(
             "Client {client_id} refused: keep-alive {} is not within max_keepalive {max}",
             c.keep_alive
         );
-        return refuse(
-            b,
-            id,
-            v5,
-            ConnAck::IdentifierRejected,
-            CLIENT_ID_NOT_VALID,
-            now,
-        );
+        return Err(id_rejected());
     }
-    let keep_alive = if keep_alive_out_of_range {
-        max
-    } else {
-        c.keep_alive
-    };
-    let credential = match authenticate(b.policy(listener), username, c.password, use_identity) {
-        Ok(credential) => credential,
-        Err((code, reason, why)) => {
-            log::info!("Client {client_id} refused: {why}");
-            return refuse(b, id, v5, code, reason, now);
-        }
-    };
+    Ok(Client {
+        listener,
+        use_identity,
+        username,
+        client_id,
+        keep_alive: if out_of_range { max } else { c.keep_alive },
+        server_keep_alive: out_of_range.then_some(max),
+    })
+}
 
-    // 3.1.x: clean session 0 keeps the session for ever; MQTT 5 says how long.
-    let expiry = match (v5, c.clean_session) {
-        (true, _) => c.properties.u32(id::SESSION_EXPIRY_INTERVAL).unwrap_or(0),
-        (false, true) => 0,
-        (false, false) => NEVER_EXPIRES,
-    };
-
+/// The session for this connection: a connection already using the client id is closed (with
+/// its will); Clean Session / Clean Start 0 resumes a kept session (spec 3.1.2.4), else a new
+/// one starts. Returns it and whether it was present.
+fn take_over_or_resume(
+    b: &mut Broker,
+    id: ConnId,
+    c: &Connect<'_>,
+    client: &Client<'_>,
+    expiry: u32,
+    now: Instant,
+) -> Result<(SessionId, bool), Refused> {
+    let client_id = &*client.client_id;
     // A bridge's session is not a client's to take over (it holds what waits for upstream).
     let existing = b.by_client_id.get(&b.sessions, client_id);
     if existing.is_some_and(|sid| b.sessions[sid].bridge) {
         log::info!("Client {client_id} refused: that client id is a bridge's");
-        return refuse(
-            b,
-            id,
-            v5,
+        return Err(Refused::Connack(
             ConnAck::IdentifierRejected,
             CLIENT_ID_NOT_VALID,
-            now,
-        );
+        ));
     }
-    // Takeover: a connection already using this client id is closed, with its will.
     if let Some(old_conn) = existing.and_then(|sid| b.sessions[sid].conn) {
         log::info!("Client {client_id} already connected, closing the old connection");
         b.disconnect_v5(old_conn, 0x8E, Some("session taken over"));
@@ -180,7 +236,6 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     }
     // The old connection's end may have removed a session that does not outlive it.
     let existing = b.by_client_id.get(&b.sessions, client_id);
-    // Clean session / Clean Start 0 resumes the session (spec 3.1.2.4).
     let (sid, session_present) = match existing {
         Some(sid) if !c.clean_session => (sid, true),
         other => {
@@ -195,8 +250,8 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     let s = &mut b.sessions[sid];
     s.expiry = expiry;
     s.conn = Some(id);
-    s.username = username.map(Into::into);
-    s.listener = listener;
+    s.username = client.username.as_deref().map(Into::into);
+    s.listener = client.listener;
     b.session_changed(sid);
     let s = &mut b.sessions[sid];
     // Back in time: the delayed will is not sent (spec 3.1.3.2.2), the session does not expire.
@@ -206,15 +261,34 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
         b.pool.release(w);
         b.journal_will(sid);
     }
+    Ok((sid, session_present))
+}
 
+/// Bind connection `id` to session `sid`: its protocol, keep-alive, credential, will, and the
+/// MQTT 5 limits it asked for.
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    b: &mut Broker,
+    id: ConnId,
+    sid: SessionId,
+    c: &Connect<'_>,
+    client: &Client<'_>,
+    expiry: u32,
+    credential: Credential,
+    now: Instant,
+) {
     // A will whose topic its client may not publish to is dropped (logged at debug).
     let will_allowed = c
         .will
+        .as_ref()
         .is_none_or(|w| b.acl_allows(sid, w.topic, Access::Write));
     if !will_allowed {
-        log::debug!("{client_id}: will on a topic it may not publish to, dropped");
+        log::debug!(
+            "{}: will on a topic it may not publish to, dropped",
+            client.client_id
+        );
     }
-    let will = c.will.filter(|_| will_allowed).map(|w| {
+    let will = c.will.as_ref().filter(|_| will_allowed).map(|w| {
         let expiry = w.properties.u32(id::MESSAGE_EXPIRY_INTERVAL);
         // The will's expiry counts from when it is published: kept as seconds until then.
         let props = w.properties.iter().filter(|(p, _)| {
@@ -237,12 +311,13 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
             expiry,
         )
     });
+    let v5 = c.level == LEVEL_5;
     let conn = b.conns[id].as_mut().expect("connection is open");
     conn.session = Some(sid);
     conn.level = c.level;
     conn.v5 = v5;
     conn.peer_bridge = c.bridge;
-    conn.keep_alive = keep_alive;
+    conn.keep_alive = client.keep_alive;
     conn.connect_expiry = expiry;
     conn.credential = credential;
     conn.will = will.map(|w| w.0);
@@ -259,32 +334,24 @@ pub(super) fn handle(b: &mut Broker, id: ConnId, c: Connect<'_>, now: Instant) {
     b.arm_keep_alive(id, now);
     b.stats.clients_connected += 1;
     b.stats.clients_maximum = b.stats.clients_maximum.max(b.stats.clients_connected);
-    log::info!(
-        "New {} connected from {who} as {client_id} (p{}, c{}, k{}{}).",
-        if c.bridge { "bridge" } else { "client" },
-        c.level,
-        c.clean_session as u8,
-        c.keep_alive,
-        username.map(|u| format!(", u'{u}'")).unwrap_or_default()
-    );
-    if v5 {
+}
+
+/// CONNACK: accepted, with the session present flag (and MQTT 5 properties).
+fn connack(b: &mut Broker, id: ConnId, c: &Connect<'_>, client: &Client<'_>, present: bool) {
+    if c.level == LEVEL_5 {
         let mut props = PropBuf::default();
         connack_properties(
             b,
             &mut props,
-            &c,
-            client_id,
-            keep_alive_out_of_range.then_some(keep_alive),
+            c,
+            &client.client_id,
+            client.server_keep_alive,
         );
-        wire::encode_connack_v5(b.out(id), session_present, 0, &props);
+        wire::encode_connack_v5(b.out(id), present, 0, &props);
     } else {
-        ConnAck::Accepted.encode(b.out(id), session_present);
+        ConnAck::Accepted.encode(b.out(id), present);
     }
     b.stats.messages_sent += 1;
-    if session_present {
-        resend_inflight(b, id, sid, now);
-        publish::pump(b, sid);
-    }
 }
 
 /// May `username` (None: anonymous) in with `password` under `policy`? The credential it

@@ -8,6 +8,8 @@ use log::LevelFilter;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod collide;
+
 /// Where a listener listens and the options of its section (the lines after `listener`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListenerConfig {
@@ -23,6 +25,9 @@ pub struct ListenerConfig {
     pub use_username_as_clientid: bool,
     /// `protocol websockets`: MQTT over WebSocket.
     pub websockets: bool,
+    /// The config line that made it (`listener`, `port` or `bind_address`); 0 for the
+    /// listener gatemq opens when the config names none.
+    pub line: usize,
 }
 
 impl ListenerConfig {
@@ -259,10 +264,23 @@ impl Config {
                         [p, a] => (at.parse_num(p, 0, 65535)? as u16, Some(*a)),
                         _ => return Err(at.err("expects a port and an optional bind address")),
                     };
-                    c.listeners.push(ListenerConfig::new(port, address));
+                    c.listeners.push(ListenerConfig {
+                        line: n + 1,
+                        ..ListenerConfig::new(port, address)
+                    });
                 }
-                "port" => default_port = Some(at.parse_num(at.one(&args)?, 0, 65535)? as u16),
-                "bind_address" => bind_address = Some(at.one(&args)?.to_string()),
+                "port" => {
+                    default_port = Some(at.parse_num(at.one(&args)?, 0, 65535)? as u16);
+                    if default_listener.line == 0 {
+                        default_listener.line = n + 1;
+                    }
+                }
+                "bind_address" => {
+                    bind_address = Some(at.one(&args)?.to_string());
+                    if default_listener.line == 0 {
+                        default_listener.line = n + 1;
+                    }
+                }
                 "per_listener_settings" => c.per_listener_settings = at.parse_bool(&args)?,
                 "persistence" => persistence = at.parse_bool(&args)?,
                 "persistence_location" => location = PathBuf::from(at.path(rest)?),
@@ -562,6 +580,7 @@ impl Config {
         for l in &c.listeners {
             check_tls(&l.tls, name)?;
         }
+        collide::check(&c.listeners, name)?;
         for (link, spec) in c.bridges.iter().zip(c.broker.bridges.iter_mut()) {
             let at = |what: &str| {
                 ConfigError(format!(
@@ -1031,7 +1050,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
-        assert_eq!(c.listeners[0], ListenerConfig::new(1884, None));
+        let first = ListenerConfig {
+            line: 1,
+            ..ListenerConfig::new(1884, None)
+        };
+        assert_eq!(c.listeners[0], first);
+        assert_eq!(c.listeners[1].line, 2);
         assert_eq!(c.broker.max_inflight_messages, 5);
         // Without per_listener_settings, allow_anonymous counts for every listener.
         assert_eq!(c.broker.listeners.len(), 2);
@@ -1044,7 +1068,11 @@ mod tests {
     #[test]
     fn port_makes_default_listener_on_all_interfaces() {
         let c = Config::parse("port 1999\n", "x.conf").unwrap();
-        assert_eq!(c.listeners, vec![ListenerConfig::new(1999, None)]);
+        let want = ListenerConfig {
+            line: 1,
+            ..ListenerConfig::new(1999, None)
+        };
+        assert_eq!(c.listeners, vec![want]);
     }
 
     #[test]

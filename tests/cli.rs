@@ -98,6 +98,95 @@ fn test_config_bad_names_file_line_and_option() {
     }
 }
 
+/// A free port on 127.0.0.1 (bound and let go), for listeners that must share one port.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn listeners_that_cannot_both_bind_name_both_lines() {
+    let port = free_port();
+    // Each pair is refused by Linux's bind(2) (0.0.0.0 covers 127.0.0.1, `::` covers all).
+    let cases = [
+        (
+            format!("listener {port}"),
+            format!("listener {port}"),
+            "port {port} on all IPv4 interfaces",
+            "port {port} on all IPv4 interfaces",
+        ),
+        (
+            format!("listener {port}"),
+            format!("listener {port} 127.0.0.1"),
+            "127.0.0.1:{port}",
+            "port {port} on all IPv4 interfaces",
+        ),
+        (
+            format!("listener {port} 127.0.0.1"),
+            format!("listener {port}"),
+            "port {port} on all IPv4 interfaces",
+            "127.0.0.1:{port}",
+        ),
+        (
+            format!("listener {port} ::"),
+            format!("listener {port} 127.0.0.1"),
+            "127.0.0.1:{port}",
+            "port {port} on all interfaces",
+        ),
+        (
+            format!("port {port}"),
+            format!("listener {port} localhost"),
+            "127.0.0.1:{port}",
+            "port {port} on all IPv4 interfaces",
+        ),
+    ];
+    for (first, second, this, other) in cases {
+        let (this, other) = (
+            this.replace("{port}", &port.to_string()),
+            other.replace("{port}", &port.to_string()),
+        );
+        let conf = write_temp(
+            "collide.conf",
+            &format!("# two listeners\n{first}\nallow_anonymous true\n{second}\n"),
+        );
+        let f = conf.display();
+        let want = format!(
+            "gatemq: {f}:4: this listener ({this}) collides with the listener on {f}:2 ({other}): the system cannot bind both\n"
+        );
+        let checked = run(&[os("--test-config"), os("-c"), path_os(&conf)]);
+        let started = run(&[os("-c"), path_os(&conf)]);
+        let _ = std::fs::remove_file(&conf);
+        for (what, r) in [("--test-config", checked), ("start", started)] {
+            assert_eq!(r.code, Some(1), "{what} {first} + {second}: {}", r.stderr);
+            assert_eq!(r.stderr, want, "{what} {first} + {second}");
+        }
+    }
+}
+
+#[test]
+fn listeners_on_one_port_with_different_addresses_both_listen() {
+    let port = free_port();
+    let conf = write_temp(
+        "share.conf",
+        &format!("listener {port} 127.0.0.1\nlistener {port} 127.0.0.2\nallow_anonymous true\n"),
+    );
+    let r = run(&[os("--test-config"), os("-c"), path_os(&conf)]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let b = Broker::spawn(&[os("-c"), path_os(&conf)], Some(port));
+    let _ = std::fs::remove_file(&conf);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.log().contains(&format!("listening on 127.0.0.2:{port}")) {
+        assert!(std::time::Instant::now() < deadline, "{}", b.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.client("share-1").ping();
+    let s = std::net::TcpStream::connect(("127.0.0.2", port)).expect("connect to 127.0.0.2");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut c = Raw { s };
+    c.connect_ok("share-2", true);
+    c.ping();
+}
+
 #[test]
 fn start_with_unknown_option_fails() {
     let conf = write_temp("unknown.conf", "listener 0 127.0.0.1\nfoo bar\n");

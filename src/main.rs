@@ -104,15 +104,16 @@ fn main() -> ExitCode {
     } else {
         config.log_level
     });
-    log::info!("gatemq {} starting", env!("CARGO_PKG_VERSION"));
+    // A start that fails says so in one sentence, and nothing else: the version line comes
+    // once the listeners are open (Mosquitto's "running").
     let mut server = match Server::bind(&config) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("{e}");
             eprintln!("gatemq: {e}");
             return ExitCode::FAILURE;
         }
     };
+    log::info!("gatemq {} running", env!("CARGO_PKG_VERSION"));
     server.set_command_line(args.port, level_from_config);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -223,18 +223,42 @@ fn missing_config_file_fails() {
 fn port_in_use_fails_with_one_clear_sentence() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let conf = write_temp("inuse.conf", &format!("listener {port} 127.0.0.1\n"));
-    let r = run(&[os("-c"), path_os(&conf)]);
-    let _ = std::fs::remove_file(&conf);
+    // Alone, and after a listener that opens fine: either way the sentence is all of stderr.
+    for listeners in [
+        format!("listener {port} 127.0.0.1\n"),
+        format!("listener 0 127.0.0.1\nlistener {port} 127.0.0.1\n"),
+    ] {
+        let conf = write_temp("inuse.conf", &format!("{listeners}allow_anonymous true\n"));
+        let r = run(&[os("-c"), path_os(&conf)]);
+        let _ = std::fs::remove_file(&conf);
+        assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+        assert_eq!(
+            r.stderr,
+            format!("gatemq: cannot listen on 127.0.0.1:{port}: address already in use\n"),
+            "{listeners}"
+        );
+    }
     drop(taken);
-    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
-    let want = format!("gatemq: cannot listen on 127.0.0.1:{port}: address already in use\n");
+}
+
+#[test]
+fn a_start_logs_its_listeners_then_running() {
+    let b = Broker::start("");
+    let running = format!("gatemq {} running", env!("CARGO_PKG_VERSION"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.log().contains(&running) {
+        assert!(std::time::Instant::now() < deadline, "{}", b.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = b.log();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in {log}"))
+    };
     assert!(
-        r.stderr.lines().any(|l| format!("{l}\n") == want),
-        "stderr should have the line {want:?}: {:?}",
-        r.stderr
+        at(&format!("listening on 127.0.0.1:{}", b.port)) < at(&running),
+        "{log}"
     );
-    assert!(!r.stderr.contains("os error"), "{}", r.stderr);
 }
 
 #[test]

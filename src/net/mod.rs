@@ -197,6 +197,25 @@ struct Listener {
     websockets: bool,
 }
 
+impl Listener {
+    /// Say it listens, once nothing can fail any more (a start that fails says one sentence).
+    fn announce(&self) {
+        #[cfg(feature = "tls")]
+        let tls_on = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls_on = false;
+        let kind = match (tls_on, self.websockets) {
+            (false, false) => "",
+            (true, false) => " (TLS)",
+            (false, true) => " (WebSocket)",
+            (true, true) => " (WebSocket, TLS)",
+        };
+        if let Ok(local) = self.socket.local_addr() {
+            log::info!("listening on {local}{kind}");
+        }
+    }
+}
+
 /// A running broker with its listeners open.
 pub struct Server {
     poll: Poll,
@@ -284,7 +303,6 @@ impl Server {
             .map_err(|e| StartError(format!("cannot watch signals: {e}")))?;
 
         if let Some(devices) = &config.devices {
-            log::info!("{} devices declared", devices.devices.len());
             let ex = crate::devices::Executor::new(devices.clone(), config.device_options.clone());
             broker.set_devices(ex);
         }
@@ -318,6 +336,12 @@ impl Server {
             Some((port, address)) => Some(open_http(&poll, *port, address.as_deref())?),
             None => None,
         };
+        for l in &listeners {
+            l.announce();
+        }
+        if let Some(devices) = &config.devices {
+            log::info!("{} devices declared", devices.devices.len());
+        }
         Ok(Server {
             poll,
             listeners,
@@ -614,7 +638,10 @@ impl Server {
         for (i, p) in prepared.into_iter().enumerate() {
             let l = &new.listeners[i];
             let mut listener = match p {
-                Prepared::New(fresh) => fresh,
+                Prepared::New(fresh) => {
+                    fresh.announce();
+                    fresh
+                }
                 Prepared::Kept(j, _tls) => {
                     map[j] = i as u16;
                     let mut kept = old_listeners[j].take().expect("matched once");
@@ -1267,18 +1294,6 @@ fn open_listener(poll: &Poll, l: &ListenerConfig, token: usize) -> Result<Listen
     poll.registry()
         .register(&mut listener, Token(token), Interest::READABLE)
         .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
-    let local = listener.local_addr().unwrap_or(addr);
-    #[cfg(feature = "tls")]
-    let tls_on = tls.is_some();
-    #[cfg(not(feature = "tls"))]
-    let tls_on = false;
-    let kind = match (tls_on, l.websockets) {
-        (false, false) => "",
-        (true, false) => " (TLS)",
-        (false, true) => " (WebSocket)",
-        (true, true) => " (WebSocket, TLS)",
-    };
-    log::info!("listening on {local}{kind}");
     Ok(Listener {
         socket: listener,
         max_connections: l.max_connections,

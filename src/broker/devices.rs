@@ -7,7 +7,7 @@ use std::time::Instant;
 
 impl Broker {
     /// Hand the device declarations to the broker; announces availability, initial values and
-    /// Home Assistant discovery at once.
+    /// Home Assistant discovery at once (at a reload: of the devices that are new or changed).
     pub fn set_devices(&mut self, mut ex: Executor) {
         // The last values a restart (persistence) or a reload kept, from the retained status
         // topics `<prefix>/<device>/<command>`.
@@ -23,6 +23,9 @@ impl Broker {
             });
             found
         });
+        if let Some(old) = self.devices.take() {
+            ex.take_over(*old, &mut self.device_out);
+        }
         ex.start(&mut self.device_out);
         self.devices = Some(Box::new(ex));
         flush(self, None);

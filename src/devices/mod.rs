@@ -16,6 +16,7 @@
 
 pub mod decl;
 pub(crate) mod json;
+mod reload;
 pub mod value;
 
 use crate::broker::fxhash::FxHashMap;
@@ -179,6 +180,8 @@ struct DeviceState {
     running: Option<Running>,
     /// A value changed: `<prefix>/<device>/state` is due (published once per event).
     state_dirty: bool,
+    /// Its availability, values and discovery are out already (a reload kept it unchanged).
+    announced: bool,
     /// Commands answered ok and refused or failed (for `/metrics`).
     ok: std::cell::Cell<u64>,
     failed: std::cell::Cell<u64>,
@@ -270,6 +273,7 @@ impl Executor {
                 exec_queue: VecDeque::new(),
                 running: None,
                 state_dirty: false,
+                announced: false,
                 ok: Default::default(),
                 failed: Default::default(),
             });
@@ -316,9 +320,13 @@ impl Executor {
         }
     }
 
-    /// Announce every device at start: availability, initial values, Home Assistant discovery.
+    /// Announce every device at start (at a reload, those not announced already):
+    /// availability, initial values, Home Assistant discovery.
     pub fn start(&mut self, out: &mut Outbox) {
         for d in 0..self.devices.len() {
+            if self.devices[d].announced {
+                continue;
+            }
             let id = self.devices[d].decl.id.clone();
             let t = out.topic(&[&self.opts.prefix, &id, "availability"]);
             let p = out.bytes.len();

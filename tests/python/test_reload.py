@@ -120,3 +120,49 @@ def test_devices_file_reload_keeps_values_and_adds_devices(make_broker, tmp_path
     assert state.get().payload == b'{"brightness":77}'
     state.disconnect()
     c.disconnect()
+
+
+TWO_DEVICES = ('[lamp]\ncommands.power = { type = "bool", initial = "OFF" }\n'
+               'commands.brightness = { type = "int", min = 0, max = 255, initial = 128 }\n'
+               '[fan]\ncommands.speed = { type = "int", min = 0, max = 3, initial = 1 }\n')
+
+
+def drain_until_marker(c, marker_topic):
+    """Everything `c` received before its own marker message: what the broker sent so far, as
+    (topic, payload)."""
+    c.publish(marker_topic, b"mark", qos=1)
+    return [(m.topic, m.payload) for m in c.collect_until(marker_topic)]
+
+
+def test_reload_publishes_only_the_devices_that_changed(make_broker, tmp_path):
+    devices = tmp_path / "devices.toml"
+    devices.write_text(TWO_DEVICES)
+    b = make_broker(["devices_file devices.toml", "homeassistant_discovery true"])
+    c = Client(b.port)
+    c.connect()
+    c.subscribe("#", 1)
+    first = drain_until_marker(c, "mark/1")
+    assert {t for t, _ in first} >= {"devices/lamp/availability", "devices/fan/state"}
+
+    # Nothing changed: nothing is published (a retained value re-sent triggers automations).
+    reload(b)
+    c.assert_no_message(1.5)
+
+    # The fan changes: only the fan is announced again, with its value kept.
+    c.publish("devices/fan/speed/set", b"2", qos=1)
+    assert ("devices/fan/speed/result", b'{"ok":true,"value":2}') in drain_until_marker(c, "mark/2")
+    devices.write_text(TWO_DEVICES.replace("max = 3", "max = 5"))
+    reload(b)
+    again = drain_until_marker(c, "mark/3")
+    assert again and all(t.startswith(("devices/fan/", "homeassistant/number/fan/"))
+                         for t, _ in again), again
+    assert ("devices/fan/availability", b"online") in again
+    assert ("devices/fan/speed", b"2") in again
+    assert ("devices/fan/state", b'{"speed":2}') in again
+
+    # The lamp goes: it is announced offline, and nothing else is published.
+    devices.write_text("[fan]" + TWO_DEVICES.replace("max = 3", "max = 5").split("[fan]")[1])
+    reload(b)
+    gone = drain_until_marker(c, "mark/4")
+    assert gone == [("devices/lamp/availability", b"offline")], gone
+    c.disconnect()

@@ -7,6 +7,7 @@
 //! starve the rest, and a connection that does not read its own output is not read from.
 
 pub mod http;
+mod linger;
 mod reload;
 mod systemd;
 #[cfg(feature = "tls")]
@@ -31,6 +32,8 @@ const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 /// The `http_listener` socket, and its connections from `HTTP_BASE` on.
 const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 2);
 const HTTP_BASE: usize = usize::MAX / 4;
+/// Sockets of closed connections lingering (see `linger`), from `LINGER_BASE` on.
+const LINGER_BASE: usize = usize::MAX / 8;
 /// HTTP connections served at once; more wait in the listen backlog.
 const MAX_HTTP_CONNECTIONS: usize = 32;
 const LISTENER_BASE: usize = usize::MAX / 2;
@@ -140,6 +143,15 @@ impl Connection {
             }
         }
         self.stream.write(out)
+    }
+
+    /// Neither TLS nor WebSocket: MQTT bytes go to the socket as they are.
+    fn is_plain(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return false;
+        }
+        self.ws.is_none()
     }
 
     /// A TLS session has records (handshake, alerts) waiting to be sent.
@@ -261,6 +273,8 @@ pub struct Server {
     /// `http_listener`: its socket and connections.
     http: Option<TcpListener>,
     http_conns: Slab<http::HttpConn>,
+    /// Closed connections' sockets kept a moment so their last packet is read.
+    linger: linger::Linger,
     started: Instant,
 }
 
@@ -371,6 +385,7 @@ impl Server {
             bridge_tls,
             http,
             http_conns: Slab::new(),
+            linger: linger::Linger::new(LINGER_BASE),
             started: now,
         })
     }
@@ -419,6 +434,7 @@ impl Server {
                 sync,
                 bridges,
                 http,
+                self.linger.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -448,6 +464,7 @@ impl Server {
                     self.http_ready(t - HTTP_BASE)
                 }
                 Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
+                Token(t) if self.linger.owns(t) => self.linger.ready(self.poll.registry(), t),
                 Token(id) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read(id, now);
@@ -469,6 +486,7 @@ impl Server {
         }
         self.bridges_due(now);
         self.http_timeouts(now);
+        self.linger.expire(self.poll.registry(), now);
         self.broker.handle_timeout(now);
         // Group commit: this turn's changes are in the journal before its acknowledgements
         // leave.
@@ -983,22 +1001,61 @@ impl Server {
         self.close(id, now);
     }
 
+    /// The broker ended connection `id`. Its last words (a DISCONNECT with a reason, a
+    /// refusing CONNACK) go out first, and the socket lingers so a client still sending reads
+    /// them (see `linger`); one with TLS records or WebSocket frames still waiting, or more
+    /// output than lingering takes, closes at once.
+    fn end(&mut self, id: ConnId, now: Instant) {
+        self.flush(id, now);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.close_notify();
+        // The tail goes out after the records of what moved into it, as all output does.
+        if self.journal_waiting() {
+            self.persist(false);
+        }
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let tail = self.broker.output(id);
+        let lingers = conn.bridge.is_none()
+            && !conn.tls_wants_write()
+            && conn.ws.as_ref().is_none_or(|ws| ws.out.is_empty())
+            && (tail.is_empty() || conn.is_plain())
+            && self.linger.has_room(tail.len());
+        if !lingers {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            return self.close(id, now);
+        }
+        let tail = tail.to_vec();
+        if let Some(conn) = self.remove(id, now) {
+            self.linger
+                .take(self.poll.registry(), conn.stream, tail, now);
+        }
+    }
+
     fn close(&mut self, id: ConnId, now: Instant) {
-        if let Some(mut conn) = self.conns.try_remove(id) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
-                l.connections -= 1;
-            }
-            self.broker.release(id, now);
-            if let Some(b) = conn.bridge {
-                let was_up = self.broker.bridge_was_up(b as usize);
-                if let Some(link) = self.links.get_mut(b as usize) {
-                    if !self.stopping {
-                        link.failed(now, was_up);
-                    }
+        self.remove(id, now);
+    }
+
+    /// Take connection `id` out of the loop and the broker; the caller has its socket.
+    fn remove(&mut self, id: ConnId, now: Instant) -> Option<Connection> {
+        let mut conn = self.conns.try_remove(id)?;
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
+            l.connections -= 1;
+        }
+        self.broker.release(id, now);
+        if let Some(b) = conn.bridge {
+            let was_up = self.broker.bridge_was_up(b as usize);
+            if let Some(link) = self.links.get_mut(b as usize) {
+                if !self.stopping {
+                    link.failed(now, was_up);
                 }
             }
         }
+        Some(conn)
     }
 
     /// Take what waits on the `http_listener`.
@@ -1214,14 +1271,7 @@ impl Server {
                 break;
             }
             for i in 0..self.work.len() {
-                let id = self.work[i];
-                // Last words (a refusing CONNACK) go out before the close, if the socket takes them.
-                self.flush(id, now);
-                if let Some(conn) = self.conns.get_mut(id) {
-                    conn.close_notify();
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                }
-                self.close(id, now);
+                self.end(self.work[i], now);
             }
         }
     }

@@ -54,6 +54,23 @@ cargo test --release
 step "pytest tests/python (paho-mqtt and mosquitto_pub/sub against the binary)"
 GATEMQ_BIN="$root/target/release/gatemq" "$venv/bin/pytest" -q -p no:cacheprovider --timeout 120 tests/python
 
+step "Home Assistant 2025.4.4 (tests/ha: its own Python 3.13 venv, MQTT discovery against gatemq)"
+ha_venv="$root/.ha-venv"
+if [ ! -x "$ha_venv/bin/hass" ] || ! cmp -s tests/ha/requirements.txt "$ha_venv/.requirements"; then
+    # About 6 minutes once on 2 cores; kept in .ha-venv/ for the next runs.
+    ha_python="$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python"
+    [ -x "$ha_python" ] || ha_python=$(command -v python3.13 || true)
+    if [ -z "$ha_python" ] || [ ! -x "$ha_python" ]; then
+        echo "Home Assistant 2025.4 needs Python 3.13 (pyenv's 3.13.0 or python3.13)"
+        exit 1
+    fi
+    rm -rf "$ha_venv"
+    "$ha_python" -m venv "$ha_venv"
+    "$ha_venv/bin/pip" install -q --disable-pip-version-check -r tests/ha/requirements.txt
+    cp tests/ha/requirements.txt "$ha_venv/.requirements"
+fi
+HA_VENV="$ha_venv" GATEMQ_BIN="$root/target/release/gatemq" "$venv/bin/pytest" -q -p no:cacheprovider --timeout 400 tests/ha
+
 step "fuzzing: the decoder, the broker core and persistence replay, 60 s each (cargo fuzz, libFuzzer)"
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install -q --locked cargo-fuzz@0.13.2

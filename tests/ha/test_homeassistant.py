@@ -1,0 +1,104 @@
+"""gatemq's devices as a real Home Assistant (2025.4.4) sees them, over MQTT discovery: the
+entities it announces appear with their states, HA's service calls are executed by gatemq's
+device executor and HA follows the status, and a stopped gatemq makes them unavailable.
+
+Run by ./tests/run.sh (which makes the Home Assistant venv and sets HA_VENV)."""
+import importlib.util
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "python"))
+_spec = importlib.util.spec_from_file_location("gatemq_fixtures", HERE.parent / "python" / "conftest.py")
+fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixtures)
+
+from clients import Client  # noqa: E402
+from homeassistant import HomeAssistant  # noqa: E402
+
+DEVICES = """
+[lamp]
+name = "Living room lamp"
+commands.power = { type = "bool", initial = "OFF" }
+commands.brightness = { type = "int", min = 0, max = 255, initial = 128 }
+commands.colour = { type = "enum", values = ["warm", "neutral", "cold"], initial = "warm" }
+
+[relay]
+name = "Garden pump relay"
+commands.power = { type = "bool", action = "file", path = "relay", payload_on = "1", payload_off = "0" }
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ha")
+    (root / "devices.toml").write_text(DEVICES)
+    broker = fixtures.Broker(root, ["devices_file devices.toml", "homeassistant_discovery true"])
+    broker.start()
+    ha = HomeAssistant(root)
+    try:
+        ha.start().onboard()
+        ha.add_mqtt(broker.port)
+        yield broker, ha, root
+    finally:
+        ha.stop()
+        broker.stop()
+
+
+def retained(port, topic):
+    c = Client(port)
+    c.connect()
+    c.subscribe(topic, 0)
+    m = c.get()
+    c.disconnect()
+    return m.payload
+
+
+def test_discovered_entities_and_their_states(setup):
+    broker, ha, _ = setup
+    want = {"switch.lamp_power": "off", "number.lamp_brightness": "128",
+            "select.lamp_colour": "warm", "switch.relay_power": "unknown"}
+    seen = {}
+
+    def states():
+        s = ha.states()
+        seen.update({e: s.get(e, {}).get("state") for e in want})
+        return s if seen == want else None
+
+    try:
+        got = ha.wait_for(f"the discovered entities in these states: {want}", states, timeout=60)
+    except AssertionError:
+        raise AssertionError(f"states seen: {seen}") from None
+    assert got["switch.lamp_power"]["attributes"]["friendly_name"] == "Living room lamp power"
+    assert got["select.lamp_colour"]["attributes"]["options"] == ["warm", "neutral", "cold"]
+    assert got["number.lamp_brightness"]["attributes"]["max"] == 255
+
+
+def test_service_calls_are_executed_by_gatemq(setup):
+    broker, ha, root = setup
+    ha.wait_for("switch.lamp_power", lambda: ha.state("switch.lamp_power"), timeout=60)
+    ha.call("switch", "turn_on", entity_id="switch.lamp_power")
+    ha.wait_for("the lamp on", lambda: ha.state("switch.lamp_power")["state"] == "on")
+    assert retained(broker.port, "devices/lamp/power") == b"ON"
+    ha.call("number", "set_value", entity_id="number.lamp_brightness", value=200)
+    ha.wait_for("brightness 200",
+                lambda: ha.state("number.lamp_brightness")["state"] == "200")
+    assert retained(broker.port, "devices/lamp/brightness") == b"200"
+    ha.call("select", "select_option", entity_id="select.lamp_colour", option="cold")
+    ha.wait_for("colour cold", lambda: ha.state("select.lamp_colour")["state"] == "cold")
+    # A file-backed relay: HA's switch writes the file through gatemq.
+    ha.call("switch", "turn_on", entity_id="switch.relay_power")
+    ha.wait_for("the relay on", lambda: ha.state("switch.relay_power")["state"] == "on")
+    assert (root / "relay").read_text() == "1"
+
+
+def test_stopping_gatemq_makes_the_entities_unavailable(setup):
+    broker, ha, _ = setup
+    ha.wait_for("switch.lamp_power", lambda: ha.state("switch.lamp_power"), timeout=60)
+    assert ha.state("switch.lamp_power")["state"] != "unavailable"
+    # gatemq publishes each device's availability "offline" before it exits.
+    assert broker.stop(sig=signal.SIGTERM) == 0
+    ha.wait_for("unavailable", lambda: ha.state("switch.lamp_power")["state"] == "unavailable")

@@ -534,10 +534,15 @@ commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER"
         std::path::Path::new("."),
     )
     .unwrap();
-    let broker = InProcess::start(|c| c.devices = Some(devices));
-    // Sees every status, state, result and forwarded command.
+    let broker = InProcess::start(|c| {
+        c.devices = Some(devices);
+        // Home Assistant discovery on: each result is also a "command result" event.
+        c.device_options.discovery = true;
+    });
+    // Sees every status, state, result, event and forwarded command.
     let mut watcher = Client::connect(broker.addr, "watcher", true);
     watcher.subscribe("devices/+/+/result", 1);
+    watcher.subscribe("devices/+/event", 1);
     watcher.subscribe("cmnd/#", 1);
     let mut publisher = Client::connect(broker.addr, "app", true);
     let commands: [(&str, &[u8]); 5] = [
@@ -547,12 +552,13 @@ commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER"
         ("devices/lamp/brightness/set", b"300"),
         ("devices/plug/power/set", b"OFF"),
     ];
-    // 20 000 commands, 4 000 of each kind: a result for each, and the forwarded plug commands.
+    // 20 000 commands, 4 000 of each kind: a result and an event for each, and the forwarded
+    // plug commands.
     assert_no_alloc(broker, |lag| {
         thread::scope(|s| {
             s.spawn(|| {
                 thread::sleep(lag);
-                watcher.receive(20_000 + 4_000)
+                watcher.receive(2 * 20_000 + 4_000)
             });
             for round in 0..200 {
                 let mut out = Vec::new();

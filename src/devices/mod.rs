@@ -217,6 +217,8 @@ pub struct Executor {
 }
 
 const RESULT: &str = "result";
+/// Every command's result as a Home Assistant `event` (with discovery on).
+const EVENT: &str = "event";
 
 impl Executor {
     /// The declared devices, in the file's order.
@@ -339,6 +341,9 @@ impl Executor {
                 if self.opts.discovery {
                     self.discovery(d, c, out);
                 }
+            }
+            if self.opts.discovery {
+                self.event_discovery(d, out);
             }
             if self.devices[d].known.iter().any(|k| *k) {
                 self.publish_state(d, out);
@@ -949,12 +954,53 @@ impl Executor {
         if self.has_reply {
             out.copy_to(&self.reply);
         }
+        self.result_event(d, Some(&cmd.name), Ok(v.map(|v| (&cmd.kind, v))), out);
+    }
+
+    /// The result as a Home Assistant event on `<prefix>/<device>/event` (not retained: HA
+    /// ignores retained events): `{"event_type":"ok","command":...,"value":...}` or
+    /// `{"event_type":"refused","command":...,"error":...}`.
+    fn result_event(
+        &self,
+        d: usize,
+        command: Option<&str>,
+        result: Result<Option<(&Kind, &str)>, &str>,
+        out: &mut Outbox,
+    ) {
+        if !self.opts.discovery {
+            return;
+        }
+        let t = out.topic(&[&self.opts.prefix, &self.devices[d].decl.id, EVENT]);
+        let p = out.bytes.len();
+        let b = &mut out.bytes;
+        b.extend_from_slice(match result {
+            Ok(_) => b"{\"event_type\":\"ok\"",
+            Err(_) => b"{\"event_type\":\"refused\"",
+        });
+        if let Some(c) = command {
+            b.extend_from_slice(b",\"command\":");
+            json::push_str(b, c);
+        }
+        match result {
+            Ok(Some((kind, v))) => {
+                b.extend_from_slice(b",\"value\":");
+                push_value(b, kind, v);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                b.extend_from_slice(b",\"error\":");
+                json::push_str(b, e);
+            }
+        }
+        b.push(b'}');
+        out.end(t, p, false);
     }
 
     /// Respond with the error in `self.text` on `<prefix>/<device>[/<command>]/result`.
     fn respond_error(&self, device: &str, command: Option<&str>, out: &mut Outbox) {
-        match self.by_id.get(device) {
-            Some(&d) => self.devices[d].failed.set(self.devices[d].failed.get() + 1),
+        let declared = self.by_id.get(device).copied();
+        match declared {
+            Some(d) => self.devices[d].failed.set(self.devices[d].failed.get() + 1),
             None => self.unknown_failed.set(self.unknown_failed.get() + 1),
         }
         log::debug!(
@@ -974,6 +1020,9 @@ impl Executor {
         out.end(t, p, false);
         if self.has_reply {
             out.copy_to(&self.reply);
+        }
+        if let Some(d) = declared {
+            self.result_event(d, command, Err(&self.text), out);
         }
     }
 
@@ -1060,15 +1109,52 @@ impl Executor {
             }
             Kind::Trigger => field(b, "payload_press", "PRESS"),
         }
-        b.extend_from_slice(b",\"device\":{\"identifiers\":[");
-        s.clear();
-        let _ = write!(s, "gatemq_{id}");
-        json::push_str(b, &s);
-        b.extend_from_slice(b"],\"name\":");
-        json::push_str(b, &dev.decl.name);
-        b.extend_from_slice(b",\"manufacturer\":\"gatemq\",\"model\":\"declared device\"}}");
+        device_json(b, id, &dev.decl.name);
+        b.push(b'}');
         out.end(t, p, true);
     }
+
+    /// Home Assistant discovery of the device's "command result" `event` entity. No
+    /// availability topic: refusals for an offline device must show too.
+    fn event_discovery(&self, d: usize, out: &mut Outbox) {
+        let dev = &self.devices[d];
+        let id = &*dev.decl.id;
+        let t = out.topic(&[
+            &self.opts.discovery_prefix,
+            "event",
+            id,
+            "command_result",
+            "config",
+        ]);
+        let p = out.bytes.len();
+        let b = &mut out.bytes;
+        let pre = &self.opts.prefix;
+        b.extend_from_slice(b"{\"name\":\"command result\"");
+        for (key, value) in [
+            ("unique_id", format!("gatemq_{id}_command_result")),
+            ("object_id", format!("{id}_command_result")),
+            ("state_topic", format!("{pre}/{id}/{EVENT}")),
+            ("icon", "mdi:console-line".into()),
+        ] {
+            b.push(b',');
+            json::push_str(b, key);
+            b.push(b':');
+            json::push_str(b, &value);
+        }
+        b.extend_from_slice(b",\"event_types\":[\"ok\",\"refused\"]");
+        device_json(b, id, &dev.decl.name);
+        b.push(b'}');
+        out.end(t, p, true);
+    }
+}
+
+/// `,"device":{...}`: the Home Assistant device every entity of device `id` belongs to.
+fn device_json(b: &mut Vec<u8>, id: &str, name: &str) {
+    b.extend_from_slice(b",\"device\":{\"identifiers\":[");
+    json::push_str(b, &format!("gatemq_{id}"));
+    b.extend_from_slice(b"],\"name\":");
+    json::push_str(b, name);
+    b.extend_from_slice(b",\"manufacturer\":\"gatemq\",\"model\":\"declared device\"}");
 }
 
 /// The text form of a JSON scalar into `out`; on a nested value, `out` holds the error.

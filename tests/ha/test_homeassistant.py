@@ -1,6 +1,7 @@
 """gatemq's devices as a real Home Assistant (2025.4.4) sees them, over MQTT discovery: the
 entities it announces appear with their states, HA's service calls are executed by gatemq's
-device executor and HA follows the status, and a stopped gatemq makes them unavailable.
+device executor and HA follows the status, every command's result (a refusal too) is the
+device's "command result" event, and a stopped gatemq makes the entities unavailable.
 
 Run by ./tests/run.sh (which makes the Home Assistant venv and sets HA_VENV)."""
 import importlib.util
@@ -93,6 +94,27 @@ def test_service_calls_are_executed_by_gatemq(setup):
     ha.call("switch", "turn_on", entity_id="switch.relay_power")
     ha.wait_for("the relay on", lambda: ha.state("switch.relay_power")["state"] == "on")
     assert (root / "relay").read_text() == "1"
+
+
+def test_a_refused_command_shows_in_the_command_result_event(setup):
+    broker, ha, _ = setup
+    entity = "event.lamp_command_result"
+    ev = ha.wait_for(entity, lambda: ha.state(entity), timeout=60)
+    assert ev["attributes"]["event_types"] == ["ok", "refused"]
+    c = Client(broker.port)
+    c.connect()
+    c.publish("devices/lamp/brightness/set", b"300", qos=1)
+    c.disconnect()
+    ev = ha.wait_for("the refusal", lambda: (
+        s if (s := ha.state(entity))["attributes"].get("event_type") == "refused" else None))
+    assert ev["attributes"]["command"] == "brightness"
+    assert ev["attributes"]["error"] == "brightness: 300 is above max 255"
+    assert ha.state("number.lamp_brightness")["state"] != "300"
+    # A command from HA itself: its result is the next event.
+    ha.call("select", "select_option", entity_id="select.lamp_colour", option="neutral")
+    ev = ha.wait_for("the ok event", lambda: (
+        s if (s := ha.state(entity))["attributes"].get("event_type") == "ok" else None))
+    assert (ev["attributes"]["command"], ev["attributes"]["value"]) == ("colour", "neutral")
 
 
 def test_stopping_gatemq_makes_the_entities_unavailable(setup):

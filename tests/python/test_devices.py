@@ -753,8 +753,14 @@ def test_home_assistant_discovery(dev_broker, clients):
     configs = {t: json.loads(p) for t, p, _ in msgs}
     expect = {"power": "switch", "brightness": "number", "temp": "number",
               "colour": "select", "identify": "button", "label": "text"}
+    event = configs.pop("homeassistant/event/lamp/command_result/config")
     assert set(configs) == {f"homeassistant/{comp}/lamp/{cmd}/config"
                             for cmd, comp in expect.items()}
+    assert event["state_topic"] == "devices/lamp/event"
+    assert event["event_types"] == ["ok", "refused"]
+    assert event["unique_id"] == "gatemq_lamp_command_result"
+    assert "availability_topic" not in event, "refusals show while the device is offline"
+    assert event["device"] == configs["homeassistant/switch/lamp/power/config"]["device"]
     for cmd, comp in expect.items():
         cfg = configs[f"homeassistant/{comp}/lamp/{cmd}/config"]
         assert cfg["name"] == cmd
@@ -775,6 +781,33 @@ def test_home_assistant_discovery(dev_broker, clients):
     assert (num["min"], num["max"], num["step"]) == (5, 30, 0.5)
     assert configs["homeassistant/select/lamp/colour/config"]["options"] == ["warm", "cold"]
     assert configs["homeassistant/text/lamp/label/config"]["max"] == 20
+
+
+def test_results_are_home_assistant_events_with_discovery(dev_broker, clients):
+    """Every result is also an event on devices/<d>/event (not retained), so a refused
+    command shows in Home Assistant; without discovery nothing is sent there."""
+    b = dev_broker(DISCOVERY, ["homeassistant_discovery true"])
+    c = clients(b.port, "ev")
+    c.sub("devices/+/event")
+    c.pub("devices/lamp/brightness/set", "300")
+    c.pub("devices/lamp/brightness/set", "200")
+    c.pub("devices/lamp/set", '{"power": "ON", "colour": "warm"}')
+    c.pub("devices/lamp/identify/set", "PRESS")
+    c.pub("devices/nope/power/set", "ON")  # not declared: no entity, no event
+    got = [(t, json.loads(p), r) for t, p, r in c.sync()]
+    assert got == [
+        ("devices/lamp/event", {"event_type": "refused", "command": "brightness",
+                                "error": "brightness: 300 is above max 255"}, False),
+        ("devices/lamp/event", {"event_type": "ok", "command": "brightness", "value": 200}, False),
+        ("devices/lamp/event", {"event_type": "ok", "command": "power", "value": "ON"}, False),
+        ("devices/lamp/event", {"event_type": "ok", "command": "colour", "value": "warm"}, False),
+        ("devices/lamp/event", {"event_type": "ok", "command": "identify"}, False),
+    ]
+    plain = dev_broker(DISCOVERY)
+    q = clients(plain.port, "q")
+    q.sub("devices/+/event")
+    q.pub("devices/lamp/brightness/set", "300")
+    assert q.sync() == []
 
 
 def test_custom_prefixes_and_discovery_off_by_default(dev_broker, clients):
@@ -873,7 +906,8 @@ def test_readme_scenario_with_example_config(tmp_path, clients):
         mosquitto_pub(port, "devices/lamp/brightness/set", "300")
         before, (_, res, _) = w.until("devices/lamp/brightness/result")
         assert json.loads(res) == {"ok": False, "error": "brightness: 300 is above max 255"}
-        assert [t for t, _, _ in before + w.sync() if not t.endswith("/set")] == []
+        assert [t for t, _, _ in before + w.sync() if not t.endswith("/set")] == \
+            ["devices/lamp/event"]  # the refusal as a Home Assistant event, nothing else
 
         assert mosquitto_sub_retained(port, "devices/lamp/power") == (1, "devices/lamp/power",
                                                                       "ON")

@@ -39,6 +39,10 @@ pub struct Options {
     /// Publish Home Assistant discovery configs.
     pub discovery: bool,
     pub discovery_prefix: String,
+    /// The status page (`http_listener`), announced to Home Assistant as the devices'
+    /// `configuration_url` and the origin's `support_url`; set by the event loop once the
+    /// listener is open.
+    pub status_url: Option<String>,
 }
 
 impl Default for Options {
@@ -48,6 +52,7 @@ impl Default for Options {
             route_commands: true,
             discovery: false,
             discovery_prefix: "homeassistant".into(),
+            status_url: None,
         }
     }
 }
@@ -1055,6 +1060,11 @@ impl Executor {
         s.clear();
         let _ = write!(s, "{id}_{name}");
         field(b, "object_id", &s);
+        // HA 2025.10+ wants default_entity_id (object_id stops working in 2026.4); older HA
+        // drops the unknown key and uses object_id.
+        s.clear();
+        let _ = write!(s, "{component}.{id}_{name}");
+        field(b, "default_entity_id", &s);
         s.clear();
         let _ = write!(s, "{pre}/{id}/{name}/set");
         field(b, "command_topic", &s);
@@ -1109,7 +1119,7 @@ impl Executor {
             }
             Kind::Trigger => field(b, "payload_press", "PRESS"),
         }
-        device_json(b, id, &dev.decl.name);
+        device_json(b, id, &dev.decl.name, &self.opts);
         b.push(b'}');
         out.end(t, p, true);
     }
@@ -1133,6 +1143,7 @@ impl Executor {
         for (key, value) in [
             ("unique_id", format!("gatemq_{id}_command_result")),
             ("object_id", format!("{id}_command_result")),
+            ("default_entity_id", format!("event.{id}_command_result")),
             ("state_topic", format!("{pre}/{id}/{EVENT}")),
             ("icon", "mdi:console-line".into()),
         ] {
@@ -1142,19 +1153,34 @@ impl Executor {
             json::push_str(b, &value);
         }
         b.extend_from_slice(b",\"event_types\":[\"ok\",\"refused\"]");
-        device_json(b, id, &dev.decl.name);
+        device_json(b, id, &dev.decl.name, &self.opts);
         b.push(b'}');
         out.end(t, p, true);
     }
 }
 
-/// `,"device":{...}`: the Home Assistant device every entity of device `id` belongs to.
-fn device_json(b: &mut Vec<u8>, id: &str, name: &str) {
+/// `,"device":{...},"origin":{...}`: the Home Assistant device every entity of device `id`
+/// belongs to, and what announced it.
+fn device_json(b: &mut Vec<u8>, id: &str, name: &str, opts: &Options) {
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     b.extend_from_slice(b",\"device\":{\"identifiers\":[");
     json::push_str(b, &format!("gatemq_{id}"));
     b.extend_from_slice(b"],\"name\":");
     json::push_str(b, name);
-    b.extend_from_slice(b",\"manufacturer\":\"gatemq\",\"model\":\"declared device\"}");
+    b.extend_from_slice(b",\"manufacturer\":\"gatemq\",\"model\":\"declared device\"");
+    b.extend_from_slice(format!(",\"sw_version\":\"{VERSION}\"").as_bytes());
+    if let Some(url) = &opts.status_url {
+        b.extend_from_slice(b",\"configuration_url\":");
+        json::push_str(b, url);
+    }
+    b.extend_from_slice(
+        format!("}},\"origin\":{{\"name\":\"gatemq\",\"sw_version\":\"{VERSION}\"").as_bytes(),
+    );
+    if let Some(url) = &opts.status_url {
+        b.extend_from_slice(b",\"support_url\":");
+        json::push_str(b, url);
+    }
+    b.push(b'}');
 }
 
 /// The text form of a JSON scalar into `out`; on a nested value, `out` holds the error.

@@ -82,6 +82,21 @@ impl Server {
 }
 
 /// Open the `http_listener`.
+/// The status page's address for Home Assistant (`configuration_url`): the listener's own
+/// address, or on all interfaces the machine's host name.
+pub(super) fn status_url(l: &TcpListener) -> Option<String> {
+    let addr = l.local_addr().ok()?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())?,
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    Some(format!("http://{host}:{}/", addr.port()))
+}
+
 pub(super) fn open_http(
     poll: &Poll,
     port: u16,

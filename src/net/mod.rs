@@ -97,6 +97,8 @@ pub struct Server {
     bridge_tls: Vec<Option<tls::ClientContext>>,
     /// `http_listener`: its socket and connections.
     http: Option<TcpListener>,
+    /// The status page's address, for Home Assistant discovery.
+    status_url: Option<String>,
     http_conns: Slab<http::HttpConn>,
     /// Closed connections' sockets kept a moment so their last packet is read.
     linger: linger::Linger,
@@ -141,9 +143,15 @@ impl Server {
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(|e| StartError(format!("cannot watch signals: {e}")))?;
 
+        let http = match &config.http_listener {
+            Some((port, address)) => Some(open_http(&poll, *port, address.as_deref())?),
+            None => None,
+        };
+        let status_url = http.as_ref().and_then(http_serve::status_url);
         if let Some(devices) = &config.devices {
-            let ex = crate::devices::Executor::new(devices.clone(), config.device_options.clone());
-            broker.set_devices(ex);
+            let mut options = config.device_options.clone();
+            options.status_url = status_url.clone();
+            broker.set_devices(crate::devices::Executor::new(devices.clone(), options));
         }
         let now = Instant::now();
         let links: Vec<_> = config
@@ -171,10 +179,6 @@ impl Server {
             })
             .collect::<Result<Vec<_>, _>>()?;
         broker.start_bridges();
-        let http = match &config.http_listener {
-            Some((port, address)) => Some(open_http(&poll, *port, address.as_deref())?),
-            None => None,
-        };
         for l in &listeners {
             l.announce();
         }
@@ -209,6 +213,7 @@ impl Server {
             #[cfg(feature = "tls")]
             bridge_tls,
             http,
+            status_url,
             http_conns: Slab::new(),
             linger: linger::Linger::new(LINGER_BASE),
             started: now,

@@ -166,7 +166,9 @@ impl Server {
         let revoked = self.recheck_access(now);
         match &new.devices {
             Some(devices) => {
-                let ex = crate::devices::Executor::new(devices.clone(), new.device_options.clone());
+                let mut options = new.device_options.clone();
+                options.status_url = self.status_url.clone();
+                let ex = crate::devices::Executor::new(devices.clone(), options);
                 self.broker.set_devices(ex);
             }
             None => self.broker.clear_devices(),

@@ -106,6 +106,8 @@ class HomeAssistant:
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 text = r.read().decode()
+                if "json" not in (r.headers.get("Content-Type") or ""):
+                    return r.status, text
                 return r.status, (json.loads(text) if text else None)
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -158,6 +160,12 @@ class HomeAssistant:
             time.sleep(0.25)
         raise AssertionError(f"Home Assistant: {what} not within {timeout} s (last: {last!r})\n"
                              f"{self.log()[-4000:]}")
+
+    def template(self, text):
+        """A Jinja template rendered by HA (its registries are reachable from templates)."""
+        status, out = self.request("POST", "/api/template", {"template": text})
+        assert status == 200, (text, status, out)
+        return out
 
     def call(self, domain, service, **data):
         status, out = self.request("POST", f"/api/services/{domain}/{service}", data)

@@ -5,6 +5,7 @@ device's "command result" event, and a stopped gatemq makes the entities unavail
 
 Run by ./tests/run.sh (which makes the Home Assistant venv and sets HA_VENV)."""
 import importlib.util
+import re
 import signal
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ commands.power = { type = "bool", action = "file", path = "relay", payload_on = 
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ha")
     (root / "devices.toml").write_text(DEVICES)
-    broker = fixtures.Broker(root, ["devices_file devices.toml", "homeassistant_discovery true"])
+    broker = fixtures.Broker(root, ["devices_file devices.toml", "homeassistant_discovery true",
+                                    "http_listener 0 127.0.0.1"])
     broker.start()
     ha = HomeAssistant(root)
     try:
@@ -76,6 +78,25 @@ def test_discovered_entities_and_their_states(setup):
     assert got["switch.lamp_power"]["attributes"]["friendly_name"] == "Living room lamp power"
     assert got["select.lamp_colour"]["attributes"]["options"] == ["warm", "neutral", "cold"]
     assert got["number.lamp_brightness"]["attributes"]["max"] == 255
+
+
+def test_the_device_links_gatemqs_status_page(setup):
+    """HA's device registry (read through its template API) has the device with gatemq's
+    version and the status page as its configuration URL."""
+    broker, ha, _ = setup
+    ha.wait_for("switch.lamp_power", lambda: ha.state("switch.lamp_power"), timeout=60)
+    http = re.search(r"HTTP \(status page, /metrics\) on 127\.0\.0\.1:(\d+)", broker.log()).group(1)
+    dev = "device_id('switch.lamp_power')"
+    assert ha.template(f"{{{{ device_attr({dev}, 'name') }}}}") == "Living room lamp"
+    assert ha.template(f"{{{{ device_attr({dev}, 'manufacturer') }}}}") == "gatemq"
+    assert ha.template(f"{{{{ device_attr({dev}, 'configuration_url') }}}}") == \
+        f"http://127.0.0.1:{http}/"
+    version = re.search(r'^version = "(.+)"', (HERE.parents[1] / "Cargo.toml").read_text(),
+                        re.M).group(1)
+    assert ha.template(f"{{{{ device_attr({dev}, 'sw_version') }}}}") == version
+    # One device holds the lamp's three entities and its command result event.
+    assert ha.template(f"{{{{ device_entities({dev}) | sort | join(',') }}}}") == \
+        "event.lamp_command_result,number.lamp_brightness,select.lamp_colour,switch.lamp_power"
 
 
 def test_service_calls_are_executed_by_gatemq(setup):

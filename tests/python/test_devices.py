@@ -8,6 +8,7 @@ proves that everything the broker published before it has been received.
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import free_port
+from conftest import ROOT, free_port
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
@@ -781,6 +782,24 @@ def test_home_assistant_discovery(dev_broker, clients):
     assert (num["min"], num["max"], num["step"]) == (5, 30, 0.5)
     assert configs["homeassistant/select/lamp/colour/config"]["options"] == ["warm", "cold"]
     assert configs["homeassistant/text/lamp/label/config"]["max"] == 20
+    # Modern discovery: default_entity_id beside object_id, the origin, the device's version.
+    version = re.search(r'^version = "(.+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    for cmd, comp in expect.items():
+        cfg = configs[f"homeassistant/{comp}/lamp/{cmd}/config"]
+        assert (cfg["object_id"], cfg["default_entity_id"]) == (f"lamp_{cmd}", f"{comp}.lamp_{cmd}")
+        assert cfg["origin"] == {"name": "gatemq", "sw_version": version}
+        assert cfg["device"]["sw_version"] == version and "configuration_url" not in cfg["device"]
+    assert event["default_entity_id"] == "event.lamp_command_result"
+
+
+def test_discovery_links_the_status_page(dev_broker, clients):
+    """With an http_listener, the devices' configuration_url and the origin's support_url are
+    the status page."""
+    b = dev_broker(DISCOVERY, ["homeassistant_discovery true", "http_listener 0 127.0.0.1"])
+    port = int(re.search(r"HTTP \(status page, /metrics\) on 127\.0\.0\.1:(\d+)", b.log()).group(1))
+    cfg = json.loads(retained(b.port, "homeassistant/switch/lamp/power/config"))
+    assert cfg["device"]["configuration_url"] == f"http://127.0.0.1:{port}/"
+    assert cfg["origin"]["support_url"] == f"http://127.0.0.1:{port}/"
 
 
 def test_results_are_home_assistant_events_with_discovery(dev_broker, clients):

@@ -110,7 +110,13 @@ pub struct Persistence {
     /// The snapshot's file name (`persistence_file`); the journal is this + `.journal`.
     pub file: String,
     pub sync: crate::store::SyncPolicy,
+    /// `persistence false` with devices declared: only the devices' retained status topics
+    /// are kept, in [`DEVICE_STATE_FILE`].
+    pub devices_only: bool,
 }
+
+/// Where the devices' last values are kept when `persistence` is off.
+pub const DEVICE_STATE_FILE: &str = "gatemq-devices.db";
 
 impl Default for Config {
     /// No config file: one listener on 127.0.0.1:1883, as Mosquitto 2 does.
@@ -543,6 +549,16 @@ impl Config {
                 location,
                 file,
                 sync,
+                devices_only: false,
+            });
+        } else if c.devices_file.is_some() {
+            // Without persistence the devices' last values are kept all the same, in a small
+            // store of their own (their retained status topics only).
+            c.persistence = Some(Persistence {
+                location,
+                file: DEVICE_STATE_FILE.into(),
+                sync: crate::store::SyncPolicy::Always,
+                devices_only: true,
             });
         }
         if let Some(level) = log_types {

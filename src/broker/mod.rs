@@ -297,6 +297,9 @@ pub struct Broker {
     identities: FxHashMap<ConnId, Box<str>>,
     /// Records of this loop turn's changes, when persistence is on.
     journal: Option<Vec<u8>>,
+    /// The journal keeps only retained messages under this prefix (the devices' status with
+    /// `persistence false`).
+    journal_only: Option<Box<str>>,
     /// The last store id given to a message written to the journal.
     next_store_id: u64,
     /// Bridges to upstream brokers, by their index in `cfg.bridges`.
@@ -341,6 +344,7 @@ impl Broker {
             rng: seed | 1,
             identities: FxHashMap::default(),
             journal: None,
+            journal_only: None,
             next_store_id: 0,
             bridges: Vec::new(),
         }

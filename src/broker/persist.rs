@@ -23,6 +23,22 @@ impl Broker {
         self.journal = Some(Vec::new());
     }
 
+    /// Keep a journal of the devices' retained status topics (under `prefix/`) only: their
+    /// last values survive a restart with `persistence false`.
+    pub fn enable_device_journal(&mut self, prefix: &str) {
+        self.journal = Some(Vec::new());
+        self.journal_only = Some(format!("{prefix}/").into());
+    }
+
+    /// Is `topic`'s retained message kept by the journal?
+    fn journal_keeps(&self, topic: &str) -> bool {
+        !topic.starts_with("$SYS/")
+            && self
+                .journal_only
+                .as_ref()
+                .is_none_or(|p| topic.starts_with(&**p))
+    }
+
     /// Append this turn's records to `out`; the event loop writes them before this turn's
     /// output leaves.
     pub fn take_journal(&mut self, out: &mut Vec<u8>) {
@@ -88,6 +104,9 @@ impl Broker {
     /// Session `sid` changed in a way a restart must keep (created, resumed, subscribed,
     /// expiry changed): its record is written now, before anything it holds.
     pub(super) fn session_changed(&mut self, sid: SessionId) {
+        if self.journal_only.is_some() {
+            return;
+        }
         let (Some(j), Some(s)) = (&mut self.journal, self.sessions.get_mut(sid)) else {
             return;
         };
@@ -138,13 +157,13 @@ impl Broker {
 
     /// `topic`'s retained message is now `msg` (or none).
     pub(super) fn journal_retained(&mut self, topic: &str, msg: Option<super::message::MsgId>) {
+        // The broker's own figures ($SYS) are made anew after a restart.
+        if !self.journal_keeps(topic) {
+            return;
+        }
         let Some(j) = &mut self.journal else {
             return;
         };
-        if topic.starts_with("$SYS/") {
-            // The broker's own figures are made anew after a restart.
-            return;
-        }
         match msg {
             Some(m) => write_retained(j, self.pool.get(m), self.now),
             None => record::encode(j, &Record::Unretain { topic }),
@@ -187,10 +206,13 @@ impl Broker {
         let now = self.now;
         self.retained.for_each(|m| {
             let msg = self.pool.get(m);
-            if !msg.is_expired(now) && !msg.topic_str().starts_with("$SYS/") {
+            if !msg.is_expired(now) && self.journal_keeps(msg.topic_str()) {
                 write_retained(out, msg, now);
             }
         });
+        if self.journal_only.is_some() {
+            return;
+        }
         let mut written = std::collections::HashSet::new();
         let Broker {
             sessions,

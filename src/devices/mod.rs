@@ -325,6 +325,51 @@ impl Executor {
                 }
             }
         }
+        for d in 0..self.devices.len() {
+            self.read_back_files(d);
+        }
+    }
+
+    /// The `file` commands of device `d` with `read_back`: what the file holds (the hardware,
+    /// after a restart or a change by someone else) wins over the last value known. Returns
+    /// the commands whose value changed.
+    pub(super) fn read_back_files(&mut self, d: usize) -> Vec<usize> {
+        let mut changed = Vec::new();
+        let mut v = String::new();
+        let dev = &mut self.devices[d];
+        for (c, cmd) in dev.decl.commands.iter().enumerate() {
+            let Action::File {
+                path,
+                read_back: true,
+            } = &cmd.action
+            else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let text = text.lines().next().unwrap_or("").trim();
+            let text = match (&cmd.kind, text) {
+                (Kind::Bool, t) if t == &*cmd.payload_on => "ON",
+                (Kind::Bool, t) if t == &*cmd.payload_off => "OFF",
+                (_, t) => t,
+            };
+            if !value::normalise(cmd, text, &dev.values[c], &mut v) {
+                log::warn!(
+                    "{}/{}: {} holds {text:?}: {v}",
+                    dev.decl.id,
+                    cmd.name,
+                    path.display()
+                );
+                continue;
+            }
+            if !dev.known[c] || dev.values[c] != v {
+                dev.values[c].clone_from(&v);
+                dev.known[c] = true;
+                changed.push(c);
+            }
+        }
+        changed
     }
 
     /// Announce every device at start (at a reload, those not announced already):

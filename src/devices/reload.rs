@@ -21,6 +21,14 @@ impl Executor {
                 Some(i) if same_topics && self.devices[i].decl == kept.decl => {
                     kept.announced = true;
                     self.devices[i] = kept;
+                    // Its files are read again: what changed there is published.
+                    let changed = self.read_back_files(i);
+                    for &c in &changed {
+                        self.publish_value(i, c, out);
+                    }
+                    if !changed.is_empty() {
+                        self.publish_state(i, out);
+                    }
                 }
                 _ => {
                     if i.is_none() || !same_topics {

@@ -127,7 +127,7 @@ impl Server {
         let mut broker = Broker::new(config.broker.clone(), Instant::now());
         let store = match &config.persistence {
             Some(p) => {
-                let store = open_store(p, &mut broker)?;
+                let store = open_store(p, &config.device_options.prefix, &mut broker)?;
                 broker.journal_written(store.durable());
                 Some(store)
             }

@@ -34,19 +34,29 @@ impl Server {
 /// Read the persisted state into `broker` and start the files anew from it.
 pub(super) fn open_store(
     p: &crate::config::Persistence,
+    device_prefix: &str,
     broker: &mut Broker,
 ) -> Result<crate::store::Store, StartError> {
     let loaded = crate::store::load(&p.location, &p.file).map_err(StartError)?;
     for w in &loaded.warnings {
         log::warn!("persistence: {w}");
     }
-    broker.enable_journal();
+    match p.devices_only {
+        true => broker.enable_device_journal(device_prefix),
+        false => broker.enable_journal(),
+    }
     let (retained, sessions) = broker.restore(&loaded.records, Instant::now());
-    log::info!(
-        "persistence: {} retained messages and {sessions} sessions restored from {}",
-        retained,
-        p.location.join(&p.file).display()
-    );
+    let file = p.location.join(&p.file);
+    match p.devices_only {
+        true => log::info!(
+            "persistence: the devices' last status ({retained} retained messages) restored from {}",
+            file.display()
+        ),
+        false => log::info!(
+            "persistence: {retained} retained messages and {sessions} sessions restored from {}",
+            file.display()
+        ),
+    }
     let mut state = Vec::new();
     broker.snapshot(&mut state);
     crate::store::Store::open(&p.location, &p.file, &loaded, &state, p.sync).map_err(StartError)

@@ -38,9 +38,12 @@ commands.power = { type = "bool", action = "file", path = "relay", payload_on = 
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ha")
     (root / "devices.toml").write_text(DEVICES)
-    broker = fixtures.Broker(root, ["devices_file devices.toml", "homeassistant_discovery true",
-                                    "http_listener 0 127.0.0.1"])
+    # A fixed port (-p), so that a restarted gatemq is the broker HA knows.
+    config = ["devices_file devices.toml", "homeassistant_discovery true",
+              "http_listener 0 127.0.0.1"]
+    broker = fixtures.Broker(root, config, ["-p", str(fixtures.free_port())])
     broker.start()
+    broker.config = config
     ha = HomeAssistant(root)
     try:
         ha.start().onboard()
@@ -138,10 +141,21 @@ def test_a_refused_command_shows_in_the_command_result_event(setup):
     assert (ev["attributes"]["command"], ev["attributes"]["value"]) == ("colour", "neutral")
 
 
-def test_stopping_gatemq_makes_the_entities_unavailable(setup):
-    broker, ha, _ = setup
+def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_values(setup):
+    """Without persistence: gatemq stopped (unavailable in HA), then killed with -9 after it
+    is back: HA shows the values set before, not the declared initial ones."""
+    broker, ha, root = setup
     ha.wait_for("switch.lamp_power", lambda: ha.state("switch.lamp_power"), timeout=60)
     assert ha.state("switch.lamp_power")["state"] != "unavailable"
     # gatemq publishes each device's availability "offline" before it exits.
     assert broker.stop(sig=signal.SIGTERM) == 0
     ha.wait_for("unavailable", lambda: ha.state("switch.lamp_power")["state"] == "unavailable")
+    for sig in (signal.SIGKILL, None):
+        again = fixtures.Broker(root, broker.config, broker.args).start()
+        try:
+            want = {"switch.lamp_power": "on", "number.lamp_brightness": "200",
+                    "select.lamp_colour": "neutral", "switch.relay_power": "on"}
+            ha.wait_for(f"the values kept: {want}", lambda: all(
+                ha.state(e)["state"] == v for e, v in want.items()), timeout=60)
+        finally:
+            again.stop(sig=sig or signal.SIGTERM)

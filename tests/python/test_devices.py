@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -488,6 +489,56 @@ commands.broken = { type = "bool", action = "file", path = "no/such/dir/x", init
     assert retained_state(b.port, "relay") == {"power": "ON", "level": 7, "broken": "OFF"}
 
 
+def test_values_survive_kill_9_without_persistence(dev_broker, clients, tmp_path):
+    """persistence off: the devices' last values are kept all the same (their retained
+    status topics, in persistence_location's gatemq-devices.db); nothing else is."""
+    b = dev_broker(LAMP)
+    d = Dev(b.port, clients)
+    d.ok("lamp", "brightness", "200", 200, "200")
+    d.ok("lamp", "power", "ON", "ON", "ON")
+    other = clients(b.port, "o")
+    other.pub("other/topic", "kept?", retain=True)
+    assert retained(b.port, "other/topic") == "kept?"
+    b.stop(sig=signal.SIGKILL)
+    assert (tmp_path / "gatemq-devices.db").exists()
+    b2 = dev_broker(LAMP)
+    assert retained(b2.port, "devices/lamp/brightness") == "200"
+    assert retained(b2.port, "devices/lamp/power") == "ON"
+    assert retained_state(b2.port, "lamp")["brightness"] == 200
+    assert retained(b2.port, "devices/lamp/availability") == "online"
+    assert retained(b2.port, "other/topic") is None, "only the devices' topics are kept"
+    assert "the devices' last status" in b2.log()
+
+
+def test_a_read_back_file_wins_at_start_and_at_reload(dev_broker, clients, tmp_path):
+    """A `file` command with read_back reads its file at start and at each reload: the file
+    (the hardware) wins over the last value kept."""
+    toml = """
+[relay]
+commands.power = { type = "bool", action = "file", path = "relay.value", payload_on = "high", payload_off = "low", read_back = true }
+"""
+    relay = tmp_path / "relay.value"
+    relay.write_text("high\n")
+    b = dev_broker(toml)
+    assert retained(b.port, "devices/relay/power") == "ON"
+    d = Dev(b.port, clients)
+    d.ok("relay", "power", "OFF", "OFF", "OFF")
+    assert relay.read_text() == "low"
+    b.stop()
+    relay.write_text("high\n")  # changed while gatemq was down: the file wins
+    b2 = dev_broker(toml)
+    assert retained(b2.port, "devices/relay/power") == "ON"
+    w = clients(b2.port, "w")
+    w.sub("devices/relay/#")
+    relay.write_text("low\n")  # changed under a running gatemq: read at the reload
+    b2.proc.send_signal(signal.SIGHUP)
+    _, (_, v, _) = w.until("devices/relay/power")
+    assert v == b"OFF"
+    _, (_, state, _) = w.until("devices/relay/state")
+    assert json.loads(state) == {"power": "OFF"}
+    assert retained(b2.port, "devices/relay/power") == "OFF"
+
+
 # --- exec action ------------------------------------------------------------------------------
 
 def test_exec_passes_value_as_one_argument_without_shell(dev_broker, clients, tmp_path):
@@ -898,7 +949,10 @@ def test_missing_devices_file_names_config_line(tmp_path):
 def test_readme_scenario_with_example_config(tmp_path, clients):
     port = free_port()
     log = open(tmp_path / "example.log", "wb")
-    proc = subprocess.Popen([BIN, "-c", str(ROOT / "examples" / "gatemq.conf"), "-p", str(port)],
+    # A copy of examples/: the devices' kept values start fresh, as on a first start.
+    shutil.copytree(ROOT / "examples", tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("gatemq-devices.db*"))
+    proc = subprocess.Popen([BIN, "-c", str(tmp_path / "examples" / "gatemq.conf"), "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 10

@@ -4,6 +4,7 @@ the README's `#   ...` lines, line for line and in order."""
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -56,7 +57,11 @@ def test_quick_start_device_demo_prints_what_the_readme_shows(tmp_path):
     assert [s[0][0] for s in steps] == ["mosquitto_sub", "mosquitto_pub", "mosquitto_pub"]
     port = free_port()
     log = tmp_path / "example.log"
-    broker = subprocess.Popen([BIN, "-c", str(ROOT / "examples" / "gatemq.conf"), "-p", str(port)],
+    # A copy of examples/, so the devices' kept values (gatemq-devices.db beside the config)
+    # start fresh, as on a first start.
+    shutil.copytree(ROOT / "examples", tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("gatemq-devices.db*"))
+    broker = subprocess.Popen([BIN, "-c", str(tmp_path / "examples" / "gatemq.conf"), "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     sub = None
     try:

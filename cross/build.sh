@@ -25,6 +25,9 @@
 # cargo-zigbuild, both wheels), which brings an ARMv6 musl. The result is checked with readelf for
 # Tag_CPU_arch: v6, and it runs on any Pi OS, 32-bit or 64-bit userland, with no libc.
 #
+# Only the broker binary is built (`--bin gatemq`): the bench tool is not shipped, and an LTO
+# link of it for every target was work that no package or smoke test used.
+#
 # Prints the path of the binary last.
 set -euo pipefail
 target=${1:?usage: cross/build.sh <target> [cargo args...]}
@@ -63,7 +66,7 @@ if [ "$target" = arm-unknown-linux-musleabihf ]; then
     unset "CARGO_TARGET_${upper}_LINKER" 2>/dev/null || true
     # Pi Zero/1: ARM1176JZF-S, ARMv6 with VFPv2.
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C target-cpu=arm1176jzf-s -C link-self-contained=no" \
-        cargo zigbuild --release --target "$target" -Z build-std=std,panic_abort "$@" >&2
+        cargo zigbuild --release --bin gatemq --target "$target" -Z build-std=std,panic_abort "$@" >&2
     bin="target/$target/release/gatemq"
     if ! readelf -A "$bin" | grep -q 'Tag_CPU_arch: v6'; then
         echo "cross/build.sh: $bin is not an ARMv6 binary:" >&2
@@ -83,13 +86,13 @@ case "$target" in *-musl)
         rustup target add "$target" >/dev/null 2>&1 ||
         { echo "cross/build.sh: rustup cannot add $target" >&2; exit 1; }
     export "CARGO_TARGET_${upper}_LINKER=$linker" "CC_${target//-/_}=$linker"
-    cargo build --release --target "$target" "$@" >&2
+    cargo build --release --bin gatemq --target "$target" "$@" >&2
     echo "target/$target/release/gatemq"
     exit 0 ;;
 esac
 if rustup target add "$target" >/dev/null 2>&1; then
     export "CARGO_TARGET_${upper}_LINKER=$linker"
-    cargo build --release --target "$target" "$@" >&2
+    cargo build --release --bin gatemq --target "$target" "$@" >&2
 else
     # Debian's route: /usr/bin/cargo and rustc (rustc-web) with the target's std unpacked
     # privately (installing it through multiarch breaks qemu; see the README).
@@ -108,6 +111,6 @@ else
     fi
     export "CARGO_TARGET_${upper}_LINKER=$linker"
     export "CARGO_TARGET_${upper}_RUSTFLAGS=--sysroot=$sysroot/usr"
-    PATH="/usr/bin:$PATH" /usr/bin/cargo build --release --target "$target" "$@" >&2
+    PATH="/usr/bin:$PATH" /usr/bin/cargo build --release --bin gatemq --target "$target" "$@" >&2
 fi
 echo "target/$target/release/gatemq"

@@ -14,7 +14,11 @@ cd "$(dirname "$0")/.."
 . cross/lib.sh
 deb=${1:-$(cross/package.sh amd64 | tail -1)}
 echo "  package: $deb ($(du -k "$deb" | cut -f1) KiB)"
-fail() { echo "PACKAGE TEST FAIL: $*" >&2; [ -z "${log:-}" ] || cat "$log" >&2; exit 1; }
+fail() {
+    echo "PACKAGE TEST FAIL: $*" >&2
+    if [ -n "${log:-}" ]; then cat "$log" >&2; rm -f "$log"; fi
+    exit 1
+}
 
 # adduser for the postinst; systemd and procps (/bin/kill of ExecReload) so that
 # systemd-analyze verify --root checks the unit against that root.

@@ -16,6 +16,7 @@ shift
 cd "$(dirname "$0")/.."
 . cross/lib.sh
 target=$(deb_target "$arch")
+need_apt binutils  # readelf, for check_binary
 if ! command -v cargo-deb >/dev/null; then
     cargo install -q --locked cargo-deb@3.8.0 >&2
 fi

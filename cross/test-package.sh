@@ -35,6 +35,8 @@ if [ "$(cat "$base/.gatemq-include" 2>/dev/null)" != "$include" ]; then
     echo "$include" | as_root tee "$base.tmp/.gatemq-include" >/dev/null
     as_root mv "$base.tmp" "$base"
 fi
+# unshare (util-linux) and ip (iproute2) for the broker's own network namespace.
+need_apt iproute2 util-linux
 root=$(mktemp -d "$PWD/target/pkg-root/run.XXXXXX")
 log=""
 pid=""

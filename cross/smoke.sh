@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Run an ARM build under qemu-user on a loopback port and drive it from the host with
-# mosquitto_pub/mosquitto_sub: a QoS 1 round trip, a retained message, and a device command
+# Run a gatemq build (under qemu-user for ARM) on a loopback port and drive it from the host
+# with mosquitto_pub/mosquitto_sub: a QoS 1 round trip, a retained message, and a device command
 # with its status and response, and a QoS 1 round trip over a TLS listener (ring's ARM code
-# on the emulated CPU). Usage: cross/smoke.sh <target>  (after cross/build.sh <target>)
+# on the emulated CPU).
+# Usage: cross/smoke.sh <target> [binary]  (binary: default target/<target>/release/gatemq, after
+# cross/build.sh <target>; tests/run.sh passes the one extracted from the package)
 set -euo pipefail
-target=${1:?usage: cross/smoke.sh <target>}
+target=${1:?usage: cross/smoke.sh <target> [binary]}
 cd "$(dirname "$0")/.."
 . cross/lib.sh
 case "$target" in
+# The amd64 package's static binary runs on the build machine itself.
+x86_64-unknown-linux-musl) qemu=(); libc=qemu-user ;;
+aarch64-unknown-linux-musl) qemu=(qemu-aarch64); libc=qemu-user ;;
 aarch64-unknown-linux-gnu) qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu); libc=libc6-arm64-cross ;;
 armv7-unknown-linux-gnueabihf) qemu=(qemu-arm -L /usr/arm-linux-gnueabihf); libc=libc6-armhf-cross ;;
 # ARMv6 (static musl): emulate the Pi Zero's CPU, so any ARMv7 instruction fails the test.
@@ -16,8 +21,9 @@ arm-unknown-linux-gnueabihf | arm-unknown-linux-musleabihf)
 *) echo "cross/smoke.sh: unknown target $target" >&2; exit 2 ;;
 esac
 need_apt qemu-user "$libc" mosquitto-clients file openssl
-bin="target/$target/release/gatemq"
+bin=${2:-target/$target/release/gatemq}
 [ -x "$bin" ] || { echo "cross/smoke.sh: $bin missing; run cross/build.sh $target first" >&2; exit 1; }
+runner=${qemu[0]:-no emulator}
 
 work=$(mktemp -d)
 pid=""
@@ -49,7 +55,7 @@ for _ in $(seq 1 200); do
 done
 [ -n "$port" ] && [ -n "$tls_port" ] || { cat "$work/log" >&2; echo "broker did not listen" >&2; exit 1; }
 file "$bin" | sed 's/^/  /'
-echo "  $target broker under ${qemu[0]} on port $port, TLS on $tls_port"
+echo "  $target broker ($runner) on port $port, TLS on $tls_port"
 
 fail() { echo "SMOKE FAIL ($target): $*" >&2; cat "$work/log" >&2; exit 1; }
 sub() { timeout 10 mosquitto_sub -h 127.0.0.1 -p "$port" "$@"; }

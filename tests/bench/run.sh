@@ -5,6 +5,8 @@
 #   ./tests/bench/run.sh
 #
 # Both brokers run pinned to CPU 0 (taskset -c 0), the load generator (gatemq-bench) to CPU 1.
+# Beside them runs "gatemq-static", the binary users get: taken out of the amd64 package
+# (cross/package.sh amd64, static musl), in the idle (RSS at start), fan-in and fan-out runs.
 # Every scenario runs against both brokers, REPS times (3); the table shows the medians.
 # Per repetition each broker is started fresh three times, so the memory figures are not
 # skewed by earlier scenarios: (1) RSS at start, idle wake-ups, 1 000 idle connections;
@@ -51,18 +53,17 @@ fi
 
 step "cargo build --release"
 cargo build --release --quiet --bin gatemq --bin gatemq-bench
-# The same broker as one static musl binary, for its RSS at start beside the glibc build's
-# (gcc compiles ring's C for it; skipped if rustup cannot add the target).
-static_bin=""
-if rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 &&
-    CC_x86_64_unknown_linux_musl=gcc cargo build --release --quiet --bin gatemq \
-        --target x86_64-unknown-linux-musl; then
-    static_bin=target/x86_64-unknown-linux-musl/release/gatemq
-fi
+# The binary users get: the amd64 package's static musl build (cross/package.sh amd64),
+# taken out of the .deb, runs as "gatemq-static" beside the glibc build on the same scenarios.
+deb=$(cross/package.sh amd64 | tail -1)
+static_dir=$(mktemp -d /tmp/gatemq-bench-deb.XXXXXX)
+dpkg-deb -x "$deb" "$static_dir"
+static_bin="$static_dir/usr/bin/gatemq"
 work=$(mktemp -d /tmp/gatemq-bench.XXXXXX)
 # Copies, so a rebuild during the run changes nothing.
 cp target/release/gatemq target/release/gatemq-bench "$work/"
-[ -z "$static_bin" ] || cp "$static_bin" "$work/gatemq-static"
+cp "$static_bin" "$work/gatemq-static"
+rm -rf "$static_dir"
 bench="$work/gatemq-bench"
 gatemq="$work/gatemq"
 records="$work/records.tsv"
@@ -106,19 +107,25 @@ if [ "$(id -u)" = 0 ]; then
     fi
 fi
 
-gatemq_pid="" mosquitto_pid="" gatemq_port="" mosquitto_port=""
-start_brokers() { # $1: label for the log files
-    gatemq_port=$("$bench" free-port)
-    mosquitto_port=$("$bench" free-port)
-    while [ "$mosquitto_port" = "$gatemq_port" ]; do mosquitto_port=$("$bench" free-port); done
-    cat >"$work/gatemq.conf" <<EOF
-listener $gatemq_port 127.0.0.1
+gatemq_pid="" mosquitto_pid="" static_pid="" gatemq_port="" mosquitto_port="" static_port=""
+gatemq_conf() { # $1: port
+    cat <<EOF
+listener $1 127.0.0.1
 allow_anonymous true
 max_inflight_messages 0
 max_queued_messages 10000
 sys_interval 0
 devices_file devices.toml
 EOF
+}
+start_brokers() { # $1: label for the log files
+    gatemq_port=$("$bench" free-port)
+    mosquitto_port=$("$bench" free-port)
+    while [ "$mosquitto_port" = "$gatemq_port" ]; do mosquitto_port=$("$bench" free-port); done
+    static_port=$("$bench" free-port)
+    while [ "$static_port" = "$gatemq_port" ] || [ "$static_port" = "$mosquitto_port" ]; do static_port=$("$bench" free-port); done
+    gatemq_conf "$gatemq_port" >"$work/gatemq.conf"
+    gatemq_conf "$static_port" >"$work/gatemq-static.conf"
     cat >"$work/mosquitto.conf" <<EOF
 listener $mosquitto_port 127.0.0.1
 allow_anonymous true
@@ -129,15 +136,18 @@ EOF
     gatemq_pid=$!
     "${prio[@]}" taskset -c 0 "$mosquitto" -c "$work/mosquitto.conf" 2>>"$work/mosquitto-$1.log" &
     mosquitto_pid=$!
+    "${prio[@]}" taskset -c 0 "$work/gatemq-static" -c "$work/gatemq-static.conf" 2>>"$work/gatemq-static-$1.log" &
+    static_pid=$!
     "$bench" wait --port "$gatemq_port"
     "$bench" wait --port "$mosquitto_port"
+    "$bench" wait --port "$static_port"
 }
 stop_brokers() {
-    for pid in $gatemq_pid $mosquitto_pid; do
+    for pid in $gatemq_pid $mosquitto_pid $static_pid; do
         kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    gatemq_pid="" mosquitto_pid=""
+    gatemq_pid="" mosquitto_pid="" static_pid=""
 }
 trap stop_brokers EXIT
 
@@ -145,7 +155,11 @@ trap stop_brokers EXIT
 run() {
     local name=$1 scenario=$2 port pid
     shift 2
-    if [ "$name" = gatemq ]; then port=$gatemq_port pid=$gatemq_pid; else port=$mosquitto_port pid=$mosquitto_pid; fi
+    case "$name" in
+    gatemq) port=$gatemq_port pid=$gatemq_pid ;;
+    gatemq-static) port=$static_port pid=$static_pid ;;
+    *) port=$mosquitto_port pid=$mosquitto_pid ;;
+    esac
     local rc=0
     "${prio[@]}" taskset -c 1 "$bench" "$scenario" --broker "$name" --port "$port" --pid "$pid" \
         --record "$records" "$@" || rc=$?
@@ -159,6 +173,14 @@ run() {
 both() {
     if [ $((rep % 2)) = 1 ]; then run gatemq "$@"; run mosquitto "$@"; else run mosquitto "$@"; run gatemq "$@"; fi
 }
+# all3 SCENARIO [options]: the same with the shipped static build too, the order alternating.
+all3() {
+    if [ $((rep % 2)) = 1 ]; then
+        run gatemq "$@"; run gatemq-static "$@"; run mosquitto "$@"
+    else
+        run mosquitto "$@"; run gatemq-static "$@"; run gatemq "$@"
+    fi
+}
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for rep in $(seq 1 "$REPS"); do
@@ -169,19 +191,11 @@ for rep in $(seq 1 "$REPS"); do
     idle_g=$!
     run mosquitto idle --seconds "$IDLE_SECONDS" &
     idle_m=$!
-    wait "$idle_g" "$idle_m"
+    run gatemq-static idle --seconds "$IDLE_SECONDS" &
+    idle_s=$!
+    wait "$idle_g" "$idle_m" "$idle_s"
     both connections --connections 1000
     stop_brokers
-    if [ -n "$static_bin" ]; then
-        port=$("$bench" free-port)
-        "${prio[@]}" taskset -c 0 "$work/gatemq-static" -p "$port" 2>>"$work/gatemq-static.log" &
-        static_pid=$!
-        "$bench" wait --port "$port"
-        "${prio[@]}" taskset -c 1 "$bench" idle --broker gatemq-static --port "$port" \
-            --pid "$static_pid" --record "$records" --seconds 1 || true
-        kill -TERM "$static_pid"
-        wait "$static_pid" || true
-    fi
 
     step "repetition $rep of $REPS: $BIG_CONNECTIONS connections"
     quiet
@@ -192,9 +206,9 @@ for rep in $(seq 1 "$REPS"); do
     step "repetition $rep of $REPS: fan-in, fan-out, latency, device commands"
     quiet
     start_brokers "$rep"
-    both fan-in --qos 0 --seconds "$LOAD_SECONDS"
-    both fan-in --qos 1 --seconds "$LOAD_SECONDS"
-    both fan-out --subscribers 50 --seconds "$LOAD_SECONDS"
+    all3 fan-in --qos 0 --seconds "$LOAD_SECONDS"
+    all3 fan-in --qos 1 --seconds "$LOAD_SECONDS"
+    all3 fan-out --subscribers 50 --seconds "$LOAD_SECONDS"
     both latency --rate 1000 --seconds "$LATENCY_SECONDS"
     # Mosquitto has no device executor: gatemq only.
     run gatemq devices --seconds "$LOAD_SECONDS"
@@ -205,7 +219,7 @@ step "BENCHMARKS.md"
 cpu_model=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 meta=(
     --meta "date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, Linux $(uname -r), $(free -m | awk '/^Mem:/ {print $2}') MiB RAM"
-    --meta "gatemq $(git describe --always --dirty 2>/dev/null || echo '(no git)') (release build) vs $mosquitto_version (Debian's $mosquitto)"
+    --meta "gatemq $(git describe --always --dirty 2>/dev/null || echo '(no git)') (release build, glibc) vs $mosquitto_version (Debian's $mosquitto); gatemq-static: the binary of $(basename "$deb") (static musl, \`cross/package.sh amd64\`), same config, in the idle, fan-in and fan-out runs"
     --meta "both brokers pinned to CPU 0 (\`taskset -c 0\`), gatemq-bench to CPU 1 (\`taskset -c 1\`); scheduling of both and the bench: $prio_note; each broker restarted fresh for the memory figures"
     --meta "gatemq config: \`max_inflight_messages 0\`, \`max_queued_messages 10000\`, \`sys_interval 0\`, \`devices_file\` with one \`lamp\` (int \`brightness\`); Mosquitto config: \`allow_anonymous true\`, \`max_inflight_messages 0\`, \`max_queued_messages 10000\`, persistence off (default), otherwise defaults; both on a free loopback port"
     --meta "fan-in, fan-out and devices publish for ${LOAD_SECONDS} s each (the broker that is faster routes more messages in that time); QoS 0 goes in windows of 100 messages per publisher closed by a PINGREQ round trip (two windows in flight) and no publisher runs more than 4 000 (fan-in) / 1 000 × 50 (fan-out) deliveries ahead of its subscribers; QoS 1 keeps ≤ 100 PUBLISHes unacknowledged per publisher; payloads 64 bytes"

@@ -216,6 +216,35 @@ pub fn write(inp: &Input) -> Result<bool, String> {
         let _ = writeln!(w, "| {label} | {} | {} | {ratio} |", show(a), show(b));
     }
 
+    // The shipped binary (the amd64 package's, static musl) beside the glibc build, on the
+    // same scenarios: musl's allocator must not cost on the message path (it allocates nothing).
+    if med.keys().any(|(b, _)| b == STATIC) {
+        let _ = writeln!(
+            w,
+            "\n### The shipped binary (static musl, from the amd64 package) beside the glibc build\n"
+        );
+        let _ = writeln!(
+            w,
+            "| figure | {g} (glibc) | {STATIC} (musl, shipped) | {STATIC} / {g} |\n| --- | ---: | ---: | ---: |"
+        );
+        for (key, label, dec) in &rows {
+            let (Some(a), Some(b)) = (get(g, key), get(STATIC, key)) else {
+                continue;
+            };
+            let ratio = if a != 0.0 {
+                format!("{:.2}", b / a)
+            } else {
+                "—".into()
+            };
+            let _ = writeln!(
+                w,
+                "| {label} | {} | {} | {ratio} |",
+                fmt(a, *dec),
+                fmt(b, *dec)
+            );
+        }
+    }
+
     let _ = writeln!(w, "\n## Targets (issue 7)\n");
     let _ = writeln!(
         w,
@@ -274,7 +303,10 @@ pub fn write(inp: &Input) -> Result<bool, String> {
         0,
         1.0,
     );
-    let rss = get(g, "idle_rss_start_kb");
+    // RSS at start is a target of the binary users get: the packages carry the static musl
+    // build (no libc, libm or ld.so mapped into it). Without its records, the glibc build's.
+    let shipped = get(STATIC, "idle_rss_start_kb");
+    let rss = shipped.or(get(g, "idle_rss_start_kb"));
     let wake = get(g, "idle_wakeups_per_s");
     let rss_met = rss.is_some_and(|v| v <= 2048.0);
     let wake_met = wake.is_some_and(|v| v <= 1.0);
@@ -283,21 +315,25 @@ pub fn write(inp: &Input) -> Result<bool, String> {
     let show = |v: Option<f64>, d: usize| v.map_or("—".into(), |v| fmt(v, d));
     let _ = writeln!(
         w,
-        "| RSS at start, kB | ≤ 2 MB (2048 kB) | {} | {} | — | {} |",
+        "| RSS at start, kB{} | ≤ 2 MB (2048 kB) | {} | {} | — | {} |",
+        if shipped.is_some() {
+            " (the amd64 package's static binary)"
+        } else {
+            ""
+        },
         show(rss, 0),
         show(get(m, "idle_rss_start_kb"), 0),
         verdict(rss_met)
     );
-    // The same broker built as one static musl binary (how the ARMv6 build ships): no libc,
-    // libm or ld.so mapped into it.
-    if let Some(st) = get(STATIC, "idle_rss_start_kb") {
-        let _ = writeln!(
-            w,
-            "| RSS at start, the same code as a static musl binary, kB | ≤ 2 MB (2048 kB) | {} | {} | — | {} |",
-            fmt(st, 0),
-            show(get(m, "idle_rss_start_kb"), 0),
-            if st <= 2048.0 { "met by that build" } else { "**not met**" }
-        );
+    if shipped.is_some() {
+        if let Some(gl) = get(g, "idle_rss_start_kb") {
+            let _ = writeln!(
+                w,
+                "| RSS at start, the glibc build (not shipped), kB | — | {} | {} | — | — |",
+                fmt(gl, 0),
+                show(get(m, "idle_rss_start_kb"), 0)
+            );
+        }
     }
     let _ = writeln!(
         w,

@@ -23,6 +23,11 @@ impl Broker {
             });
             found
         });
+        ex.adopt_availability(|topic| {
+            let mut found = None;
+            retained.for_each_match(topic, &mut |m| found = Some(pool.get(m).payload().to_vec()));
+            found
+        });
         if let Some(old) = self.devices.take() {
             ex.take_over(*old, &mut self.device_out);
         }

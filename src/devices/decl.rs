@@ -93,6 +93,20 @@ pub struct Device {
     pub state_topic: Option<Box<str>>,
     /// Exec commands waiting while one runs; more are refused.
     pub exec_queue: usize,
+    /// The device reports its own availability (e.g. Tasmota's LWT): that, not gatemq
+    /// running, is what `<prefix>/<device>/availability` says.
+    pub availability: Option<Availability>,
+}
+
+/// A device's own availability report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Availability {
+    pub topic: Box<str>,
+    /// The payload (or, with `key`, the JSON member's value) that means online / offline.
+    pub available: Box<str>,
+    pub not_available: Box<str>,
+    /// A JSON object's member holding it (`state` for Zigbee2MQTT's `{"state":"online"}`).
+    pub key: Option<Box<str>>,
 }
 
 /// A devices file, as declared.
@@ -103,7 +117,7 @@ pub struct Devices {
 }
 
 /// Names that are topic levels of their own under a device.
-const RESERVED: [&str; 4] = ["set", "state", "availability", "result"];
+const RESERVED: [&str; 5] = ["set", "state", "availability", "result", "event"];
 
 impl Devices {
     pub fn load(path: &Path) -> Result<Devices, String> {
@@ -254,7 +268,10 @@ impl Parser<'_> {
             min_interval: Duration::ZERO,
             state_topic: None,
             exec_queue: 8,
+            availability: None,
         };
+        let mut avail: [Option<Box<str>>; 4] = Default::default();
+        let mut avail_span = None;
         for (k, v) in sorted(t) {
             let field = k.get_ref().as_ref();
             let path = format!("{key}.{field}");
@@ -263,6 +280,16 @@ impl Parser<'_> {
                 "min_interval_ms" => d.min_interval = Duration::from_millis(self.nonneg(&path, v)?),
                 "state_topic" => d.state_topic = Some(self.topic(&path, v)?),
                 "exec_queue" => d.exec_queue = self.nonneg(&path, v)? as usize,
+                "availability_topic" => avail[0] = Some(self.topic(&path, v)?),
+                "payload_available" | "payload_not_available" | "availability_key" => {
+                    let i = match field {
+                        "payload_available" => 1,
+                        "payload_not_available" => 2,
+                        _ => 3,
+                    };
+                    avail[i] = Some(self.string(&path, v)?);
+                    avail_span.get_or_insert((k.span(), path));
+                }
                 "commands" => {
                     for (ck, cv) in sorted(self.table(&path, v)?) {
                         d.commands.push(self.command(key, ck, cv)?);
@@ -277,6 +304,21 @@ impl Parser<'_> {
                 key,
                 "a device needs at least one command (commands.<name> = { type = ... })",
             ));
+        }
+        let [topic, available, not_available, avail_key] = avail;
+        match (topic, avail_span) {
+            (Some(topic), _) => {
+                d.availability = Some(Availability {
+                    topic,
+                    available: available.unwrap_or_else(|| "Online".into()),
+                    not_available: not_available.unwrap_or_else(|| "Offline".into()),
+                    key: avail_key,
+                })
+            }
+            (None, Some((span, path))) => {
+                return Err(self.err(span, &path, "only with availability_topic"))
+            }
+            (None, None) => {}
         }
         Ok(d)
     }
@@ -305,7 +347,7 @@ impl Parser<'_> {
             return Err(self.err(
                 id.span(),
                 &key,
-                "a command name must be one topic level, and not set, state, availability or result",
+                "a command name must be one topic level, and not set, state, availability, result or event",
             ));
         }
         let t = self.table(&key, v)?;
@@ -593,6 +635,12 @@ commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER"
         assert!(e.starts_with("d.toml:1: a/b: a device id"), "{e}");
         let e = parse("[lamp]\ncommands.set = { type = \"bool\" }\n").unwrap_err();
         assert!(e.starts_with("d.toml:2: lamp.commands.set:"), "{e}");
+        // devices/<d>/event carries the results for Home Assistant.
+        let e = parse("[lamp]\ncommands.event = { type = \"bool\" }\n").unwrap_err();
+        assert!(
+            e.ends_with("not set, state, availability, result or event"),
+            "{e}"
+        );
         let e =
             parse("[lamp]\ncommands.b = { type = \"int\", max = 9, initial = 10 }\n").unwrap_err();
         assert_eq!(e, "d.toml:2: lamp.commands.b.initial: b: 10 is above max 9");

@@ -14,6 +14,7 @@
 //! once warm. `exec` commands start a program without blocking the loop; its exit comes back
 //! as SIGCHLD, an event of the same loop.
 
+mod availability;
 pub mod decl;
 pub(crate) mod json;
 mod reload;
@@ -171,6 +172,8 @@ pub enum Observed {
     No,
     Command,
     State,
+    /// A device's own availability report.
+    Availability,
 }
 
 struct DeviceState {
@@ -187,6 +190,8 @@ struct DeviceState {
     state_dirty: bool,
     /// Its availability, values and discovery are out already (a reload kept it unchanged).
     announced: bool,
+    /// With `availability_topic`: what the device last reported (None: nothing yet).
+    online: Option<bool>,
     /// Commands answered ok and refused or failed (for `/metrics`).
     ok: std::cell::Cell<u64>,
     failed: std::cell::Cell<u64>,
@@ -207,6 +212,8 @@ pub struct Executor {
     by_id: FxHashMap<Box<str>, usize>,
     /// Observed state topics: (device, command or None for a device-level JSON report).
     state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>>,
+    /// Devices' own availability topics (`availability.rs`).
+    availability_topics: FxHashMap<Box<str>, Vec<usize>>,
     /// Reused scratch: the value being validated, a decoded JSON string, several values.
     value: String,
     text: String,
@@ -244,9 +251,16 @@ impl Executor {
         let mut by_id = FxHashMap::default();
         let mut state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>> =
             FxHashMap::default();
+        let mut availability_topics: FxHashMap<Box<str>, Vec<usize>> = FxHashMap::default();
         let mut devices = Vec::new();
         for (i, d) in decl.devices.into_iter().enumerate() {
             by_id.insert(d.id.clone(), i);
+            if let Some(a) = &d.availability {
+                availability_topics
+                    .entry(a.topic.clone())
+                    .or_default()
+                    .push(i);
+            }
             if let Some(t) = &d.state_topic {
                 state_topics.entry(t.clone()).or_default().push((i, None));
             }
@@ -281,6 +295,7 @@ impl Executor {
                 running: None,
                 state_dirty: false,
                 announced: false,
+                online: None,
                 ok: Default::default(),
                 failed: Default::default(),
             });
@@ -290,6 +305,7 @@ impl Executor {
             devices,
             by_id,
             state_topics,
+            availability_topics,
             value: String::with_capacity(256),
             text: String::with_capacity(256),
             batch: Vec::new(),
@@ -379,11 +395,7 @@ impl Executor {
             if self.devices[d].announced {
                 continue;
             }
-            let id = self.devices[d].decl.id.clone();
-            let t = out.topic(&[&self.opts.prefix, &id, "availability"]);
-            let p = out.bytes.len();
-            out.bytes.extend_from_slice(b"online");
-            out.end(t, p, true);
+            self.publish_availability(d, out);
             for c in 0..self.devices[d].decl.commands.len() {
                 if self.devices[d].known[c] {
                     self.publish_value(d, c, out);
@@ -424,6 +436,9 @@ impl Executor {
         if !self.state_topics.is_empty() && self.state_topics.contains_key(topic) {
             return Observed::State;
         }
+        if self.is_availability_topic(topic) {
+            return Observed::Availability;
+        }
         Observed::No
     }
 
@@ -445,6 +460,7 @@ impl Executor {
         match self.observes(topic) {
             Observed::Command => self.on_command(topic, payload, now, out),
             Observed::State => self.on_state_report(topic, payload, out),
+            Observed::Availability => self.on_availability(topic, payload, out),
             Observed::No => {}
         }
         self.has_reply = false;

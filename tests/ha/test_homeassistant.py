@@ -31,6 +31,11 @@ commands.colour = { type = "enum", values = ["warm", "neutral", "cold"], initial
 [relay]
 name = "Garden pump relay"
 commands.power = { type = "bool", action = "file", path = "relay", payload_on = "1", payload_off = "0" }
+
+[plug]
+name = "Tasmota plug"
+availability_topic = "tele/plug1/LWT"
+commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER", state_topic = "stat/plug1/POWER" }
 """
 
 
@@ -141,6 +146,24 @@ def test_a_refused_command_shows_in_the_command_result_event(setup):
     assert (ev["attributes"]["command"], ev["attributes"]["value"]) == ("colour", "neutral")
 
 
+def test_the_plugs_availability_follows_its_lwt(setup):
+    """The Tasmota plug is unavailable in HA until its own LWT says Online, and again when it
+    says Offline, whatever gatemq does."""
+    broker, ha, _ = setup
+    entity = "switch.plug_power"
+    ha.wait_for(entity, lambda: ha.state(entity), timeout=60)
+    assert ha.state(entity)["state"] == "unavailable"
+    c = Client(broker.port)
+    c.connect()
+    c.publish("tele/plug1/LWT", b"Online", qos=1, retain=True)
+    ha.wait_for("the plug available", lambda: ha.state(entity)["state"] != "unavailable")
+    c.publish("stat/plug1/POWER", b"ON", qos=1)
+    ha.wait_for("the plug on", lambda: ha.state(entity)["state"] == "on")
+    c.publish("tele/plug1/LWT", b"Offline", qos=1, retain=True)
+    ha.wait_for("the plug unavailable", lambda: ha.state(entity)["state"] == "unavailable")
+    c.disconnect()
+
+
 def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_values(setup):
     """Without persistence: gatemq stopped (unavailable in HA), then killed with -9 after it
     is back: HA shows the values set before, not the declared initial ones."""
@@ -154,7 +177,8 @@ def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_
         again = fixtures.Broker(root, broker.config, broker.args).start()
         try:
             want = {"switch.lamp_power": "on", "number.lamp_brightness": "200",
-                    "select.lamp_colour": "neutral", "switch.relay_power": "on"}
+                    "select.lamp_colour": "neutral", "switch.relay_power": "on",
+                    "switch.plug_power": "unavailable"}
             ha.wait_for(f"the values kept: {want}", lambda: all(
                 ha.state(e)["state"] == v for e, v in want.items()), timeout=60)
         finally:

@@ -539,6 +539,68 @@ commands.power = { type = "bool", action = "file", path = "relay.value", payload
     assert retained(b2.port, "devices/relay/power") == "OFF"
 
 
+AVAILABILITY = """
+[plug]
+name = "Tasmota plug"
+availability_topic = "tele/plug1/LWT"
+commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER", state_topic = "stat/plug1/POWER" }
+
+[bulb]
+availability_topic = "zigbee2mqtt/bulb/availability"
+availability_key = "state"
+payload_available = "online"
+payload_not_available = "offline"
+commands.power = { type = "bool" }
+
+[lamp]
+commands.power = { type = "bool" }
+"""
+
+
+def test_a_device_reports_its_own_availability(dev_broker, clients, tmp_path):
+    """availability_topic: devices/<d>/availability follows the device's own report (Tasmota's
+    LWT Online/Offline by default, a JSON member with availability_key), offline until it has
+    reported; a device without one is online while gatemq runs."""
+    b = dev_broker(AVAILABILITY)
+    assert retained(b.port, "devices/plug/availability") == "offline"
+    assert retained(b.port, "devices/bulb/availability") == "offline"
+    assert retained(b.port, "devices/lamp/availability") == "online"
+    w = clients(b.port, "w")
+    w.sub("devices/+/availability")
+    p = clients(b.port, "p")
+    p.pub("tele/plug1/LWT", "Online", retain=True)
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"online"
+    p.pub("zigbee2mqtt/bulb/availability", '{"state":"online"}')
+    _, (_, v, _) = w.until("devices/bulb/availability")
+    assert v == b"online"
+    p.pub("tele/plug1/LWT", "whatever")  # neither: ignored
+    p.pub("tele/plug1/LWT", "Online")  # no change: nothing published
+    p.pub("zigbee2mqtt/bulb/availability", '{"state":"offline"}')
+    _, (_, v, _) = w.until("devices/bulb/availability")
+    assert v == b"offline"
+    assert [t for t, _, _ in w.sync()] == []
+    assert retained(b.port, "devices/plug/availability") == "online"
+    # The device's report is retained: a reload that changes the plug takes it up at once.
+    (tmp_path / "devices.toml").write_text(AVAILABILITY.replace('"Tasmota plug"', '"Plug"'))
+    b.proc.send_signal(signal.SIGHUP)
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"online"
+    p.pub("tele/plug1/LWT", "Offline", retain=True)
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"offline"
+
+
+def test_availability_options_need_the_topic(tmp_path):
+    (tmp_path / "devices.toml").write_text(
+        '[plug]\npayload_available = "up"\ncommands.power = { type = "bool" }\n')
+    conf = tmp_path / "g.conf"
+    conf.write_text("listener 0 127.0.0.1\ndevices_file devices.toml\n")
+    r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "devices.toml:2: plug.payload_available: only with availability_topic" in r.stderr, r.stderr
+
+
 # --- exec action ------------------------------------------------------------------------------
 
 def test_exec_passes_value_as_one_argument_without_shell(dev_broker, clients, tmp_path):

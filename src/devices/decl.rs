@@ -80,7 +80,20 @@ pub struct Command {
     pub state_key: Box<str>,
     /// The value before any command, published at start.
     pub initial: Option<Box<str>>,
+    /// What Home Assistant discovery says of its entity beyond the type: `device_class`,
+    /// `unit_of_measurement` (`unit`), `icon`, `entity_category`, `state_class`, as
+    /// (discovery key, value).
+    pub ha: Vec<(&'static str, Box<str>)>,
 }
+
+/// Per-command keys passed to Home Assistant discovery: (devices file key, discovery key).
+const HA_KEYS: [(&str, &str); 5] = [
+    ("device_class", "device_class"),
+    ("unit", "unit_of_measurement"),
+    ("icon", "icon"),
+    ("entity_category", "entity_category"),
+    ("state_class", "state_class"),
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
@@ -506,7 +519,8 @@ impl Parser<'_> {
             "initial",
         ];
         for (k, _) in t.iter() {
-            if !known.contains(&k.get_ref().as_ref()) {
+            let k_str: &str = k.get_ref().as_ref();
+            if !known.contains(&k_str) && !HA_KEYS.iter().any(|(f, _)| *f == k_str) {
                 return Err(self.err(k.span(), &format!("{key}.{}", k.get_ref()), "unknown key"));
             }
         }
@@ -528,6 +542,21 @@ impl Parser<'_> {
                 .transpose()?,
             kind,
             action,
+            ha: HA_KEYS
+                .iter()
+                .filter_map(|&(f, ha)| field(f).map(|x| (f, ha, x)))
+                .map(|(f, ha, x)| {
+                    let v = self.string(&format!("{key}.{f}"), x)?;
+                    if f == "entity_category" && !matches!(&*v, "config" | "diagnostic") {
+                        return Err(self.err(
+                            x.span(),
+                            &format!("{key}.{f}"),
+                            "expected config or diagnostic",
+                        ));
+                    }
+                    Ok((ha, v))
+                })
+                .collect::<Result<_, String>>()?,
         };
         if let Some(init) = &cmd.initial {
             let mut out = String::new();

@@ -1180,6 +1180,9 @@ impl Executor {
             }
             Kind::Trigger => field(b, "payload_press", "PRESS"),
         }
+        for (key, value) in &cmd.ha {
+            field(b, key, value);
+        }
         device_json(b, id, &dev.decl.name, &self.opts);
         b.push(b'}');
         out.end(t, p, true);

@@ -25,7 +25,7 @@ DEVICES = """
 [lamp]
 name = "Living room lamp"
 commands.power = { type = "bool", initial = "OFF" }
-commands.brightness = { type = "int", min = 0, max = 255, initial = 128 }
+commands.brightness = { type = "int", min = 0, max = 255, initial = 128, icon = "mdi:brightness-6" }
 commands.colour = { type = "enum", values = ["warm", "neutral", "cold"], initial = "warm" }
 
 [relay]
@@ -35,7 +35,7 @@ commands.power = { type = "bool", action = "file", path = "relay", payload_on = 
 [plug]
 name = "Tasmota plug"
 availability_topic = "tele/plug1/LWT"
-commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER", state_topic = "stat/plug1/POWER" }
+commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER", state_topic = "stat/plug1/POWER", device_class = "outlet" }
 """
 
 
@@ -86,6 +86,9 @@ def test_discovered_entities_and_their_states(setup):
     assert got["switch.lamp_power"]["attributes"]["friendly_name"] == "Living room lamp power"
     assert got["select.lamp_colour"]["attributes"]["options"] == ["warm", "neutral", "cold"]
     assert got["number.lamp_brightness"]["attributes"]["max"] == 255
+    assert got["number.lamp_brightness"]["attributes"]["icon"] == "mdi:brightness-6"
+    plug = ha.wait_for("switch.plug_power", lambda: ha.state("switch.plug_power"))
+    assert plug["attributes"]["device_class"] == "outlet"
 
 
 def test_the_device_links_gatemqs_status_page(setup):

@@ -591,6 +591,17 @@ def test_a_device_reports_its_own_availability(dev_broker, clients, tmp_path):
     assert v == b"offline"
 
 
+def test_entity_category_is_config_or_diagnostic(tmp_path):
+    (tmp_path / "devices.toml").write_text(
+        '[lamp]\ncommands.power = { type = "bool", entity_category = "main" }\n')
+    conf = tmp_path / "g.conf"
+    conf.write_text("listener 0 127.0.0.1\ndevices_file devices.toml\n")
+    r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "devices.toml:2: lamp.commands.power.entity_category: expected config or diagnostic" \
+        in r.stderr, r.stderr
+
+
 def test_availability_options_need_the_topic(tmp_path):
     (tmp_path / "devices.toml").write_text(
         '[plug]\npayload_available = "up"\ncommands.power = { type = "bool" }\n')
@@ -852,10 +863,10 @@ DISCOVERY = """
 name = "Living room lamp"
 commands.power = { type = "bool" }
 commands.brightness = { type = "int", min = 0, max = 255 }
-commands.temp = { type = "float", min = 5, max = 30, step = 0.5 }
+commands.temp = { type = "float", min = 5, max = 30, step = 0.5, device_class = "temperature", unit = "°C", icon = "mdi:thermometer" }
 commands.colour = { type = "enum", values = ["warm", "cold"] }
-commands.identify = { type = "trigger" }
-commands.label = { type = "string", max_length = 20 }
+commands.identify = { type = "trigger", entity_category = "diagnostic" }
+commands.label = { type = "string", max_length = 20, entity_category = "config" }
 """
 
 
@@ -903,6 +914,13 @@ def test_home_assistant_discovery(dev_broker, clients):
         assert cfg["origin"] == {"name": "gatemq", "sw_version": version}
         assert cfg["device"]["sw_version"] == version and "configuration_url" not in cfg["device"]
     assert event["default_entity_id"] == "event.lamp_command_result"
+    # Per-command keys pass through to discovery (unit as unit_of_measurement).
+    temp = configs["homeassistant/number/lamp/temp/config"]
+    assert (temp["device_class"], temp["unit_of_measurement"], temp["icon"]) == \
+        ("temperature", "°C", "mdi:thermometer")
+    assert configs["homeassistant/button/lamp/identify/config"]["entity_category"] == "diagnostic"
+    assert configs["homeassistant/text/lamp/label/config"]["entity_category"] == "config"
+    assert "device_class" not in configs["homeassistant/switch/lamp/power/config"]
 
 
 def test_discovery_links_the_status_page(dev_broker, clients):

@@ -153,6 +153,7 @@ mod tests {
             state_topic: None,
             state_key: name.into(),
             initial: None,
+            ha: Vec::new(),
         }
     }
 

@@ -1096,13 +1096,7 @@ impl Executor {
     fn discovery(&self, d: usize, c: usize, out: &mut Outbox) {
         let dev = &self.devices[d];
         let cmd = &dev.decl.commands[c];
-        let component = match cmd.kind {
-            Kind::Bool => "switch",
-            Kind::Int { .. } | Kind::Float { .. } => "number",
-            Kind::Enum { .. } => "select",
-            Kind::Trigger => "button",
-            Kind::Str { .. } => "text",
-        };
+        let component = component(&cmd.kind);
         let (pre, id, name) = (&self.opts.prefix, &*dev.decl.id, &*cmd.name);
         let t = out.topic(&[&self.opts.discovery_prefix, component, id, name, "config"]);
         let p = out.bytes.len();
@@ -1220,6 +1214,17 @@ impl Executor {
         device_json(b, id, &dev.decl.name, &self.opts);
         b.push(b'}');
         out.end(t, p, true);
+    }
+}
+
+/// The Home Assistant component a command of this kind is announced as.
+fn component(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Bool => "switch",
+        Kind::Int { .. } | Kind::Float { .. } => "number",
+        Kind::Enum { .. } => "select",
+        Kind::Trigger => "button",
+        Kind::Str { .. } => "text",
     }
 }
 

@@ -2,10 +2,13 @@
 //! again. A device declared exactly as before is taken over as it is — values, waiting and
 //! running `exec` commands, counters — and is not announced again: re-publishing its retained
 //! availability, values and state would look like a change to every automation watching
-//! them. A new or changed device is announced as at start; a device no longer declared goes
-//! `offline`.
+//! them. A new or changed device is announced as at start. What is no longer declared — a
+//! device, or a command of a changed device — is removed: its retained status, state and
+//! availability topics and its Home Assistant discovery configs are cleared (an empty
+//! retained message), which makes Home Assistant drop the entity and an emptied device.
 
-use super::{Executor, Outbox};
+use super::decl::Device;
+use super::{component, Executor, Options, Outbox};
 
 impl Executor {
     /// Take over from `old`, the executor running until this reload. What goes away is
@@ -31,11 +34,11 @@ impl Executor {
                     }
                 }
                 _ => {
-                    if i.is_none() || !same_topics {
-                        let t = out.topic(&[&old.opts.prefix, &kept.decl.id, "availability"]);
-                        let p = out.bytes.len();
-                        out.bytes.extend_from_slice(b"offline");
-                        out.end(t, p, true);
+                    match i {
+                        Some(i) if same_topics => {
+                            clear_removed(&old.opts, &kept.decl, Some(&self.devices[i].decl), out)
+                        }
+                        _ => clear_removed(&old.opts, &kept.decl, None, out),
                     }
                     // Its program's result has no declaration to go to any more.
                     if let Some(mut r) = kept.running.take() {
@@ -49,5 +52,40 @@ impl Executor {
             self.next_poll = old.next_poll;
         }
         self.unknown_failed = old.unknown_failed;
+    }
+}
+
+/// Clear what `old` had announced and `new` (the same device as declared now, if it still is,
+/// under the same topics) does not have any more: every command gone or announced as another
+/// component, and, for a device gone, its state, availability and command result event.
+fn clear_removed(opts: &Options, old: &Device, new: Option<&Device>, out: &mut Outbox) {
+    let mut clear = |parts: &[&str]| {
+        let t = out.topic(parts);
+        let p = out.bytes.len();
+        out.end(t, p, true);
+    };
+    let (pre, id) = (&*opts.prefix, &*old.id);
+    for cmd in &old.commands {
+        let still = new.and_then(|n| n.commands.iter().find(|c| c.name == cmd.name));
+        if still.is_none() {
+            clear(&[pre, id, &cmd.name]);
+        }
+        let comp = component(&cmd.kind);
+        if opts.discovery && still.is_none_or(|c| component(&c.kind) != comp) {
+            clear(&[&opts.discovery_prefix, comp, id, &cmd.name, "config"]);
+        }
+    }
+    if new.is_none() {
+        clear(&[pre, id, "state"]);
+        clear(&[pre, id, "availability"]);
+        if opts.discovery {
+            clear(&[
+                &opts.discovery_prefix,
+                "event",
+                id,
+                "command_result",
+                "config",
+            ]);
+        }
     }
 }

@@ -167,6 +167,22 @@ def test_the_plugs_availability_follows_its_lwt(setup):
     c.disconnect()
 
 
+def test_a_device_removed_at_reload_is_gone_from_home_assistant(setup):
+    """The relay deleted from the devices file and SIGHUP: gatemq clears what it announced,
+    and HA drops the entity and the emptied device."""
+    broker, ha, root = setup
+    ha.wait_for("switch.relay_power", lambda: ha.state("switch.relay_power"), timeout=60)
+    # device_id() takes a device's name too: the registry's entry.
+    assert ha.template("{{ device_id('Garden pump relay') is not none }}") == "True"
+    toml = root / "devices.toml"
+    toml.write_text(DEVICES.split("[relay]")[0] + "[plug]" + DEVICES.split("[plug]")[1])
+    broker.proc.send_signal(signal.SIGHUP)
+    ha.wait_for("the relay gone", lambda: ha.state("switch.relay_power") is None)
+    ha.wait_for("its device gone", lambda: ha.template(
+        "{{ device_id('Garden pump relay') is none }}") == "True")
+    assert ha.state("switch.lamp_power") is not None, "the other devices stay"
+
+
 def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_values(setup):
     """Without persistence: gatemq stopped (unavailable in HA), then killed with -9 after it
     is back: HA shows the values set before, not the declared initial ones."""
@@ -180,8 +196,7 @@ def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_
         again = fixtures.Broker(root, broker.config, broker.args).start()
         try:
             want = {"switch.lamp_power": "on", "number.lamp_brightness": "200",
-                    "select.lamp_colour": "neutral", "switch.relay_power": "on",
-                    "switch.plug_power": "unavailable"}
+                    "select.lamp_colour": "neutral", "switch.plug_power": "unavailable"}
             ha.wait_for(f"the values kept: {want}", lambda: all(
                 ha.state(e)["state"] == v for e, v in want.items()), timeout=60)
         finally:

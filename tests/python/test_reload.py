@@ -161,9 +161,29 @@ def test_reload_publishes_only_the_devices_that_changed(make_broker, tmp_path):
     assert ("devices/fan/speed", b"2") in again
     assert ("devices/fan/state", b'{"speed":2}') in again
 
-    # The lamp goes: it is announced offline, and nothing else is published.
+    # The lamp goes: what it announced is cleared (empty retained messages), nothing else is
+    # published, and nothing of it stays retained.
     devices.write_text("[fan]" + TWO_DEVICES.replace("max = 3", "max = 5").split("[fan]")[1])
     reload(b)
     gone = drain_until_marker(c, "mark/4")
-    assert gone == [("devices/lamp/availability", b"offline")], gone
+    assert sorted(gone) == sorted([
+        ("devices/lamp/power", b""), ("homeassistant/switch/lamp/power/config", b""),
+        ("devices/lamp/brightness", b""), ("homeassistant/number/lamp/brightness/config", b""),
+        ("devices/lamp/state", b""), ("devices/lamp/availability", b""),
+        ("homeassistant/event/lamp/command_result/config", b"")]), gone
+    late = Client(b.port)
+    late.connect()
+    late.subscribe("devices/lamp/#", 1)
+    late.subscribe("homeassistant/+/lamp/#", 1)
+    late.assert_no_message(1.0)
+    late.disconnect()
+
+    # A changed device that loses a command, or announces one as another component: only
+    # that command's topics are cleared; the rest is announced again.
+    devices.write_text('[fan]\ncommands.speed = { type = "enum", values = ["low", "high"] }\n')
+    reload(b)
+    changed = drain_until_marker(c, "mark/5")
+    assert ("homeassistant/number/fan/speed/config", b"") in changed
+    assert ("devices/fan/speed", b"") not in changed
+    assert any(t == "homeassistant/select/fan/speed/config" and p for t, p in changed)
     c.disconnect()

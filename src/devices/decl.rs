@@ -109,6 +109,9 @@ pub struct Device {
     /// The device reports its own availability (e.g. Tasmota's LWT): that, not gatemq
     /// running, is what `<prefix>/<device>/availability` says.
     pub availability: Option<Availability>,
+    /// `homeassistant = "light"`: its commands `power` (bool), and `brightness` (int) and
+    /// `effect` (enum) if declared, are one Home Assistant light.
+    pub light: bool,
 }
 
 /// A device's own availability report.
@@ -282,7 +285,9 @@ impl Parser<'_> {
             state_topic: None,
             exec_queue: 8,
             availability: None,
+            light: false,
         };
+        let mut light_span = None;
         let mut avail: [Option<Box<str>>; 4] = Default::default();
         let mut avail_span = None;
         for (k, v) in sorted(t) {
@@ -294,6 +299,19 @@ impl Parser<'_> {
                 "state_topic" => d.state_topic = Some(self.topic(&path, v)?),
                 "exec_queue" => d.exec_queue = self.nonneg(&path, v)? as usize,
                 "availability_topic" => avail[0] = Some(self.topic(&path, v)?),
+                "homeassistant" => match &*self.string(&path, v)? {
+                    "light" => {
+                        d.light = true;
+                        light_span = Some(v.span());
+                    }
+                    other => {
+                        return Err(self.err(
+                            v.span(),
+                            &path,
+                            &format!("unknown Home Assistant entity '{other}' (expected light)"),
+                        ))
+                    }
+                },
                 "payload_available" | "payload_not_available" | "availability_key" => {
                     let i = match field {
                         "payload_available" => 1,
@@ -317,6 +335,24 @@ impl Parser<'_> {
                 key,
                 "a device needs at least one command (commands.<name> = { type = ... })",
             ));
+        }
+        if let Some(span) = light_span {
+            let kind = |name: &str| {
+                d.commands
+                    .iter()
+                    .find(|c| &*c.name == name)
+                    .map(|c| &c.kind)
+            };
+            let ok = matches!(kind("power"), Some(Kind::Bool))
+                && kind("brightness").is_none_or(|k| matches!(k, Kind::Int { .. }))
+                && kind("effect").is_none_or(|k| matches!(k, Kind::Enum { .. }));
+            if !ok {
+                return Err(self.err(
+                    span,
+                    &format!("{key}.homeassistant"),
+                    "a light needs a bool command 'power' (and 'brightness' an int, 'effect' an enum, if declared)",
+                ));
+            }
         }
         let [topic, available, not_available, avail_key] = avail;
         match (topic, avail_span) {

@@ -400,11 +400,14 @@ impl Executor {
                 if self.devices[d].known[c] {
                     self.publish_value(d, c, out);
                 }
-                if self.opts.discovery {
+                if self.opts.discovery && !in_light(&self.devices[d].decl, c) {
                     self.discovery(d, c, out);
                 }
             }
             if self.opts.discovery {
+                if self.devices[d].decl.light {
+                    self.light_discovery(d, out);
+                }
                 self.event_discovery(d, out);
             }
             if self.devices[d].known.iter().any(|k| *k) {
@@ -1182,6 +1185,70 @@ impl Executor {
         out.end(t, p, true);
     }
 
+    /// Home Assistant discovery of a `homeassistant = "light"` device: `power`, `brightness`
+    /// and `effect` as one light, in HA's template schema over the device's own topics, so
+    /// that HA's turn_on with a brightness is one message on `<prefix>/<device>/set`, run as
+    /// one multi-command (all values checked first). HA's 0–255 brightness is scaled to the
+    /// command's `max`.
+    fn light_discovery(&self, d: usize, out: &mut Outbox) {
+        let dev = &self.devices[d];
+        let id = &*dev.decl.id;
+        let find = |name: &str| dev.decl.commands.iter().find(|c| &*c.name == name);
+        let t = out.topic(&[&self.opts.discovery_prefix, "light", id, "light", "config"]);
+        let p = out.bytes.len();
+        let b = &mut out.bytes;
+        let pre = &self.opts.prefix;
+        let mut on = String::from("{\"power\":\"ON\"");
+        let mut fields = vec![
+            ("unique_id", format!("gatemq_{id}_light")),
+            ("object_id", id.to_string()),
+            ("default_entity_id", format!("light.{id}")),
+            ("schema", "template".into()),
+            ("command_topic", format!("{pre}/{id}/set")),
+            ("state_topic", format!("{pre}/{id}/state")),
+            ("availability_topic", format!("{pre}/{id}/availability")),
+            ("command_off_template", "{\"power\":\"OFF\"}".into()),
+            ("state_template", "{{ value_json.power | lower }}".into()),
+        ];
+        if let Some(Kind::Int { max, .. }) = find("brightness").map(|c| &c.kind) {
+            let max = (*max).max(1);
+            let _ = write!(
+                on,
+                "{{% if brightness is defined %}},\"brightness\":{{{{ (brightness * {max} / 255) | round(0) | int }}}}{{% endif %}}"
+            );
+            fields.push((
+                "brightness_template",
+                format!("{{{{ (value_json.brightness * 255 / {max}) | round(0) | int }}}}"),
+            ));
+        }
+        if find("effect").is_some() {
+            on.push_str("{% if effect is defined %},\"effect\":\"{{ effect }}\"{% endif %}");
+            fields.push(("effect_template", "{{ value_json.effect }}".into()));
+        }
+        on.push('}');
+        fields.push(("command_on_template", on));
+        b.extend_from_slice(b"{\"name\":null");
+        for (key, value) in &fields {
+            b.push(b',');
+            json::push_str(b, key);
+            b.push(b':');
+            json::push_str(b, value);
+        }
+        if let Some(Kind::Enum { values }) = find("effect").map(|c| &c.kind) {
+            b.extend_from_slice(b",\"effect_list\":[");
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                json::push_str(b, v);
+            }
+            b.push(b']');
+        }
+        device_json(b, id, &dev.decl.name, &self.opts);
+        b.push(b'}');
+        out.end(t, p, true);
+    }
+
     /// Home Assistant discovery of the device's "command result" `event` entity. No
     /// availability topic: refusals for an offline device must show too.
     fn event_discovery(&self, d: usize, out: &mut Outbox) {
@@ -1215,6 +1282,31 @@ impl Executor {
         b.push(b'}');
         out.end(t, p, true);
     }
+}
+
+/// Is command `c` of `dev` part of its Home Assistant light (not an entity of its own)?
+fn in_light(dev: &Device, c: usize) -> bool {
+    dev.light && matches!(&*dev.commands[c].name, "power" | "brightness" | "effect")
+}
+
+/// The discovery config topics device `dev` is announced with (none without discovery).
+pub(super) fn config_topics(opts: &Options, dev: &Device) -> Vec<String> {
+    if !opts.discovery {
+        return Vec::new();
+    }
+    let (dp, id) = (&opts.discovery_prefix, &dev.id);
+    let mut topics: Vec<String> = (0..dev.commands.len())
+        .filter(|&c| !in_light(dev, c))
+        .map(|c| {
+            let cmd = &dev.commands[c];
+            format!("{dp}/{}/{id}/{}/config", component(&cmd.kind), cmd.name)
+        })
+        .collect();
+    if dev.light {
+        topics.push(format!("{dp}/light/{id}/light/config"));
+    }
+    topics.push(format!("{dp}/event/{id}/command_result/config"));
+    topics
 }
 
 /// The Home Assistant component a command of this kind is announced as.

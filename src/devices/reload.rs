@@ -8,7 +8,7 @@
 //! retained message), which makes Home Assistant drop the entity and an emptied device.
 
 use super::decl::Device;
-use super::{component, Executor, Options, Outbox};
+use super::{config_topics, Executor, Options, Outbox};
 
 impl Executor {
     /// Take over from `old`, the executor running until this reload. What goes away is
@@ -66,26 +66,19 @@ fn clear_removed(opts: &Options, old: &Device, new: Option<&Device>, out: &mut O
     };
     let (pre, id) = (&*opts.prefix, &*old.id);
     for cmd in &old.commands {
-        let still = new.and_then(|n| n.commands.iter().find(|c| c.name == cmd.name));
-        if still.is_none() {
+        if new.is_none_or(|n| !n.commands.iter().any(|c| c.name == cmd.name)) {
             clear(&[pre, id, &cmd.name]);
-        }
-        let comp = component(&cmd.kind);
-        if opts.discovery && still.is_none_or(|c| component(&c.kind) != comp) {
-            clear(&[&opts.discovery_prefix, comp, id, &cmd.name, "config"]);
         }
     }
     if new.is_none() {
         clear(&[pre, id, "state"]);
         clear(&[pre, id, "availability"]);
-        if opts.discovery {
-            clear(&[
-                &opts.discovery_prefix,
-                "event",
-                id,
-                "command_result",
-                "config",
-            ]);
+    }
+    // Every config it was announced with that it is not announced with now.
+    let now = new.map(|n| config_topics(opts, n)).unwrap_or_default();
+    for topic in config_topics(opts, old) {
+        if !now.contains(&topic) {
+            clear(&[&topic]);
         }
     }
 }

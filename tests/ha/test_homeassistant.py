@@ -5,6 +5,7 @@ device's "command result" event, and a stopped gatemq makes the entities unavail
 
 Run by ./tests/run.sh (which makes the Home Assistant venv and sets HA_VENV)."""
 import importlib.util
+import json
 import re
 import signal
 import sys
@@ -31,6 +32,13 @@ commands.colour = { type = "enum", values = ["warm", "neutral", "cold"], initial
 [relay]
 name = "Garden pump relay"
 commands.power = { type = "bool", action = "file", path = "relay", payload_on = "1", payload_off = "0" }
+
+[bulb]
+name = "Desk light"
+homeassistant = "light"
+commands.power = { type = "bool", initial = "OFF" }
+commands.brightness = { type = "int", min = 0, max = 255, initial = 50 }
+commands.effect = { type = "enum", values = ["none", "candle"], initial = "none" }
 
 [plug]
 name = "Tasmota plug"
@@ -128,6 +136,35 @@ def test_service_calls_are_executed_by_gatemq(setup):
     assert (root / "relay").read_text() == "1"
 
 
+def test_a_light_turned_on_with_a_brightness_is_one_command(setup):
+    """homeassistant = "light": power, brightness and effect are one HA light; HA's turn_on
+    with brightness 200 reaches gatemq as one multi-command, and HA follows the state."""
+    broker, ha, _ = setup
+    light = ha.wait_for("light.bulb", lambda: ha.state("light.bulb"), timeout=60)
+    assert light["state"] == "off" and light["attributes"]["friendly_name"] == "Desk light"
+    assert light["attributes"]["effect_list"] == ["none", "candle"]
+    assert ha.state("switch.bulb_power") is None, "no entities of its own for the light's parts"
+    assert ha.state("number.bulb_brightness") is None
+    watch = Client(broker.port)
+    watch.connect()
+    watch.subscribe("devices/bulb/set", 1)
+    ha.call("light", "turn_on", entity_id="light.bulb", brightness=200)
+    ha.wait_for("the light on at 200", lambda: (s := ha.state("light.bulb"))["state"] == "on"
+                and s["attributes"].get("brightness") == 200)
+    sent = watch.get()
+    assert json.loads(sent.payload) == {"power": "ON", "brightness": 200}
+    watch.assert_no_message(0.5)
+    assert retained(broker.port, "devices/bulb/brightness") == b"200"
+    ha.call("light", "turn_on", entity_id="light.bulb", effect="candle")
+    ha.wait_for("the candle effect",
+                lambda: ha.state("light.bulb")["attributes"].get("effect") == "candle")
+    ha.call("light", "turn_off", entity_id="light.bulb")
+    ha.wait_for("the light off", lambda: ha.state("light.bulb")["state"] == "off")
+    assert json.loads(watch.get().payload)["effect"] == "candle"
+    assert json.loads(watch.get().payload) == {"power": "OFF"}
+    watch.disconnect()
+
+
 def test_a_refused_command_shows_in_the_command_result_event(setup):
     broker, ha, _ = setup
     entity = "event.lamp_command_result"
@@ -175,12 +212,13 @@ def test_a_device_removed_at_reload_is_gone_from_home_assistant(setup):
     # device_id() takes a device's name too: the registry's entry.
     assert ha.template("{{ device_id('Garden pump relay') is not none }}") == "True"
     toml = root / "devices.toml"
-    toml.write_text(DEVICES.split("[relay]")[0] + "[plug]" + DEVICES.split("[plug]")[1])
+    toml.write_text(DEVICES.split("[relay]")[0] + "[bulb]" + DEVICES.split("[bulb]")[1])
     broker.proc.send_signal(signal.SIGHUP)
     ha.wait_for("the relay gone", lambda: ha.state("switch.relay_power") is None)
     ha.wait_for("its device gone", lambda: ha.template(
         "{{ device_id('Garden pump relay') is none }}") == "True")
     assert ha.state("switch.lamp_power") is not None, "the other devices stay"
+    assert ha.state("light.bulb") is not None
 
 
 def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_values(setup):

@@ -933,6 +933,48 @@ def test_discovery_links_the_status_page(dev_broker, clients):
     assert cfg["origin"]["support_url"] == f"http://127.0.0.1:{port}/"
 
 
+def test_a_light_is_one_home_assistant_entity(dev_broker, clients):
+    """homeassistant = "light": power, brightness (HA's 0-255 scaled to its max) and effect are
+    one light in HA's template schema on the device's own topics; other commands keep their
+    own entities, and a light without a bool power is refused at load."""
+    b = dev_broker('''
+[desk]
+name = "Desk"
+homeassistant = "light"
+commands.power = { type = "bool" }
+commands.brightness = { type = "int", min = 0, max = 100 }
+commands.effect = { type = "enum", values = ["none", "candle"] }
+commands.colour = { type = "enum", values = ["warm", "cold"] }
+''', ["homeassistant_discovery true"])
+    c = clients(b.port, "ha")
+    configs = {t: json.loads(p) for t, p, _ in c.sub("homeassistant/#")}
+    assert set(configs) == {"homeassistant/light/desk/light/config",
+                            "homeassistant/select/desk/colour/config",
+                            "homeassistant/event/desk/command_result/config"}
+    light = configs["homeassistant/light/desk/light/config"]
+    assert light["name"] is None and light["schema"] == "template"
+    assert (light["command_topic"], light["state_topic"]) == ("devices/desk/set", "devices/desk/state")
+    assert light["effect_list"] == ["none", "candle"]
+    assert "brightness * 100 / 255" in light["command_on_template"]
+    assert light["brightness_template"] == "{{ (value_json.brightness * 255 / 100) | round(0) | int }}"
+    assert light["command_off_template"] == '{"power":"OFF"}'
+    assert light["device"]["identifiers"] == ["gatemq_desk"]
+    # What HA's template renders for turn_on with brightness 255 is one multi-command.
+    d = Dev(b.port, clients)
+    d.p.pub("devices/desk/set", '{"power":"ON","brightness":100}')
+    assert retained_state(b.port, "desk") == {"power": "ON", "brightness": 100}
+
+
+def test_a_light_needs_a_bool_power(tmp_path):
+    (tmp_path / "devices.toml").write_text(
+        '[desk]\nhomeassistant = "light"\ncommands.on = { type = "bool" }\n')
+    conf = tmp_path / "g.conf"
+    conf.write_text("listener 0 127.0.0.1\ndevices_file devices.toml\n")
+    r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "devices.toml:2: desk.homeassistant: a light needs a bool command 'power'" in r.stderr, r.stderr
+
+
 def test_results_are_home_assistant_events_with_discovery(dev_broker, clients):
     """Every result is also an event on devices/<d>/event (not retained), so a refused
     command shows in Home Assistant; without discovery nothing is sent there."""

@@ -174,6 +174,8 @@ pub enum Observed {
     State,
     /// A device's own availability report.
     Availability,
+    /// Home Assistant's birth (and last will) message, `<discovery prefix>/status`.
+    HomeAssistantStatus,
 }
 
 struct DeviceState {
@@ -214,6 +216,9 @@ pub struct Executor {
     state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>>,
     /// Devices' own availability topics (`availability.rs`).
     availability_topics: FxHashMap<Box<str>, Vec<usize>>,
+    /// Discovery configs a reload removed, with what they said (`reload.rs`): sent again with
+    /// their clear when Home Assistant (re)starts.
+    removed: VecDeque<(Box<str>, Box<[u8]>)>,
     /// Reused scratch: the value being validated, a decoded JSON string, several values.
     value: String,
     text: String,
@@ -306,6 +311,7 @@ impl Executor {
             by_id,
             state_topics,
             availability_topics,
+            removed: VecDeque::new(),
             value: String::with_capacity(256),
             text: String::with_capacity(256),
             batch: Vec::new(),
@@ -400,20 +406,33 @@ impl Executor {
                 if self.devices[d].known[c] {
                     self.publish_value(d, c, out);
                 }
-                if self.opts.discovery && !in_light(&self.devices[d].decl, c) {
-                    self.discovery(d, c, out);
-                }
             }
             if self.opts.discovery {
-                if self.devices[d].decl.light {
-                    self.light_discovery(d, out);
+                // Declared again: no longer a removal to repeat to Home Assistant.
+                if !self.removed.is_empty() {
+                    let topics = config_topics(&self.opts, &self.devices[d].decl);
+                    self.removed
+                        .retain(|(t, _)| !topics.iter().any(|x| **x == **t));
                 }
-                self.event_discovery(d, out);
+                self.announce_discovery(d, out);
             }
             if self.devices[d].known.iter().any(|k| *k) {
                 self.publish_state(d, out);
             }
         }
+    }
+
+    /// Every Home Assistant discovery config of device `d` (those of [`config_topics`]).
+    pub(super) fn announce_discovery(&self, d: usize, out: &mut Outbox) {
+        for c in 0..self.devices[d].decl.commands.len() {
+            if !in_light(&self.devices[d].decl, c) {
+                self.discovery(d, c, out);
+            }
+        }
+        if self.devices[d].decl.light {
+            self.light_discovery(d, out);
+        }
+        self.event_discovery(d, out);
     }
 
     /// The broker is stopping: every device goes `offline` (retained).
@@ -442,6 +461,13 @@ impl Executor {
         if self.is_availability_topic(topic) {
             return Observed::Availability;
         }
+        if self.opts.discovery
+            && topic
+                .strip_prefix(self.opts.discovery_prefix.as_str())
+                .is_some_and(|rest| rest == "/status")
+        {
+            return Observed::HomeAssistantStatus;
+        }
         Observed::No
     }
 
@@ -464,6 +490,8 @@ impl Executor {
             Observed::Command => self.on_command(topic, payload, now, out),
             Observed::State => self.on_state_report(topic, payload, out),
             Observed::Availability => self.on_availability(topic, payload, out),
+            Observed::HomeAssistantStatus if payload == b"online" => self.resend_removals(out),
+            Observed::HomeAssistantStatus => {}
             Observed::No => {}
         }
         self.has_reply = false;

@@ -18,6 +18,15 @@ impl Executor {
         let same_topics = old.opts.prefix == self.opts.prefix
             && old.opts.discovery == self.opts.discovery
             && old.opts.discovery_prefix == self.opts.discovery_prefix;
+        // What the old declarations announced, for what is removed now.
+        let mut announced = Outbox::default();
+        if old.opts.discovery {
+            for d in 0..old.devices.len() {
+                old.announce_discovery(d, &mut announced);
+            }
+        }
+        self.removed = std::mem::take(&mut old.removed);
+        let cleared_before = out.msgs.len();
         for mut kept in old.devices.drain(..) {
             let i = self.by_id.get(&kept.decl.id).copied();
             match i {
@@ -48,10 +57,47 @@ impl Executor {
                 }
             }
         }
+        let cleared: Vec<&str> = out.msgs[cleared_before..]
+            .iter()
+            .map(|m| std::str::from_utf8(&out.bytes[m.topic.clone()]).unwrap_or(""))
+            .collect();
+        for (topic, config, _, _) in announced.iter() {
+            if cleared.contains(&topic) {
+                self.remember_removed(topic, config);
+            }
+        }
         if self.devices.iter().any(|d| d.running.is_some()) {
             self.next_poll = old.next_poll;
         }
         self.unknown_failed = old.unknown_failed;
+    }
+}
+
+/// Removed discovery configs kept for Home Assistant's next start: at most this many.
+const REMOVED_KEPT: usize = 256;
+
+impl Executor {
+    fn remember_removed(&mut self, topic: &str, config: &[u8]) {
+        self.removed.retain(|(t, _)| &**t != topic);
+        if self.removed.len() == REMOVED_KEPT {
+            self.removed.pop_front();
+        }
+        self.removed.push_back((topic.into(), config.into()));
+    }
+
+    /// Home Assistant says `online` (it started): it drops an entity only on a clear it gets
+    /// while connected, and only one it discovered since its start. So each removed config
+    /// goes out again, not retained, followed by its clear.
+    pub(super) fn resend_removals(&self, out: &mut Outbox) {
+        for (topic, config) in &self.removed {
+            let t = out.topic(&[topic]);
+            let p = out.bytes.len();
+            out.bytes.extend_from_slice(config);
+            out.end(t, p, false);
+            let t = out.topic(&[topic]);
+            let p = out.bytes.len();
+            out.end(t, p, true);
+        }
     }
 }
 

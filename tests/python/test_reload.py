@@ -1,5 +1,6 @@
 """SIGHUP: the config file and the files it names are read again while clients stay connected;
 a config that does not load leaves the running one in place."""
+import json
 import re
 import signal
 import subprocess
@@ -177,6 +178,17 @@ def test_reload_publishes_only_the_devices_that_changed(make_broker, tmp_path):
     late.subscribe("homeassistant/+/lamp/#", 1)
     late.assert_no_message(1.0)
     late.disconnect()
+
+    # Home Assistant starts again (its birth message): the removed configs go out once more,
+    # then their clears, as HA drops only what it discovered since its start.
+    c.publish("homeassistant/status", b"online", qos=1)
+    again = [(t, p) for t, p in drain_until_marker(c, "mark/4b")
+             if t.startswith("homeassistant/") and t != "homeassistant/status"]
+    sw = [p for t, p in again if t == "homeassistant/switch/lamp/power/config"]
+    assert len(sw) == 2 and json.loads(sw[0])["unique_id"] == "gatemq_lamp_power" and sw[1] == b""
+    assert {t for t, _ in again} == {"homeassistant/switch/lamp/power/config",
+                                     "homeassistant/number/lamp/brightness/config",
+                                     "homeassistant/event/lamp/command_result/config"}
 
     # A changed device that loses a command, or announces one as another component: only
     # that command's topics are cleared; the rest is announced again.

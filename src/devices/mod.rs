@@ -1191,14 +1191,7 @@ impl Executor {
                 b.extend_from_slice(nums.as_bytes());
             }
             Kind::Enum { values } => {
-                b.extend_from_slice(b",\"options\":[");
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        b.push(b',');
-                    }
-                    json::push_str(b, v);
-                }
-                b.push(b']');
+                push_array(b, "options", values);
             }
             Kind::Str { max_len } => {
                 b.extend_from_slice(format!(",\"max\":{}", max_len.min(&255)).as_bytes())
@@ -1263,14 +1256,7 @@ impl Executor {
             json::push_str(b, value);
         }
         if let Some(Kind::Enum { values }) = find("effect").map(|c| &c.kind) {
-            b.extend_from_slice(b",\"effect_list\":[");
-            for (i, v) in values.iter().enumerate() {
-                if i > 0 {
-                    b.push(b',');
-                }
-                json::push_str(b, v);
-            }
-            b.push(b']');
+            push_array(b, "effect_list", values);
         }
         device_json(b, id, &dev.decl.name, &self.opts);
         b.push(b'}');
@@ -1310,6 +1296,20 @@ impl Executor {
         b.push(b'}');
         out.end(t, p, true);
     }
+}
+
+/// `,"key":["a","b"]`: a JSON array of strings.
+fn push_array(b: &mut Vec<u8>, key: &str, values: &[Box<str>]) {
+    b.push(b',');
+    json::push_str(b, key);
+    b.extend_from_slice(b":[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        json::push_str(b, v);
+    }
+    b.push(b']');
 }
 
 /// Is command `c` of `dev` part of its Home Assistant light (not an entity of its own)?

@@ -591,25 +591,24 @@ def test_a_device_reports_its_own_availability(dev_broker, clients, tmp_path):
     assert v == b"offline"
 
 
-def test_entity_category_is_config_or_diagnostic(tmp_path):
-    (tmp_path / "devices.toml").write_text(
-        '[lamp]\ncommands.power = { type = "bool", entity_category = "main" }\n')
+def config_error(tmp_path, toml):
+    """What `gatemq --test-config` says of a config naming this devices file (it must fail)."""
+    (tmp_path / "devices.toml").write_text(toml)
     conf = tmp_path / "g.conf"
     conf.write_text("listener 0 127.0.0.1\ndevices_file devices.toml\n")
     r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
-    assert r.returncode == 1
-    assert "devices.toml:2: lamp.commands.power.entity_category: expected config or diagnostic" \
-        in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr
+    return r.stderr
+
+
+def test_entity_category_is_config_or_diagnostic(tmp_path):
+    err = config_error(tmp_path, '[lamp]\ncommands.power = { type = "bool", entity_category = "main" }\n')
+    assert "devices.toml:2: lamp.commands.power.entity_category: expected config or diagnostic" in err
 
 
 def test_availability_options_need_the_topic(tmp_path):
-    (tmp_path / "devices.toml").write_text(
-        '[plug]\npayload_available = "up"\ncommands.power = { type = "bool" }\n')
-    conf = tmp_path / "g.conf"
-    conf.write_text("listener 0 127.0.0.1\ndevices_file devices.toml\n")
-    r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
-    assert r.returncode == 1
-    assert "devices.toml:2: plug.payload_available: only with availability_topic" in r.stderr, r.stderr
+    err = config_error(tmp_path, '[plug]\npayload_available = "up"\ncommands.power = { type = "bool" }\n')
+    assert "devices.toml:2: plug.payload_available: only with availability_topic" in err
 
 
 # --- exec action ------------------------------------------------------------------------------
@@ -966,13 +965,8 @@ commands.colour = { type = "enum", values = ["warm", "cold"] }
 
 
 def test_a_light_needs_a_bool_power(tmp_path):
-    (tmp_path / "devices.toml").write_text(
-        '[desk]\nhomeassistant = "light"\ncommands.on = { type = "bool" }\n')
-    conf = tmp_path / "g.conf"
-    conf.write_text("listener 0 127.0.0.1\ndevices_file devices.toml\n")
-    r = subprocess.run([BIN, "--test-config", "-c", str(conf)], capture_output=True, text=True)
-    assert r.returncode == 1
-    assert "devices.toml:2: desk.homeassistant: a light needs a bool command 'power'" in r.stderr, r.stderr
+    err = config_error(tmp_path, '[desk]\nhomeassistant = "light"\ncommands.on = { type = "bool" }\n')
+    assert "devices.toml:2: desk.homeassistant: a light needs a bool command 'power'" in err
 
 
 def test_results_are_home_assistant_events_with_discovery(dev_broker, clients):

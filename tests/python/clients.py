@@ -175,6 +175,15 @@ class Client:
                 return out
             out.append(m)
 
+    def drain(self, quiet=1.5) -> list[Msg]:
+        """Every message until none comes for `quiet` seconds (what a resumed session gets)."""
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get(timeout=quiet))
+            except queue.Empty:
+                return out
+
     def assert_no_message(self, timeout=0.3):
         try:
             m = self.messages.get(timeout=timeout)

@@ -283,12 +283,7 @@ def test_a_damaged_sector_mid_journal_costs_only_the_records_in_it(make_broker, 
     assert retained(b2.port) == want_retained
     back = Client(b2.port, client_id="sector", clean_session=False)
     back.connect()
-    got = []
-    while True:
-        try:
-            got.append(back.messages.get(timeout=1.0).payload)
-        except Exception:
-            break
+    got = [m.payload for m in back.drain(1.0)]
     back.disconnect()
     assert sorted(got) == sorted(want_queued)
     print(f"sector at {start}: {len(hit)} records hit; {len(got)}/300 queued and "
@@ -345,12 +340,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_message_and_qos2_stays_exactly_
         b = make_broker(lines)
         sub = Client(b.port, client_id="offline-sub", clean_session=False)
         sub.connect()
-        got = []
-        while True:
-            try:
-                got.append(sub.messages.get(timeout=1.5))
-            except Exception:
-                break
+        got = sub.drain()
         sub.disconnect()
         delivered = [(m.qos, m.payload.decode()) for m in got]
         missing = acked - set(delivered)

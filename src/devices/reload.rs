@@ -122,11 +122,16 @@ impl Executor {
     /// declared any more is cleared into `out`.
     pub fn adopt_announced(&mut self, retained: &[(String, Vec<u8>)], out: &mut Outbox) {
         let pre = format!("{}/", self.opts.prefix);
-        // Device ids gatemq announced (each had its availability).
+        // Devices gatemq announced and that are not declared any more: each had its
+        // availability (`online`/`offline`, as gatemq writes it) and its JSON state. Other
+        // retained topics under the prefix are not gatemq's to clear.
+        let held = |topic: &str| retained.iter().find(|(t, _)| t == topic).map(|(_, p)| p);
         let gone: Vec<&str> = retained
             .iter()
+            .filter(|(_, p)| p == b"online" || p == b"offline")
             .filter_map(|(t, _)| t.strip_prefix(&pre)?.strip_suffix("/availability"))
             .filter(|id| !id.contains('/') && !self.by_id.contains_key(*id))
+            .filter(|id| held(&format!("{pre}{id}/state")).is_some_and(|s| s.starts_with(b"{")))
             .collect();
         for (topic, payload) in retained {
             if let Some(rest) = topic.strip_prefix(&pre) {

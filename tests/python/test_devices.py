@@ -788,6 +788,10 @@ def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broke
     b = dev_broker(toml, ["homeassistant_discovery true"])
     assert retained(b.port, "devices/gone/power") == "ON"
     assert "power" in ha_config(b.port, "gone")["cmps"]
+    # Someone else's retained topics under the prefix are not gatemq's to clear.
+    other = clients(b.port, "other")
+    other.pub("devices/sensor9/availability", "Online", retain=True)
+    other.pub("devices/sensor9/temp", "21.5", retain=True)
     b.stop()
     b2 = dev_broker(LAMP.replace("commands.label", "#commands.label"), ["homeassistant_discovery true"])
     for topic in ("devices/gone/power", "devices/gone/state", "devices/gone/availability",
@@ -795,6 +799,8 @@ def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broke
         assert retained(b2.port, topic) is None, topic
     assert "label" not in ha_config(b2.port, "lamp")["cmps"]
     assert retained(b2.port, "devices/lamp/brightness") == "128"
+    assert retained(b2.port, "devices/sensor9/availability") == "Online"
+    assert retained(b2.port, "devices/sensor9/temp") == "21.5"
     c = clients(b2.port, "ha")
     c.sub("homeassistant/#")
     c.pub("homeassistant/status", "online")

@@ -462,13 +462,18 @@ impl Executor {
         discovery::announce(&self.opts, &self.devices[d].decl, retain, out);
     }
 
-    /// The broker is stopping: every device goes `offline` (retained).
+    /// The broker is stopping: every device goes `offline` (retained), and readings' programs
+    /// still running are stopped.
     pub fn stop(&mut self, out: &mut Outbox) {
-        for d in &self.devices {
+        for d in &mut self.devices {
             let t = out.topic(&[&self.opts.prefix, &d.decl.id, "availability"]);
             let p = out.bytes.len();
             out.bytes.extend_from_slice(b"offline");
             out.end(t, p, true);
+            // A reading's program has no one to answer to any more.
+            for r in &mut d.readings {
+                r.stop();
+            }
         }
     }
 

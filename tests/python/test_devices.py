@@ -662,12 +662,14 @@ def test_program_readings_with_a_timeout(dev_broker, clients, tmp_path):
     script(tmp_path, "rssi.sh", 'echo "$1"\necho "second line"\n')
     script(tmp_path, "hang.sh", 'echo $$ > "$(dirname "$0")/hang.pid"\nexec sleep 30\n')
     script(tmp_path, "fail.sh", 'echo 12\nexit 3\n')
+    script(tmp_path, "slow.sh", 'echo $$ > "$(dirname "$0")/slow.pid"\nexec sleep 30\n')
     b = dev_broker("""
 [gw]
 readings.rssi = { type = "int", program = "rssi.sh", args = ["-67 dBm"], every_s = 0.2 }
 readings.up = { type = "int", program = "rssi.sh", args = ["41.6"], every_s = 0.2 }
 readings.hang = { type = "float", program = "hang.sh", every_s = 60, timeout_ms = 300 }
 readings.fail = { type = "int", program = "fail.sh", every_s = 0.2 }
+readings.slow = { type = "int", program = "slow.sh", every_s = 60, timeout_ms = 60000 }
 """, ["http_listener 0 127.0.0.1"])
     wait_for("the program's reading", lambda: retained(b.port, "devices/gw/up") == "42")
     # "-67 dBm" is not a number: a failed read.
@@ -682,6 +684,13 @@ readings.fail = { type = "int", program = "fail.sh", every_s = 0.2 }
     pid = int((tmp_path / "hang.pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
+    # A program still running when gatemq stops is stopped with it.
+    slow = int(wait_for("slow.sh started", lambda: (tmp_path / "slow.pid").exists()
+                        and (tmp_path / "slow.pid").read_text().strip()))
+    os.kill(slow, 0)
+    assert b.stop() == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(slow, 0)
 
 
 def test_a_slow_file_read_does_not_stall_other_clients(dev_broker, clients, tmp_path):

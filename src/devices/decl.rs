@@ -9,7 +9,13 @@
 //! commands.power = { type = "bool" }                       # action "state" by default
 //! commands.brightness = { type = "int", min = 0, max = 255 }
 //! commands.colour = { type = "enum", values = ["warm", "cold"] }
+//!
+//! [gateway]
+//! readings.cpu_temp = { type = "float", path = "/sys/class/thermal/thermal_zone0/temp", scale = 0.001 }
 //! ```
+//!
+//! `homeassistant = "light"`, `"fan"` or `"cover"` makes some commands one Home Assistant entity
+//! ([`Entity`]); readings are declared in `decl/reading.rs`.
 
 mod reading;
 

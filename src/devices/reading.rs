@@ -16,6 +16,7 @@
 
 use super::decl::{Reading, ReadingKind, Source};
 use super::{Executor, Outbox};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::PathBuf;
@@ -287,8 +288,8 @@ impl Executor {
                 });
                 continue;
             }
-            let text = std::str::from_utf8(&done.buf[..done.len]).unwrap_or("\u{fffd}");
-            self.read_text(d, i, first_line(text), now, out);
+            let text = first_line(&done.buf[..done.len]);
+            self.read_text(d, i, &text, now, out);
         }
     }
 
@@ -328,8 +329,8 @@ impl Executor {
                 }
                 self.devices[d].readings[i].pending = Pending::Idle;
                 if status.success() {
-                    let text = String::from_utf8_lossy(&buf);
-                    self.read_text(d, i, first_line(&text), now, out);
+                    let text = first_line(&buf);
+                    self.read_text(d, i, &text, now, out);
                 } else {
                     self.read_failed(d, i, now, |w| {
                         let _ = match status.code() {
@@ -531,8 +532,21 @@ fn read_available(pipe: &mut mio::unix::pipe::Receiver, buf: &mut Vec<u8>) {
     }
 }
 
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or("").trim()
+/// The first line of what was read, trimmed. Only that line is decoded: the read stops at a
+/// fixed size, which may fall inside a character of a later line (or of a first line without
+/// an end, whose cut half is dropped). Bytes that are not UTF-8 become U+FFFD (allocating,
+/// for such input only).
+fn first_line(bytes: &[u8]) -> Cow<'_, str> {
+    let mut line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    if let Err(e) = std::str::from_utf8(line) {
+        if e.error_len().is_none() {
+            line = &line[..e.valid_up_to()];
+        }
+    }
+    match String::from_utf8_lossy(line) {
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+    }
 }
 
 /// The value of reading `r` from the text read into `out` (its normal form), and its number
@@ -550,6 +564,11 @@ fn value(r: &Reading, text: &str, out: &mut String) -> Option<f64> {
             let decimals = r.round.unwrap_or(9) as i32;
             let p = 10f64.powi(decimals);
             let x = (x * p).round() / p + 0.0;
+            // A finite number scaled (or rounded) past f64's range.
+            if !x.is_finite() {
+                out.push_str("out of range");
+                return None;
+            }
             match r.round {
                 Some(n) => write!(out, "{x:.*}", n as usize),
                 None => write!(out, "{x}"),
@@ -672,6 +691,25 @@ mod tests {
         assert_eq!(read(&flag, "True").as_deref(), Ok("ON"));
         let s = reading("type = \"string\", path = \"t\"");
         assert_eq!(read(&s, &"é".repeat(300)).unwrap().chars().count(), 255);
+        // Past f64's range once scaled (or rounded): a failed read, not "inf".
+        assert_eq!(read(&plain, "1e306"), Err("out of range".to_string()));
+        assert_eq!(read(&big, "1e300"), Err("out of range".to_string()));
+    }
+
+    #[test]
+    fn the_first_line_of_what_was_read() {
+        assert_eq!(first_line(b" 45312\r\nmore\n"), "45312");
+        // A read of FILE_BYTES may end inside a character of a later line: the first line is
+        // still what it says.
+        let mut file = "K\u{fc}che\n".as_bytes().to_vec();
+        file.resize(FILE_BYTES - 1, b'a');
+        file.extend_from_slice("\u{fc}".as_bytes());
+        assert_eq!(first_line(&file[..FILE_BYTES]), "K\u{fc}che");
+        // A first line cut inside a character loses that half.
+        assert_eq!(first_line(&"ab\u{fc}".as_bytes()[..3]), "ab");
+        // Not UTF-8: replaced, not refused.
+        assert_eq!(first_line(b"4\xff5\n"), "4\u{fffd}5");
+        assert_eq!(first_line(b""), "");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! `temperature` takes about 750 ms; a FIFO or a dead NFS mount, for ever), so each file
 //! reading has a small thread of its own that does the blocking `open` and `read` when asked
 //! and wakes the loop through the `mio::Waker` with the result (the bridge's host name lookup
-//! does the same); a hung read holds up that reading only. A program reading runs as `exec`
+//! does the same); a hung read holds up that reading only. A reload hands a reading's thread,
+//! with its read in flight, to a reading of the same file declared now; a thread whose reading
+//! is gone while its read hangs cannot be stopped, so at most [`ABANDONED_MAX`] of them are
+//! left before no new thread is started. A program reading runs as `exec`
 //! does: started without waiting, its exit comes back as SIGCHLD, its output is read without
 //! blocking once it has exited, and it is killed at its timeout. When the next reading is due
 //! is one more deadline of the loop: an idle broker does not poll.
@@ -33,6 +36,9 @@ const OUTPUT_BYTES: usize = 4096;
 const STRING_MAX: usize = 255;
 /// A failing reading is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Threads of readings no longer declared, still blocked in a read, beyond which no new
+/// reading thread is started (each holds a stack and an open file until its read ends).
+pub(super) const ABANDONED_MAX: usize = 16;
 
 /// A file read's result, sent by its thread.
 #[derive(Clone, Copy)]
@@ -51,8 +57,18 @@ pub(super) struct Reader {
     done_rx: Receiver<Done>,
     pub(super) waker: Option<Arc<mio::Waker>>,
     next_serial: u64,
+    /// Threads whose reading went (at a reload) while their read was in flight: they end when
+    /// it answers, and their answer is the only one no reading is waiting for.
+    abandoned: usize,
     /// A program's output, read once it has exited (capacity kept).
     output: Vec<u8>,
+}
+
+/// A file reading's thread, and its read in flight, as a reload hands it over.
+pub(super) struct Worker {
+    path: PathBuf,
+    tx: SyncSender<u64>,
+    pending: Option<Pending>,
 }
 
 impl Reader {
@@ -63,6 +79,7 @@ impl Reader {
             done_rx,
             waker: None,
             next_serial: 1,
+            abandoned: 0,
             output: Vec::with_capacity(OUTPUT_BYTES),
         }
     }
@@ -131,6 +148,23 @@ impl ReadingState {
         }
     }
 
+    /// The thread of this reading as declared by `decl` (a file reading that has one), with
+    /// its read in flight: a reload hands it to a reading of the same file.
+    pub(super) fn take_worker(&mut self, decl: &Reading) -> Option<Worker> {
+        let (Source::File(path), Some(tx)) = (&decl.source, self.worker.take()) else {
+            return None;
+        };
+        let pending = match std::mem::replace(&mut self.pending, Pending::Idle) {
+            p @ Pending::File { .. } => Some(p),
+            _ => None,
+        };
+        Some(Worker {
+            path: path.clone(),
+            tx,
+            pending,
+        })
+    }
+
     /// A reading no longer declared: its program is stopped (its thread ends by itself once
     /// its channel is gone).
     pub(super) fn stop(&mut self) {
@@ -147,6 +181,28 @@ impl Executor {
     pub fn with_waker(mut self, waker: Arc<mio::Waker>) -> Executor {
         self.reader.waker = Some(waker);
         self
+    }
+
+    /// At a reload, once the devices are taken over: each file reading of a new or changed
+    /// device takes the thread of an old reading of the same file, if there is one left in
+    /// `workers`, with its read in flight (a hung file keeps one thread, however often its
+    /// device is edited). The threads left over end, at once or when their read answers.
+    pub(super) fn hand_over_workers(&mut self, mut workers: Vec<Worker>) {
+        for dev in self.devices.iter_mut().filter(|d| !d.announced) {
+            for (r, decl) in dev.readings.iter_mut().zip(&dev.decl.readings) {
+                let Source::File(path) = &decl.source else {
+                    continue;
+                };
+                if let Some(k) = workers.iter().position(|w| w.path == *path) {
+                    let w = workers.swap_remove(k);
+                    r.worker = Some(w.tx);
+                    if let Some(p) = w.pending {
+                        r.pending = p;
+                    }
+                }
+            }
+        }
+        self.reader.abandoned += workers.iter().filter(|w| w.pending.is_some()).count();
     }
 
     /// When a reading next needs [`Executor::on_timeout`].
@@ -205,6 +261,12 @@ impl Executor {
         }
         match &decl.source {
             Source::File(path) => {
+                if r.worker.is_none() && self.reader.abandoned >= ABANDONED_MAX {
+                    let n = self.reader.abandoned;
+                    return self.read_failed(d, i, now, |w| {
+                        let _ = write!(w, "cannot start its reading thread: {n} threads of readings no longer declared are still blocked in a read (none starts until one ends)");
+                    });
+                }
                 if r.worker.is_none() {
                     match spawn_worker(path.clone(), &self.reader) {
                         Ok(w) => r.worker = Some(w),
@@ -275,7 +337,9 @@ impl Executor {
     fn readings_done(&mut self, now: Instant, out: &mut Outbox) {
         while let Ok(done) = self.reader.done_rx.try_recv() {
             let Some((d, i)) = self.pending_file(done.serial) else {
-                continue; // a reading no longer declared
+                // A reading no longer declared: its thread ends now.
+                self.reader.abandoned = self.reader.abandoned.saturating_sub(1);
+                continue;
             };
             self.devices[d].readings[i].pending = Pending::Idle;
             if done.err != 0 {

@@ -41,6 +41,8 @@ impl Executor {
         if waker.is_some() {
             self.reader.waker = waker;
         }
+        // Threads of file readings whose device changed or went (`reading.rs`).
+        let mut workers = Vec::new();
         for mut kept in old.devices.drain(..) {
             let i = self.by_id.get(&kept.decl.id).copied();
             match i {
@@ -81,12 +83,14 @@ impl Executor {
                         let _ = r.child.kill();
                         let _ = r.child.wait();
                     }
-                    for r in &mut kept.readings {
+                    for (r, decl) in kept.readings.iter_mut().zip(&kept.decl.readings) {
+                        workers.extend(r.take_worker(decl));
                         r.stop();
                     }
                 }
             }
         }
+        self.hand_over_workers(workers);
         if self.devices.iter().any(|d| d.running.is_some()) {
             self.next_poll = old.next_poll;
         }

@@ -730,6 +730,76 @@ commands.power = { type = "bool", initial = "OFF" }
     assert reads(b, "gw", "temp")[0] >= 1
 
 
+def reading_threads(b):
+    """How many of gatemq's file-reading threads exist."""
+    tasks = Path(f"/proc/{b.proc.pid}/task")
+    return sum(1 for t in tasks.iterdir()
+               if (t / "comm").read_text().strip() == "gatemq-read")
+
+
+def test_a_hung_file_read_keeps_one_thread_across_reloads(dev_broker, clients, tmp_path):
+    """A reading whose file never answers blocks its thread for ever. A reload that changes
+    its device hands that thread, with its read, to the reading of the same file declared
+    now: editing the devices file does not pile up blocked threads."""
+    os.mkfifo(tmp_path / "w1")
+    (tmp_path / "cpu").write_text("1\n")
+
+    def toml(n):
+        return ('[gw]\nreadings.temp = { type = "float", path = "w1", every_s = 0.1, timeout_ms = 200 }\n'
+                'readings.cpu = { type = "int", path = "cpu", every_s = 0.1 }\n'
+                f'commands.c{n} = {{ type = "int", initial = 0 }}\n')
+
+    b = dev_broker(toml(0), ["http_listener 0 127.0.0.1"])
+    wait_for("the hung read counted", lambda: reads(b, "gw", "temp")[1] == 1)
+    assert reading_threads(b) == 2
+    for n in range(1, 6):
+        (tmp_path / "devices.toml").write_text(toml(n))
+        b.proc.send_signal(signal.SIGHUP)
+        wait_for(f"reload {n}", lambda: retained(b.port, f"devices/gw/c{n}") == "0")
+        # The other reading is read by the reloaded device: its readings run.
+        (tmp_path / "cpu").write_text(f"{n + 1}\n")
+        wait_for(f"cpu after reload {n}", lambda: retained(b.port, "devices/gw/cpu") == str(n + 1))
+    assert reading_threads(b) == 2
+    # The thread's read, handed over, answers to the reading declared now.
+    with open(tmp_path / "w1", "w") as f:
+        f.write("21.5\n")
+    wait_for("the hung read's answer", lambda: retained(b.port, "devices/gw/temp") == "21.5")
+
+
+def test_threads_blocked_for_readings_gone_are_bounded(dev_broker, clients, tmp_path):
+    """A reading whose file hangs, moved to another file at each reload: the thread blocked on
+    the old file cannot be stopped. At most 16 are left; then no new reading thread starts (a
+    failed read, logged) until one of them ends."""
+    fifos = [tmp_path / f"w{n}" for n in range(20)]
+    for f in fifos:
+        os.mkfifo(f)
+
+    def toml(n):
+        return (f'[gw]\nreadings.temp = {{ type = "float", path = "w{n}", every_s = 0.1, timeout_ms = 100 }}\n'
+                f'commands.c{n} = {{ type = "int", initial = 0 }}\n')
+
+    b = dev_broker(toml(0), ["http_listener 0 127.0.0.1"])
+    wait_for("the first thread", lambda: reading_threads(b) == 1)
+    for n in range(1, 20):
+        (tmp_path / "devices.toml").write_text(toml(n))
+        b.proc.send_signal(signal.SIGHUP)
+        wait_for(f"reload {n}", lambda: retained(b.port, f"devices/gw/c{n}") == "0")
+        # Its new file is opened (by a new thread) before the next reload, while threads may
+        # be started.
+        if n < 16:
+            wait_for(f"thread {n + 1}", lambda: reading_threads(b) == n + 1)
+    wait_for("the refusal logged", lambda: "cannot start its reading thread: 16 threads of "
+             "readings no longer declared are still blocked in a read" in b.log())
+    time.sleep(0.3)
+    assert reading_threads(b) == 16
+    # One of them ends (its file answers): the reading declared now gets a thread.
+    with open(fifos[0], "w") as f:
+        f.write("1\n")
+    with open(fifos[19], "w") as f:
+        f.write("19.5\n")
+    wait_for("the reading back", lambda: retained(b.port, "devices/gw/temp") == "19.5")
+
+
 def test_readings_survive_kill_9_without_persistence(dev_broker, clients, tmp_path):
     """A reading's last value is kept like a command's: after kill -9 (persistence off) it is
     published again at start, and stays while its file cannot be read."""

@@ -126,6 +126,9 @@ pub struct Device {
     pub readings: Vec<Reading>,
 }
 
+/// The key of a device's "command result" `event` among its Home Assistant entities.
+pub(super) const COMMAND_RESULT: &str = "command_result";
+
 /// One Home Assistant entity made of several commands, by their names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entity {
@@ -408,6 +411,27 @@ impl Parser<'_> {
             if let Err(what) = entity_commands(entity, &d.commands) {
                 return Err(self.err(span, &format!("{key}.homeassistant"), what));
             }
+        }
+        // Each entity is a key of the device's one Home Assistant config (`cmps`) and part of
+        // its unique_id: a command or reading must not take the key of the grouped entity or
+        // of the command result event, or one entity would hide the other.
+        let own = d
+            .commands
+            .iter()
+            .filter(|c| !d.entity.is_some_and(|e| e.has(&c.name)))
+            .map(|c| ("commands", &c.name))
+            .chain(d.readings.iter().map(|r| ("readings", &r.name)));
+        for (table, name) in own {
+            let taken = match d.entity {
+                Some(e) if e.platform() == &**name => {
+                    format!("the name of the device's Home Assistant {name} (homeassistant = \"{name}\")")
+                }
+                _ if &**name == COMMAND_RESULT => {
+                    "the name of the device's Home Assistant \"command result\" event".to_string()
+                }
+                _ => continue,
+            };
+            return Err(self.err(id.span(), &format!("{key}.{table}.{name}"), &taken));
         }
         let [topic, available, not_available, avail_key] = avail;
         match (topic, avail_span) {

@@ -13,7 +13,7 @@
 //! config is the device as declared now). What was announced before, and what to remove, is
 //! `reload.rs`'s business; this file only writes configs.
 
-use super::decl::{Command, Device, Entity, Kind, Reading, ReadingKind};
+use super::decl::{Command, Device, Entity, Kind, Reading, ReadingKind, COMMAND_RESULT};
 use super::{json, Options, Outbox, EVENT};
 
 /// One Home Assistant entity of a device: its platform and its key among the device's `cmps`
@@ -31,9 +31,6 @@ enum Part<'a> {
     Event,
     Reading(&'a Reading),
 }
-
-/// The key of the "command result" event among a device's components.
-const COMMAND_RESULT: &str = "command_result";
 
 fn parts(dev: &Device) -> Vec<(Component, Part<'_>)> {
     let mut v = Vec::new();

@@ -851,6 +851,17 @@ def test_bad_readings_refuse_to_start(tmp_path):
          "gw.readings.t: a command has that name already"),
         ('[gw]\nreadings.state = { type = "int", path = "t" }\n',
          "gw.readings.state: a reading name must be one topic level"),
+        # Keys of the device's Home Assistant config taken by the grouped entity and the event.
+        ('[gw]\nhomeassistant = "light"\ncommands.power = { type = "bool" }\n'
+         'readings.light = { type = "int", path = "t" }\n',
+         "gw.readings.light: the name of the device's Home Assistant light (homeassistant = \"light\")"),
+        ('[gw]\nhomeassistant = "fan"\ncommands.power = { type = "bool" }\n'
+         'commands.fan = { type = "bool" }\n',
+         "gw.commands.fan: the name of the device's Home Assistant fan"),
+        ('[gw]\ncommands.command_result = { type = "bool" }\n',
+         "gw.commands.command_result: the name of the device's Home Assistant \"command result\" event"),
+        ('[gw]\nreadings.command_result = { type = "int", path = "t" }\n',
+         "gw.readings.command_result: the name of the device's Home Assistant"),
     ]:
         assert what in config_error(tmp_path, toml), toml
 

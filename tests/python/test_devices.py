@@ -800,6 +800,33 @@ def test_threads_blocked_for_readings_gone_are_bounded(dev_broker, clients, tmp_
     wait_for("the reading back", lambda: retained(b.port, "devices/gw/temp") == "19.5")
 
 
+def loop_wakeups(b):
+    """Context switches of gatemq's event loop (its main thread) so far."""
+    status = Path(f"/proc/{b.proc.pid}/task/{b.proc.pid}/status").read_text()
+    return sum(int(l.split()[1]) for l in status.splitlines() if "ctxt_switches" in l)
+
+
+def test_an_idle_broker_with_readings_sleeps(dev_broker, clients, tmp_path):
+    """When a reading is next due is a deadline of the loop: between reads, and while a read
+    hangs past its timeout, the loop sleeps instead of polling."""
+    os.mkfifo(tmp_path / "w1")
+    (tmp_path / "cpu").write_text("1\n")
+    b = dev_broker("""
+[gw]
+readings.temp = { type = "float", path = "w1", every_s = 60, timeout_ms = 200 }
+readings.cpu = { type = "int", path = "cpu", every_s = 60 }
+readings.up = { type = "int", program = "/bin/echo", args = ["7"], every_s = 60 }
+""", ["sys_interval 0", "http_listener 0 127.0.0.1"])
+    wait_for("the hung read past its timeout", lambda: reads(b, "gw", "temp")[1] == 1)
+    wait_for("the other readings", lambda: retained(b.port, "devices/gw/cpu") == "1"
+             and retained(b.port, "devices/gw/up") == "7")
+    time.sleep(0.2)
+    before = loop_wakeups(b)
+    time.sleep(3)
+    woke = loop_wakeups(b) - before
+    assert woke <= 2, f"the loop woke {woke} times in 3 s"
+
+
 def test_readings_survive_kill_9_without_persistence(dev_broker, clients, tmp_path):
     """A reading's last value is kept like a command's: after kill -9 (persistence off) it is
     published again at start, and stays while its file cannot be read."""

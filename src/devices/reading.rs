@@ -237,12 +237,24 @@ impl Executor {
                             let _ = write!(w, "no answer after {ms} ms (the read goes on; no other starts until it ends)");
                         });
                     }
-                    Pending::Program { child, .. } => {
+                    Pending::Program { child, output, .. } => {
                         let _ = child.kill();
                         let _ = child.wait();
+                        // Its output is read once it exits: one that prints more than its
+                        // pipe holds waits until it is killed. Say so, as that is the fix.
+                        let mut buf = std::mem::take(&mut self.reader.output);
+                        buf.clear();
+                        if let Some(o) = output {
+                            read_available(o, &mut buf);
+                        }
+                        let printed = buf.len();
+                        self.reader.output = buf;
                         r.pending = Pending::Idle;
                         self.read_failed(d, i, now, |w| {
                             let _ = write!(w, "timed out after {ms} ms and was killed");
+                            if printed >= OUTPUT_BYTES {
+                                let _ = write!(w, " (it had printed more than {OUTPUT_BYTES} bytes: a reading's program prints its value and exits; one that prints more than its pipe holds waits for ever)");
+                            }
                         });
                     }
                 }

@@ -693,6 +693,28 @@ readings.slow = { type = "int", program = "slow.sh", every_s = 60, timeout_ms = 
         os.kill(slow, 0)
 
 
+def test_a_program_reading_printing_too_much(dev_broker, clients, tmp_path):
+    """A reading's program that prints megabytes: at most 4096 bytes of it are kept, the
+    program (blocked on its full pipe) is killed at its timeout, the log says why, and gatemq
+    goes on serving with its memory bounded."""
+    script(tmp_path, "chatty.sh", 'i=0\nwhile [ $i -lt 1000000 ]; do echo 42; i=$((i+1)); done\n')
+    b = dev_broker("""
+[gw]
+readings.chatty = { type = "int", program = "chatty.sh", every_s = 0.5, timeout_ms = 300 }
+""", ["http_listener 0 127.0.0.1"])
+    wait_for("two runs killed", lambda: (reads(b, "gw", "chatty")[1] or 0) >= 2)
+    assert "gw/chatty: " in b.log() and "timed out after 300 ms and was killed (it had printed " \
+        "more than 4096 bytes: a reading's program prints its value and exits" in b.log()
+    assert retained(b.port, "devices/gw/chatty") is None
+    rss = int(next(l.split()[1] for l in open(f"/proc/{b.proc.pid}/status")
+                   if l.startswith("VmRSS:")))
+    assert rss < 20_000, f"{rss} kB"
+    a, z = clients(b.port, "a"), clients(b.port, "z")
+    z.sub("t")
+    a.pub("t", "still here")
+    assert z.until("t")[1][1] == b"still here"
+
+
 def test_a_slow_file_read_does_not_stall_other_clients(dev_broker, clients, tmp_path):
     """A reading whose file blocks (a FIFO nobody writes, like a 1-wire sensor taking its
     time): the read happens off the loop, other clients' round trips stay fast, the read is

@@ -163,8 +163,12 @@ impl Config {
         })?;
         let name = path.display().to_string();
         let mut c = Config::parse(&text, &name)?;
-        // Relative paths are found next to the config file.
-        let dir = path.parent().unwrap_or(Path::new("."));
+        // Relative paths are found next to the config file. A bare file name's folder is the
+        // empty path, which names nothing to open: it is ".".
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let files = c.listeners.iter_mut().flat_map(|l| {
             let t = &mut l.tls;
             [

@@ -8,12 +8,14 @@ import random
 import shutil
 import signal
 import struct
+import subprocess
 import time
 import zlib
 
 import pytest
 
 from clients import Client, uid
+from conftest import BIN, LISTEN_RE
 
 MQTTv5 = 5
 
@@ -408,3 +410,31 @@ def test_a_delayed_will_survives_kill_9_and_goes_out_on_time(make_broker, tmp_pa
     # Not before its delay (whole seconds are kept), not long after it.
     assert 2.0 <= time.monotonic() - lost_at <= 5.5
     w2.disconnect()
+
+
+def test_a_config_named_from_its_own_folder(tmp_path):
+    """`gatemq -c gatemq.conf` run in the config's folder: the files are written next to it.
+    (The folder of a bare file name is empty, and an empty path cannot be opened to sync the
+    rename of a snapshot.) With devices declared this store is always on."""
+    (tmp_path / "g.conf").write_text("listener 0 127.0.0.1\nallow_anonymous true\n"
+                                     "persistence true\n")
+    for run in range(2):
+        log = tmp_path / f"run{run}.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen([BIN, "-c", "g.conf"], cwd=tmp_path, stderr=err,
+                                    env={**os.environ, "RUST_LOG": "info"})
+        try:
+            deadline = time.monotonic() + 10
+            while not (found := LISTEN_RE.search(log.read_text())):
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            port = int(found.group(1))
+            if run == 0:
+                publish_retained(port, [("r/kept", b"1")])
+            else:
+                assert retained(port) == {"r/kept": b"1"}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, log.read_text()
+    assert (tmp_path / "gatemq.db").exists()

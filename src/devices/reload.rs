@@ -22,7 +22,7 @@
 //! HA says it (re)started (its birth message), the old configs and the removals go out again,
 //! then the current device configs, then the clears.
 
-use super::decl::Device;
+use super::decl::{Action, Device};
 use super::discovery::{self, Component};
 use super::{Executor, Options, Outbox};
 
@@ -139,7 +139,7 @@ impl Executor {
             .collect();
         for (topic, payload) in retained {
             if let Some(rest) = topic.strip_prefix(&pre) {
-                if self.stale_status(rest, &gone) {
+                if self.stale_status(topic, rest, &gone) {
                     clear(out, topic);
                 }
                 continue;
@@ -184,10 +184,12 @@ impl Executor {
         }
     }
 
-    /// Is `rest` (a retained topic under the devices prefix) the status of something not
-    /// declared any more: of a device in `gone`, or of a command or reading a declared device
-    /// does not have?
-    fn stale_status(&self, rest: &str, gone: &[&str]) -> bool {
+    /// Is `topic` (a retained topic under the devices prefix, `rest` after it) the status of
+    /// something not declared any more: of a device in `gone`, or of a command or reading a
+    /// declared device does not have? A topic the device itself reports on or is commanded on
+    /// (its availability or state topic, a command's state topic or `publish` topic) is the
+    /// device's, wherever it is.
+    fn stale_status(&self, topic: &str, rest: &str, gone: &[&str]) -> bool {
         let Some((id, level)) = rest.split_once('/') else {
             return false;
         };
@@ -198,10 +200,18 @@ impl Executor {
             return false;
         };
         let dev = &self.devices[d].decl;
+        let own = |t: Option<&str>| t == Some(topic);
+        let reported = own(dev.availability.as_ref().map(|a| &*a.topic))
+            || own(dev.state_topic.as_deref())
+            || dev.commands.iter().any(|c| {
+                own(c.state_topic.as_deref())
+                    || matches!(&c.action, Action::Publish { topic: t, .. } if **t == *topic)
+            });
         !level.contains('/')
             && !matches!(level, "state" | "availability")
             && !dev.commands.iter().any(|c| &*c.name == level)
             && !dev.readings.iter().any(|r| &*r.name == level)
+            && !reported
     }
 }
 

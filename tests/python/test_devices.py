@@ -962,6 +962,32 @@ def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broke
     assert got[-1] == ("homeassistant/device/gone/config", b"")
 
 
+def test_a_devices_own_topics_under_the_prefix_are_not_cleared_at_start(dev_broker, clients,
+                                                                      tmp_path):
+    """A device may report on topics under the devices prefix (its LWT, a state topic, the
+    topic commands are forwarded to): those are the device's, not stale status to clear when
+    gatemq starts."""
+    toml = """
+[plug]
+availability_topic = "devices/plug/lwt"
+state_topic = "devices/plug/tele"
+commands.power = { type = "bool", action = "publish", topic = "devices/plug/cmnd", retain = true, state_topic = "devices/plug/stat" }
+"""
+    b = dev_broker(toml)
+    dev = clients(b.port, "plug1")
+    for topic, payload in [("devices/plug/lwt", "Online"), ("devices/plug/stat", "ON"),
+                           ("devices/plug/tele", "{}")]:
+        dev.pub(topic, payload, retain=True)
+    Dev(b.port, clients).p.pub("devices/plug/power/set", "OFF")
+    wait_for("the forwarded command", lambda: retained(b.port, "devices/plug/cmnd") == "OFF")
+    b.stop()
+    b2 = dev_broker(toml)
+    for topic, payload in [("devices/plug/lwt", "Online"), ("devices/plug/stat", "ON"),
+                           ("devices/plug/tele", "{}"), ("devices/plug/cmnd", "OFF")]:
+        assert retained(b2.port, topic) == payload, topic
+    assert retained(b2.port, "devices/plug/availability") == "online"
+
+
 def test_an_older_gatemqs_single_component_configs_are_migrated(dev_broker, clients, tmp_path):
     """Single-component configs (homeassistant/<platform>/<device>/<key>/config) of an older
     gatemq are moved to the device config the way Home Assistant documents it: migrate_discovery

@@ -150,6 +150,18 @@ def retained(port, topic):
     return msgs[0][1].decode() if msgs else None
 
 
+def current(port, topic):
+    """The latest payload on `topic` (as text) a fresh subscriber sees, or None: its retained
+    message, or one published while it subscribed. For polling a value that may change at that
+    moment, which `retained` refuses to see."""
+    c = Client(port, "cur")
+    try:
+        msgs = c.sub(topic)
+    finally:
+        c.close()
+    return msgs[-1][1].decode() if msgs else None
+
+
 def retained_state(port, device, prefix="devices"):
     s = retained(port, f"{prefix}/{device}/state")
     assert s is not None, f"no retained state for {device}"
@@ -587,11 +599,14 @@ def test_readings_follow_their_files(dev_broker, clients, tmp_path):
     b = dev_broker(GATEWAY, ["homeassistant_discovery true", "http_listener 0 127.0.0.1"])
     w = clients(b.port, "w")
     w.sub("devices/gw/#")
-    wait_for("the first readings", lambda: retained(b.port, "devices/gw/label") == "rack 1")
+    # The three files are read by three threads: their values come in any order.
+    first = {"fan": "OFF", "cpu": 45.3, "door": "OFF", "label": "rack 1"}
+    wait_for("the first readings", lambda: (s := current(b.port, "devices/gw/state"))
+             and json.loads(s) == first)
     assert retained(b.port, "devices/gw/cpu") == "45.3"
     assert retained(b.port, "devices/gw/door") == "OFF"
-    assert retained_state(b.port, "gw") == {"fan": "OFF", "cpu": 45.3, "door": "OFF",
-                                            "label": "rack 1"}
+    assert retained(b.port, "devices/gw/label") == "rack 1"
+    assert retained_state(b.port, "gw") == first
     w.sync()
     # Within the deadband (0.5): read, not published.
     ok_before = reads(b, "gw", "cpu")[0]
@@ -638,7 +653,7 @@ def test_a_failing_read_keeps_the_last_value_and_is_counted(dev_broker, clients,
     (tmp_path / "door").write_text("0\n")
     (tmp_path / "label").write_text("x\n")
     b = dev_broker(GATEWAY, ["http_listener 0 127.0.0.1"])
-    wait_for("the first reading", lambda: retained(b.port, "devices/gw/cpu") == "45.3")
+    wait_for("the first reading", lambda: current(b.port, "devices/gw/cpu") == "45.3")
     (tmp_path / "cpu").unlink()
     (tmp_path / "door").write_text("open\n")
     wait_for("ten failed reads", lambda: (reads(b, "gw", "cpu")[1] or 0) >= 10
@@ -652,7 +667,7 @@ def test_a_failing_read_keeps_the_last_value_and_is_counted(dev_broker, clients,
     assert 'gw/door: ' in log and 'read "open": neither payload_on "1" nor payload_off "0"' in log
     # Back: read again, and said so.
     (tmp_path / "cpu").write_text("50000\n")
-    wait_for("the new value", lambda: retained(b.port, "devices/gw/cpu") == "50.0")
+    wait_for("the new value", lambda: current(b.port, "devices/gw/cpu") == "50.0")
     assert re.search(r"gw/cpu: read again \(\d+ reads failed before\)", b.log())
 
 
@@ -671,7 +686,7 @@ readings.hang = { type = "float", program = "hang.sh", every_s = 60, timeout_ms 
 readings.fail = { type = "int", program = "fail.sh", every_s = 0.2 }
 readings.slow = { type = "int", program = "slow.sh", every_s = 60, timeout_ms = 60000 }
 """, ["http_listener 0 127.0.0.1"])
-    wait_for("the program's reading", lambda: retained(b.port, "devices/gw/up") == "42")
+    wait_for("the program's reading", lambda: current(b.port, "devices/gw/up") == "42")
     # "-67 dBm" is not a number: a failed read.
     wait_for("rssi failing", lambda: (reads(b, "gw", "rssi")[1] or 0) >= 2)
     assert retained(b.port, "devices/gw/rssi") is None
@@ -728,7 +743,7 @@ readings.cpu = { type = "int", path = "cpu", every_s = 0.1 }
 commands.power = { type = "bool", initial = "OFF" }
 """, ["http_listener 0 127.0.0.1"])
     (tmp_path / "cpu").write_text("1\n")
-    wait_for("the other reading", lambda: retained(b.port, "devices/gw/cpu") == "1")
+    wait_for("the other reading", lambda: current(b.port, "devices/gw/cpu") == "1")
     a, z = clients(b.port, "a"), clients(b.port, "z")
     z.sub("other/topic")
     worst = 0.0
@@ -741,15 +756,24 @@ commands.power = { type = "bool", initial = "OFF" }
     assert worst < 0.1, f"a round trip took {worst * 1000:.0f} ms while the read blocked"
     # Another reading of the same device goes on, and commands are executed.
     (tmp_path / "cpu").write_text("2\n")
-    wait_for("the other reading again", lambda: retained(b.port, "devices/gw/cpu") == "2")
+    wait_for("the other reading again", lambda: current(b.port, "devices/gw/cpu") == "2")
     Dev(b.port, clients).ok("gw", "power", "ON", "ON", "ON")
     wait_for("the blocked read counted", lambda: reads(b, "gw", "temp")[1] == 1, timeout=3)
     assert "gw/temp: " in b.log() and "no answer after 800 ms" in b.log()
     # The file answers: the value is taken.
     with open(fifo, "w") as f:
         f.write("21437\n")
-    wait_for("the slow value", lambda: retained(b.port, "devices/gw/temp") == "21.44")
+    wait_for("the slow value", lambda: current(b.port, "devices/gw/temp") == "21.44")
     assert reads(b, "gw", "temp")[0] >= 1
+
+
+def until_value(w, topic, value):
+    """Wait until watcher `w` sees `value` on `topic` (earlier values there are skipped)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (got := w.until(topic, timeout=max(deadline - time.monotonic(), 0.01))[1][1]) \
+            != value.encode():
+        pass
+    return got
 
 
 def reading_threads(b):
@@ -772,20 +796,22 @@ def test_a_hung_file_read_keeps_one_thread_across_reloads(dev_broker, clients, t
                 f'commands.c{n} = {{ type = "int", initial = 0 }}\n')
 
     b = dev_broker(toml(0), ["http_listener 0 127.0.0.1"])
+    w = clients(b.port, "w")
+    w.sub("devices/gw/#")
     wait_for("the hung read counted", lambda: reads(b, "gw", "temp")[1] == 1)
     assert reading_threads(b) == 2
     for n in range(1, 6):
         (tmp_path / "devices.toml").write_text(toml(n))
         b.proc.send_signal(signal.SIGHUP)
-        wait_for(f"reload {n}", lambda: retained(b.port, f"devices/gw/c{n}") == "0")
+        until_value(w, f"devices/gw/c{n}", "0")
         # The other reading is read by the reloaded device: its readings run.
         (tmp_path / "cpu").write_text(f"{n + 1}\n")
-        wait_for(f"cpu after reload {n}", lambda: retained(b.port, "devices/gw/cpu") == str(n + 1))
+        until_value(w, "devices/gw/cpu", str(n + 1))
     assert reading_threads(b) == 2
     # The thread's read, handed over, answers to the reading declared now.
     with open(tmp_path / "w1", "w") as f:
         f.write("21.5\n")
-    wait_for("the hung read's answer", lambda: retained(b.port, "devices/gw/temp") == "21.5")
+    until_value(w, "devices/gw/temp", "21.5")
 
 
 def test_threads_blocked_for_readings_gone_are_bounded(dev_broker, clients, tmp_path):
@@ -801,11 +827,13 @@ def test_threads_blocked_for_readings_gone_are_bounded(dev_broker, clients, tmp_
                 f'commands.c{n} = {{ type = "int", initial = 0 }}\n')
 
     b = dev_broker(toml(0), ["http_listener 0 127.0.0.1"])
+    w = clients(b.port, "w")
+    w.sub("devices/gw/#")
     wait_for("the first thread", lambda: reading_threads(b) == 1)
     for n in range(1, 20):
         (tmp_path / "devices.toml").write_text(toml(n))
         b.proc.send_signal(signal.SIGHUP)
-        wait_for(f"reload {n}", lambda: retained(b.port, f"devices/gw/c{n}") == "0")
+        until_value(w, f"devices/gw/c{n}", "0")
         # Its new file is opened (by a new thread) before the next reload, while threads may
         # be started.
         if n < 16:
@@ -819,7 +847,7 @@ def test_threads_blocked_for_readings_gone_are_bounded(dev_broker, clients, tmp_
         f.write("1\n")
     with open(fifos[19], "w") as f:
         f.write("19.5\n")
-    wait_for("the reading back", lambda: retained(b.port, "devices/gw/temp") == "19.5")
+    until_value(w, "devices/gw/temp", "19.5")
     # Threads still blocked in a read do not hold up gatemq's stop.
     assert reading_threads(b) == 16
     t = time.monotonic()
@@ -845,8 +873,8 @@ readings.cpu = { type = "int", path = "cpu", every_s = 60 }
 readings.up = { type = "int", program = "/bin/echo", args = ["7"], every_s = 60 }
 """, ["sys_interval 0", "http_listener 0 127.0.0.1"])
     wait_for("the hung read past its timeout", lambda: reads(b, "gw", "temp")[1] == 1)
-    wait_for("the other readings", lambda: retained(b.port, "devices/gw/cpu") == "1"
-             and retained(b.port, "devices/gw/up") == "7")
+    wait_for("the other readings", lambda: current(b.port, "devices/gw/cpu") == "1"
+             and current(b.port, "devices/gw/up") == "7")
     time.sleep(0.2)
     before = loop_wakeups(b)
     time.sleep(3)
@@ -862,8 +890,8 @@ def test_readings_survive_kill_9_without_persistence(dev_broker, clients, tmp_pa
     (tmp_path / "door").write_text("1\n")
     (tmp_path / "label").write_text("x\n")
     b = dev_broker(toml)
-    wait_for("the reading", lambda: retained(b.port, "devices/gw/cpu") == "45.3")
-    wait_for("the door", lambda: retained(b.port, "devices/gw/door") == "ON")
+    wait_for("the reading", lambda: current(b.port, "devices/gw/cpu") == "45.3")
+    wait_for("the door", lambda: current(b.port, "devices/gw/door") == "ON")
     b.stop(sig=signal.SIGKILL)
     (tmp_path / "cpu").unlink()
     b2 = dev_broker(toml)
@@ -878,7 +906,7 @@ def test_a_reading_removed_at_reload_is_cleared(dev_broker, clients, tmp_path):
     (tmp_path / "door").write_text("1\n")
     (tmp_path / "label").write_text("x\n")
     b = dev_broker(GATEWAY, ["homeassistant_discovery true"])
-    wait_for("the door", lambda: retained(b.port, "devices/gw/door") == "ON")
+    wait_for("the door", lambda: current(b.port, "devices/gw/door") == "ON")
     w = clients(b.port, "w")
     w.sub("devices/gw/door", "homeassistant/device/gw/config")
     (tmp_path / "devices.toml").write_text(GATEWAY.replace("readings.door", "#readings.door"))
@@ -979,7 +1007,7 @@ commands.power = { type = "bool", action = "publish", topic = "devices/plug/cmnd
                            ("devices/plug/tele", "{}")]:
         dev.pub(topic, payload, retain=True)
     Dev(b.port, clients).p.pub("devices/plug/power/set", "OFF")
-    wait_for("the forwarded command", lambda: retained(b.port, "devices/plug/cmnd") == "OFF")
+    wait_for("the forwarded command", lambda: current(b.port, "devices/plug/cmnd") == "OFF")
     b.stop()
     b2 = dev_broker(toml)
     for topic, payload in [("devices/plug/lwt", "Online"), ("devices/plug/stat", "ON"),

@@ -789,6 +789,23 @@ mod tests {
     }
 
     #[test]
+    fn declaration_defaults() {
+        // As the README's table says: read every 60 s, a 5 s timeout, nothing scaled.
+        let r = reading("type = \"int\", path = \"t\"");
+        assert_eq!(
+            (r.every, r.timeout),
+            (Duration::from_secs(60), Duration::from_secs(5))
+        );
+        assert_eq!((r.scale, r.round, r.deadband), (1.0, None, 0.0));
+        assert_eq!(r.source, Source::File("/t".into()));
+        let fast = reading("type = \"int\", path = \"t\", every_s = 0.1, timeout_ms = 250");
+        assert_eq!(
+            (fast.every, fast.timeout),
+            (Duration::from_millis(100), Duration::from_millis(250))
+        );
+    }
+
+    #[test]
     fn declaration_errors() {
         let bad = |spec: &str| {
             let toml = format!("[d]\nreadings.r = {{ {spec} }}\n");

@@ -577,3 +577,53 @@ commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER"
         });
     });
 }
+
+#[test]
+fn device_readings_from_files() {
+    // Readings: a file read by its thread (woken loop, value parsed and published with the
+    // device's state), a bool that does not change, a file that cannot be read (counted, its
+    // log rate-limited), and a program run once at start.
+    let dir = std::env::temp_dir().join(format!("gatemq-zero-alloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cpu = dir.join("cpu");
+    std::fs::write(&cpu, "40000\n").unwrap();
+    std::fs::write(dir.join("door"), "1\n").unwrap();
+    let devices = gatemq::devices::decl::Devices::parse(
+        r#"
+[gw]
+readings.cpu = { type = "float", path = "cpu", scale = 0.001, round = 1, deadband = 0.05, every_s = 0.1, unit = "°C" }
+readings.door = { type = "bool", path = "door", every_s = 0.1, payload_on = "1", payload_off = "0" }
+readings.gone = { type = "int", path = "no-such-file", every_s = 0.1 }
+readings.up = { type = "int", program = "/bin/echo", args = ["7"], every_s = 3600 }
+commands.fan = { type = "bool" }
+"#,
+        "devices.toml",
+        &dir,
+    )
+    .unwrap();
+    let broker = InProcess::start(|c| {
+        c.devices = Some(devices);
+        c.device_options.discovery = true;
+    });
+    let mut watcher = Client::connect(broker.addr, "watcher", true);
+    watcher.subscribe("devices/gw/cpu", 0);
+    watcher.subscribe("devices/gw/state", 0);
+    // Whatever the first reads published (retained or not) is skipped: from here on, only the
+    // file's changes publish.
+    thread::sleep(Duration::from_millis(500));
+    watcher.send(&[0xc0, 0]);
+    while watcher.read().0 != 0xd0 {}
+    let mut value = 40_000;
+    assert_no_alloc(broker, |_| {
+        // Each new value in the file: read, published, and the state with it.
+        for _ in 0..15 {
+            value += 100;
+            // Written whole (a rename), so a read never sees half of it.
+            let next = dir.join("cpu.next");
+            std::fs::write(&next, format!("{value}\n")).unwrap();
+            std::fs::rename(&next, &cpu).unwrap();
+            watcher.receive(2);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -152,10 +152,10 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(waker: mio::Waker) -> Self {
+    pub fn new(waker: Arc<mio::Waker>) -> Self {
         let (done_tx, done_rx) = mpsc::channel();
         Resolver {
-            waker: Arc::new(waker),
+            waker,
             done_tx,
             done_rx,
         }

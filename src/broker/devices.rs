@@ -28,8 +28,21 @@ impl Broker {
             retained.for_each_match(topic, &mut |m| found = Some(pool.get(m).payload().to_vec()));
             found
         });
-        if let Some(old) = self.devices.take() {
-            ex.take_over(*old, &mut self.device_out);
+        match self.devices.take() {
+            Some(old) => ex.take_over(*old, &mut self.device_out),
+            None => {
+                // At start: what gatemq announced before it stopped (the store kept it).
+                let mut before = Vec::new();
+                let mut filters = vec![format!("{prefix}/#")];
+                filters.push(format!("{}/#", ex.options().discovery_prefix));
+                for f in &filters {
+                    retained.for_each_match(f, &mut |m| {
+                        let m = pool.get(m);
+                        before.push((m.topic_str().to_string(), m.payload().to_vec()));
+                    });
+                }
+                ex.adopt_announced(&before, &mut self.device_out);
+            }
         }
         ex.start(&mut self.device_out);
         self.devices = Some(Box::new(ex));
@@ -47,6 +60,14 @@ impl Broker {
     pub fn stopping(&mut self) {
         if let Some(ex) = self.devices.as_mut() {
             ex.stop(&mut self.device_out);
+            flush(self, None);
+        }
+    }
+
+    /// The loop was woken by a helper thread: a reading's file may have been read.
+    pub fn devices_woken(&mut self, now: Instant) {
+        if let Some(ex) = self.devices.as_mut() {
+            ex.on_wake(now, &mut self.device_out);
             flush(self, None);
         }
     }

@@ -300,6 +300,9 @@ pub struct Broker {
     /// The journal keeps only retained messages under this prefix (the devices' status with
     /// `persistence false`).
     journal_only: Option<Box<str>>,
+    /// With `journal_only`: gatemq's own Home Assistant discovery configs under this prefix
+    /// are kept too (what was announced, to clear at start what is no longer declared).
+    journal_discovery: Option<Box<str>>,
     /// The last store id given to a message written to the journal.
     next_store_id: u64,
     /// Bridges to upstream brokers, by their index in `cfg.bridges`.
@@ -345,6 +348,7 @@ impl Broker {
             identities: FxHashMap::default(),
             journal: None,
             journal_only: None,
+            journal_discovery: None,
             next_store_id: 0,
             bridges: Vec::new(),
         }

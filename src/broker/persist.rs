@@ -24,19 +24,27 @@ impl Broker {
     }
 
     /// Keep a journal of the devices' retained status topics (under `prefix/`) only: their
-    /// last values survive a restart with `persistence false`.
-    pub fn enable_device_journal(&mut self, prefix: &str) {
+    /// last values survive a restart with `persistence false`. With `discovery_prefix`, also
+    /// the Home Assistant discovery configs gatemq itself announced under it, so that what is
+    /// no longer declared at the next start can be cleared.
+    pub fn enable_device_journal(&mut self, prefix: &str, discovery_prefix: Option<&str>) {
         self.journal = Some(Vec::new());
         self.journal_only = Some(format!("{prefix}/").into());
+        self.journal_discovery = discovery_prefix.map(|p| format!("{p}/").into());
     }
 
-    /// Is `topic`'s retained message kept by the journal?
-    fn journal_keeps(&self, topic: &str) -> bool {
-        !topic.starts_with("$SYS/")
-            && self
-                .journal_only
-                .as_ref()
-                .is_none_or(|p| topic.starts_with(&**p))
+    /// Is `topic`'s retained message (`payload`; None: its clear) kept by the journal?
+    fn journal_keeps(&self, topic: &str, payload: Option<&[u8]>) -> bool {
+        if topic.starts_with("$SYS/") {
+            return false;
+        }
+        let Some(only) = &self.journal_only else {
+            return true;
+        };
+        topic.starts_with(&**only)
+            || self.journal_discovery.as_ref().is_some_and(|p| {
+                topic.starts_with(&**p) && payload.is_none_or(crate::devices::is_our_config)
+            })
     }
 
     /// Append this turn's records to `out`; the event loop writes them before this turn's
@@ -158,7 +166,8 @@ impl Broker {
     /// `topic`'s retained message is now `msg` (or none).
     pub(super) fn journal_retained(&mut self, topic: &str, msg: Option<super::message::MsgId>) {
         // The broker's own figures ($SYS) are made anew after a restart.
-        if !self.journal_keeps(topic) {
+        let payload = msg.map(|m| self.pool.get(m).payload());
+        if !self.journal_keeps(topic, payload) {
             return;
         }
         let Some(j) = &mut self.journal else {
@@ -206,7 +215,7 @@ impl Broker {
         let now = self.now;
         self.retained.for_each(|m| {
             let msg = self.pool.get(m);
-            if !msg.is_expired(now) && self.journal_keeps(msg.topic_str()) {
+            if !msg.is_expired(now) && self.journal_keeps(msg.topic_str(), Some(msg.payload())) {
                 write_retained(out, msg, now);
             }
         });

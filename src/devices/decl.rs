@@ -9,8 +9,17 @@
 //! commands.power = { type = "bool" }                       # action "state" by default
 //! commands.brightness = { type = "int", min = 0, max = 255 }
 //! commands.colour = { type = "enum", values = ["warm", "cold"] }
+//!
+//! [gateway]
+//! readings.cpu_temp = { type = "float", path = "/sys/class/thermal/thermal_zone0/temp", scale = 0.001 }
 //! ```
+//!
+//! `homeassistant = "light"`, `"fan"` or `"cover"` makes some commands one Home Assistant entity
+//! ([`Entity`]); readings are declared in `decl/reading.rs`.
 
+mod reading;
+
+pub use reading::{Reading, ReadingKind, Source};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,7 +95,8 @@ pub struct Command {
     pub ha: Vec<(&'static str, Box<str>)>,
 }
 
-/// Per-command keys passed to Home Assistant discovery: (devices file key, discovery key).
+/// Per-command and per-reading keys passed to Home Assistant discovery: (devices file key,
+/// discovery key).
 const HA_KEYS: [(&str, &str); 5] = [
     ("device_class", "device_class"),
     ("unit", "unit_of_measurement"),
@@ -109,9 +119,51 @@ pub struct Device {
     /// The device reports its own availability (e.g. Tasmota's LWT): that, not gatemq
     /// running, is what `<prefix>/<device>/availability` says.
     pub availability: Option<Availability>,
-    /// `homeassistant = "light"`: its commands `power` (bool), and `brightness` (int) and
-    /// `effect` (enum) if declared, are one Home Assistant light.
-    pub light: bool,
+    /// `homeassistant = "light"`, `"fan"` or `"cover"`: some of its commands are one Home
+    /// Assistant entity (see [`Entity`]).
+    pub entity: Option<Entity>,
+    /// Values gatemq reads itself (a file, a program's output), every so often.
+    pub readings: Vec<Reading>,
+}
+
+/// The key of a device's "command result" `event` among its Home Assistant entities.
+pub(super) const COMMAND_RESULT: &str = "command_result";
+
+/// One Home Assistant entity made of several commands, by their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    /// `power` (bool), and if declared `brightness` (int), `colour_temp` or `color_temp` (int,
+    /// kelvin), `effect` (enum).
+    Light,
+    /// `power` (bool), and if declared `speed`: an int (a percentage of its range) or an enum
+    /// (preset modes).
+    Fan,
+    /// `position` (int, closed at its `min`, open at its `max`) and/or `move` (an enum of
+    /// open, close and optionally stop).
+    Cover,
+}
+
+impl Entity {
+    /// The Home Assistant platform.
+    pub fn platform(self) -> &'static str {
+        match self {
+            Entity::Light => "light",
+            Entity::Fan => "fan",
+            Entity::Cover => "cover",
+        }
+    }
+
+    /// Is command `name` part of this entity (not an entity of its own)?
+    pub fn has(self, name: &str) -> bool {
+        match self {
+            Entity::Light => matches!(
+                name,
+                "power" | "brightness" | "effect" | "colour_temp" | "color_temp"
+            ),
+            Entity::Fan => matches!(name, "power" | "speed"),
+            Entity::Cover => matches!(name, "position" | "move"),
+        }
+    }
 }
 
 /// A device's own availability report.
@@ -285,9 +337,10 @@ impl Parser<'_> {
             state_topic: None,
             exec_queue: 8,
             availability: None,
-            light: false,
+            entity: None,
+            readings: Vec::new(),
         };
-        let mut light_span = None;
+        let mut entity_span = None;
         let mut avail: [Option<Box<str>>; 4] = Default::default();
         let mut avail_span = None;
         for (k, v) in sorted(t) {
@@ -299,19 +352,21 @@ impl Parser<'_> {
                 "state_topic" => d.state_topic = Some(self.topic(&path, v)?),
                 "exec_queue" => d.exec_queue = self.nonneg(&path, v)? as usize,
                 "availability_topic" => avail[0] = Some(self.topic(&path, v)?),
-                "homeassistant" => match &*self.string(&path, v)? {
-                    "light" => {
-                        d.light = true;
-                        light_span = Some(v.span());
-                    }
-                    other => {
-                        return Err(self.err(
-                            v.span(),
-                            &path,
-                            &format!("unknown Home Assistant entity '{other}' (expected light)"),
-                        ))
-                    }
-                },
+                "homeassistant" => {
+                    d.entity = Some(match &*self.string(&path, v)? {
+                        "light" => Entity::Light,
+                        "fan" => Entity::Fan,
+                        "cover" => Entity::Cover,
+                        other => {
+                            return Err(self.err(
+                                v.span(),
+                                &path,
+                                &format!("unknown Home Assistant entity '{other}' (expected light, fan or cover)"),
+                            ))
+                        }
+                    });
+                    entity_span = Some(v.span());
+                }
                 "payload_available" | "payload_not_available" | "availability_key" => {
                     let i = match field {
                         "payload_available" => 1,
@@ -326,33 +381,57 @@ impl Parser<'_> {
                         d.commands.push(self.command(key, ck, cv)?);
                     }
                 }
+                "readings" => {
+                    for (rk, rv) in sorted(self.table(&path, v)?) {
+                        d.readings.push(self.reading(key, rk, rv)?);
+                    }
+                }
                 _ => return Err(self.err(k.span(), &path, "unknown key")),
             }
         }
-        if d.commands.is_empty() {
+        if d.commands.is_empty() && d.readings.is_empty() {
             return Err(self.err(
                 id.span(),
                 key,
-                "a device needs at least one command (commands.<name> = { type = ... })",
+                "a device needs at least one command (commands.<name> = { type = ... }) or reading",
             ));
         }
-        if let Some(span) = light_span {
-            let kind = |name: &str| {
-                d.commands
-                    .iter()
-                    .find(|c| &*c.name == name)
-                    .map(|c| &c.kind)
-            };
-            let ok = matches!(kind("power"), Some(Kind::Bool))
-                && kind("brightness").is_none_or(|k| matches!(k, Kind::Int { .. }))
-                && kind("effect").is_none_or(|k| matches!(k, Kind::Enum { .. }));
-            if !ok {
-                return Err(self.err(
-                    span,
-                    &format!("{key}.homeassistant"),
-                    "a light needs a bool command 'power' (and 'brightness' an int, 'effect' an enum, if declared)",
-                ));
+        if let Some(r) = d
+            .readings
+            .iter()
+            .find(|r| d.commands.iter().any(|c| c.name == r.name))
+        {
+            return Err(self.err(
+                id.span(),
+                &format!("{key}.readings.{}", r.name),
+                "a command has that name already",
+            ));
+        }
+        if let (Some(entity), Some(span)) = (d.entity, entity_span) {
+            if let Err(what) = entity_commands(entity, &d.commands) {
+                return Err(self.err(span, &format!("{key}.homeassistant"), what));
             }
+        }
+        // Each entity is a key of the device's one Home Assistant config (`cmps`) and part of
+        // its unique_id: a command or reading must not take the key of the grouped entity or
+        // of the command result event, or one entity would hide the other.
+        let own = d
+            .commands
+            .iter()
+            .filter(|c| !d.entity.is_some_and(|e| e.has(&c.name)))
+            .map(|c| ("commands", &c.name))
+            .chain(d.readings.iter().map(|r| ("readings", &r.name)));
+        for (table, name) in own {
+            let taken = match d.entity {
+                Some(e) if e.platform() == &**name => {
+                    format!("the name of the device's Home Assistant {name} (homeassistant = \"{name}\")")
+                }
+                _ if &**name == COMMAND_RESULT => {
+                    "the name of the device's Home Assistant \"command result\" event".to_string()
+                }
+                _ => continue,
+            };
+            return Err(self.err(id.span(), &format!("{key}.{table}.{name}"), &taken));
         }
         let [topic, available, not_available, avail_key] = avail;
         match (topic, avail_span) {
@@ -578,21 +657,7 @@ impl Parser<'_> {
                 .transpose()?,
             kind,
             action,
-            ha: HA_KEYS
-                .iter()
-                .filter_map(|&(f, ha)| field(f).map(|x| (f, ha, x)))
-                .map(|(f, ha, x)| {
-                    let v = self.string(&format!("{key}.{f}"), x)?;
-                    if f == "entity_category" && !matches!(&*v, "config" | "diagnostic") {
-                        return Err(self.err(
-                            x.span(),
-                            &format!("{key}.{f}"),
-                            "expected config or diagnostic",
-                        ));
-                    }
-                    Ok((ha, v))
-                })
-                .collect::<Result<_, String>>()?,
+            ha: self.ha_keys(&key, field, &["config", "diagnostic"])?,
         };
         if let Some(init) = &cmd.initial {
             let mut out = String::new();
@@ -607,6 +672,31 @@ impl Parser<'_> {
         Ok(cmd)
     }
 
+    /// The Home Assistant keys of a command or reading `key`; `categories`: the entity
+    /// categories its platform takes (HA refuses `config` for a sensor).
+    fn ha_keys<'v, 'i: 'v>(
+        &self,
+        key: &str,
+        field: impl Fn(&str) -> Option<&'v Val<'i>>,
+        categories: &[&str],
+    ) -> Result<Vec<(&'static str, Box<str>)>, String> {
+        HA_KEYS
+            .iter()
+            .filter_map(|&(f, ha)| field(f).map(|x| (f, ha, x)))
+            .map(|(f, ha, x)| {
+                let v = self.string(&format!("{key}.{f}"), x)?;
+                if f == "entity_category" && !categories.contains(&&*v) {
+                    return Err(self.err(
+                        x.span(),
+                        &format!("{key}.{f}"),
+                        &format!("expected {}", categories.join(" or ")),
+                    ));
+                }
+                Ok((ha, v))
+            })
+            .collect()
+    }
+
     /// An initial value written as a string, number or boolean.
     fn scalar_text(&self, key: &str, v: &Val<'_>) -> Result<Box<str>, String> {
         match v.get_ref() {
@@ -617,6 +707,76 @@ impl Parser<'_> {
             _ => Err(self.err(v.span(), key, "expected a string, number or boolean")),
         }
     }
+}
+
+/// Do `commands` make a Home Assistant `entity`? The error says what it needs.
+fn entity_commands(entity: Entity, commands: &[Command]) -> Result<(), &'static str> {
+    let kind = |name: &str| commands.iter().find(|c| &*c.name == name).map(|c| &c.kind);
+    let int = |name: &str| kind(name).is_none_or(|k| matches!(k, Kind::Int { .. }));
+    let enum_ = |name: &str| kind(name).is_none_or(|k| matches!(k, Kind::Enum { .. }));
+    match entity {
+        Entity::Light => {
+            let ok = matches!(kind("power"), Some(Kind::Bool))
+                && int("brightness")
+                && int("colour_temp")
+                && int("color_temp")
+                && enum_("effect");
+            if !ok {
+                return Err("a light needs a bool command 'power' (and 'brightness' and 'colour_temp' ints, 'effect' an enum, if declared)");
+            }
+            if kind("colour_temp").is_some() && kind("color_temp").is_some() {
+                return Err("a light has 'colour_temp' or 'color_temp', not both");
+            }
+            if let Some(Kind::Int { min, max }) = kind("colour_temp").or(kind("color_temp")) {
+                if *min < 1000 || *max > 20000 {
+                    return Err("a light's colour temperature is in kelvin: give it a min and max within 1000 to 20000");
+                }
+            }
+        }
+        Entity::Fan => {
+            let speed = kind("speed").is_none_or(|k| {
+                matches!(k, Kind::Int { min, .. } if *min >= 0) || matches!(k, Kind::Enum { .. })
+            });
+            if !matches!(kind("power"), Some(Kind::Bool)) || !speed {
+                return Err("a fan needs a bool command 'power' (and 'speed' an int from 0 up or an enum, if declared)");
+            }
+            if let Some(Kind::Int { min, max }) = kind("speed") {
+                // Home Assistant's speed range starts at 1 (0 is off) and must not be empty.
+                if *max > 1_000_000 || *max <= (*min).max(1) {
+                    return Err(
+                        "a fan's int 'speed' needs a max above its min and above 1 (up to 1000000)",
+                    );
+                }
+            }
+        }
+        Entity::Cover => {
+            let position = matches!(kind("position"), Some(Kind::Int { min, max }) if max > min && *min >= 0 && *max <= 1_000_000);
+            let moves = match kind("move") {
+                Some(Kind::Enum { values }) => {
+                    let has = |v: &str| values.iter().any(|x| x.eq_ignore_ascii_case(v));
+                    Some(
+                        has("open")
+                            && has("close")
+                            && values.iter().all(|x| {
+                                ["open", "close", "stop"]
+                                    .iter()
+                                    .any(|v| x.eq_ignore_ascii_case(v))
+                            }),
+                    )
+                }
+                Some(_) => Some(false),
+                None => None,
+            };
+            let ok = match (kind("position"), moves) {
+                (None, None) => false,
+                (p, m) => (p.is_none() || position) && m.unwrap_or(true),
+            };
+            if !ok {
+                return Err("a cover needs an int command 'position' (min below max, from 0 up) and/or an enum command 'move' of open, close and stop");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn valid_level(s: &str) -> bool {

@@ -1,7 +1,7 @@
 //! Just enough JSON for device commands and state reports, without allocating: a scanner over
 //! one flat object (`{"value": 42}`, `{"power": "ON", "brightness": 128}`, a Zigbee2MQTT state
-//! report) that yields each key with its scalar value and skips nested values, and a writer of
-//! escaped strings. Never panics on any input.
+//! report) that yields each key with its scalar value (a nested value as its text, to be read
+//! the same way), and a writer of escaped strings. Never panics on any input.
 
 /// A scalar value as written: strings are raw (still escaped) text between the quotes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,8 +10,8 @@ pub enum Value<'a> {
     Num(&'a str),
     Bool(bool),
     Null,
-    /// An object or array: skipped.
-    Nested,
+    /// An object or array, as written.
+    Nested(&'a str),
 }
 
 /// Iterate the members of the JSON object `text`. Yields `Err(())` once on malformed input.
@@ -85,7 +85,11 @@ impl<'a> Members<'a> {
         self.ws();
         match self.peek()? {
             b'"' => self.string().map(Value::Str),
-            b'{' | b'[' => self.skip_nested().then_some(Value::Nested),
+            b'{' | b'[' => {
+                let start = self.pos;
+                self.skip_nested()
+                    .then(|| Value::Nested(&self.s[start..self.pos]))
+            }
             b't' => self.word("true").then_some(Value::Bool(true)),
             b'f' => self.word("false").then_some(Value::Bool(false)),
             b'n' => self.word("null").then_some(Value::Null),
@@ -274,7 +278,7 @@ mod tests {
                 Ok(("b", Value::Num("1.5e2"))),
                 Ok(("x", Value::Bool(true))),
                 Ok(("y", Value::Null)),
-                Ok(("c", Value::Nested)),
+                Ok(("c", Value::Nested(r#"{"x":[1,"}"]}"#))),
                 Ok(("z", Value::Bool(false))),
             ]
         );

@@ -16,12 +16,14 @@
 
 mod availability;
 pub mod decl;
+mod discovery;
 pub(crate) mod json;
+mod reading;
 mod reload;
 pub mod value;
 
 use crate::broker::fxhash::FxHashMap;
-use decl::{Action, Command, Device, Devices, Kind};
+use decl::{Action, Command, Device, Devices, Kind, ReadingKind};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -197,6 +199,8 @@ struct DeviceState {
     /// Commands answered ok and refused or failed (for `/metrics`).
     ok: std::cell::Cell<u64>,
     failed: std::cell::Cell<u64>,
+    /// Per declared reading (`reading.rs`).
+    readings: Vec<reading::ReadingState>,
 }
 
 struct Running {
@@ -216,9 +220,14 @@ pub struct Executor {
     state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>>,
     /// Devices' own availability topics (`availability.rs`).
     availability_topics: FxHashMap<Box<str>, Vec<usize>>,
-    /// Discovery configs a reload removed, with what they said (`reload.rs`): sent again with
-    /// their clear when Home Assistant (re)starts.
+    /// Removals, as what the discovery topic said before and the removal itself
+    /// (`reload.rs`): sent again, in order, when Home Assistant (re)starts.
     removed: VecDeque<(Box<str>, Box<[u8]>)>,
+    /// Single-component discovery topics of an older gatemq, cleared once the device config
+    /// that replaces them is out (`reload.rs`).
+    migrated: Vec<String>,
+    /// File readings' answers (`reading.rs`).
+    reader: reading::Reader,
     /// Reused scratch: the value being validated, a decoded JSON string, several values.
     value: String,
     text: String,
@@ -231,6 +240,11 @@ pub struct Executor {
     has_reply: bool,
     /// Commands refused for a device that is not declared.
     unknown_failed: std::cell::Cell<u64>,
+}
+
+/// Is `payload` a Home Assistant discovery config gatemq wrote?
+pub fn is_our_config(payload: &[u8]) -> bool {
+    discovery::is_ours(payload)
 }
 
 const RESULT: &str = "result";
@@ -290,6 +304,12 @@ impl Executor {
                 known.push(ok && cmd.kind != Kind::Trigger);
             }
             let n = d.commands.len();
+            let now = Instant::now();
+            let readings = d
+                .readings
+                .iter()
+                .map(|r| reading::ReadingState::new(r, now))
+                .collect();
             devices.push(DeviceState {
                 decl: d,
                 values,
@@ -303,6 +323,7 @@ impl Executor {
                 online: None,
                 ok: Default::default(),
                 failed: Default::default(),
+                readings,
             });
         }
         Executor {
@@ -312,6 +333,8 @@ impl Executor {
             state_topics,
             availability_topics,
             removed: VecDeque::new(),
+            migrated: Vec::new(),
+            reader: reading::Reader::new(),
             value: String::with_capacity(256),
             text: String::with_capacity(256),
             batch: Vec::new(),
@@ -332,6 +355,7 @@ impl Executor {
     /// valid for the command as declared now is ignored; nothing is executed. Called before
     /// [`Executor::start`], which announces the values.
     pub fn adopt_values(&mut self, mut last: impl FnMut(&str, &str) -> Option<String>) {
+        self.adopt_readings(&mut last);
         let mut v = String::new();
         for d in &mut self.devices {
             for (c, cmd) in d.decl.commands.iter().enumerate() {
@@ -407,41 +431,49 @@ impl Executor {
                     self.publish_value(d, c, out);
                 }
             }
-            if self.opts.discovery {
-                // Declared again: no longer a removal to repeat to Home Assistant.
-                if !self.removed.is_empty() {
-                    let topics = config_topics(&self.opts, &self.devices[d].decl);
-                    self.removed
-                        .retain(|(t, _)| !topics.iter().any(|x| **x == **t));
+            for i in 0..self.devices[d].readings.len() {
+                if self.devices[d].readings[i].known {
+                    self.publish_reading(d, i, out);
                 }
-                self.announce_discovery(d, out);
             }
-            if self.devices[d].known.iter().any(|k| *k) {
+            if self.opts.discovery {
+                self.announce_discovery(d, true, out);
+            }
+            let dev = &self.devices[d];
+            if dev
+                .known
+                .iter()
+                .chain(dev.readings.iter().map(|r| &r.known))
+                .any(|k| *k)
+            {
                 self.publish_state(d, out);
             }
         }
+        // An older gatemq's single-component configs: the device configs above replace them.
+        for topic in std::mem::take(&mut self.migrated) {
+            let t = out.topic(&[&topic]);
+            let p = out.bytes.len();
+            out.end(t, p, true);
+        }
     }
 
-    /// Every Home Assistant discovery config of device `d` (those of [`config_topics`]).
-    pub(super) fn announce_discovery(&self, d: usize, out: &mut Outbox) {
-        for c in 0..self.devices[d].decl.commands.len() {
-            if !in_light(&self.devices[d].decl, c) {
-                self.discovery(d, c, out);
-            }
-        }
-        if self.devices[d].decl.light {
-            self.light_discovery(d, out);
-        }
-        self.event_discovery(d, out);
+    /// Device `d`'s Home Assistant discovery config.
+    pub(super) fn announce_discovery(&self, d: usize, retain: bool, out: &mut Outbox) {
+        discovery::announce(&self.opts, &self.devices[d].decl, retain, out);
     }
 
-    /// The broker is stopping: every device goes `offline` (retained).
+    /// The broker is stopping: every device goes `offline` (retained), and readings' programs
+    /// still running are stopped.
     pub fn stop(&mut self, out: &mut Outbox) {
-        for d in &self.devices {
+        for d in &mut self.devices {
             let t = out.topic(&[&self.opts.prefix, &d.decl.id, "availability"]);
             let p = out.bytes.len();
             out.bytes.extend_from_slice(b"offline");
             out.end(t, p, true);
+            // A reading's program has no one to answer to any more.
+            for r in &mut d.readings {
+                r.stop();
+            }
         }
     }
 
@@ -534,10 +566,22 @@ impl Executor {
             .position(|x| &*x.name == command)
         else {
             self.text.clear();
-            let _ = write!(
-                self.text,
-                "unknown command '{command}' for device '{device}'"
-            );
+            let _ = if self.devices[d]
+                .decl
+                .readings
+                .iter()
+                .any(|r| &*r.name == command)
+            {
+                write!(
+                    self.text,
+                    "'{command}' is a reading of device '{device}': it takes no commands"
+                )
+            } else {
+                write!(
+                    self.text,
+                    "unknown command '{command}' for device '{device}'"
+                )
+            };
             return self.respond_error(device, Some(command), out);
         };
         if !self.command_value(payload) || !self.rate_ok(d, now) {
@@ -841,21 +885,20 @@ impl Executor {
         (self.has_reply, self.reply) = saved;
     }
 
-    /// When the executor next needs [`Executor::on_timeout`]: an exec deadline or a poll.
+    /// When the executor next needs [`Executor::on_timeout`]: an exec deadline, a reading, or
+    /// a poll.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let deadline = self
-            .devices
+        self.devices
             .iter()
             .filter_map(|d| d.running.as_ref().map(|r| r.deadline))
-            .min();
-        match (deadline, self.next_poll) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .chain(self.next_poll)
+            .chain(self.readings_deadline())
+            .min()
     }
 
-    /// Kill exec runs past their timeout; reap any that ended.
+    /// Kill exec runs past their timeout; reap any that ended; take the readings that are due.
     pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        self.readings_due(now, out);
         for d in 0..self.devices.len() {
             let Some(r) = self.devices[d].running.as_mut() else {
                 continue;
@@ -935,6 +978,7 @@ impl Executor {
             self.start_next(d, now, out);
             any |= self.devices[d].running.is_some();
         }
+        any |= self.reap_readings(now, out);
         self.next_poll = any.then(|| now + Duration::from_secs(1));
         self.flush_states(out);
     }
@@ -1031,6 +1075,23 @@ impl Executor {
             out.bytes.push(b':');
             push_value(&mut out.bytes, &cmd.kind, &dev.values[c]);
         }
+        for (r, decl) in dev.readings.iter().zip(&dev.decl.readings) {
+            if !r.known {
+                continue;
+            }
+            if !first {
+                out.bytes.push(b',');
+            }
+            first = false;
+            json::push_str(&mut out.bytes, &decl.name);
+            out.bytes.push(b':');
+            match decl.kind {
+                ReadingKind::Float | ReadingKind::Int => {
+                    out.bytes.extend_from_slice(r.value.as_bytes())
+                }
+                ReadingKind::Bool | ReadingKind::Str => json::push_str(&mut out.bytes, &r.value),
+            }
+        }
         out.bytes.push(b'}');
         out.end(t, p, true);
     }
@@ -1122,254 +1183,6 @@ impl Executor {
             self.result_event(d, command, Err(&self.text), out);
         }
     }
-
-    /// Home Assistant MQTT discovery for one command.
-    fn discovery(&self, d: usize, c: usize, out: &mut Outbox) {
-        let dev = &self.devices[d];
-        let cmd = &dev.decl.commands[c];
-        let component = component(&cmd.kind);
-        let (pre, id, name) = (&self.opts.prefix, &*dev.decl.id, &*cmd.name);
-        let t = out.topic(&[&self.opts.discovery_prefix, component, id, name, "config"]);
-        let p = out.bytes.len();
-        let b = &mut out.bytes;
-        let field = |b: &mut Vec<u8>, key: &str, val: &str| {
-            b.push(b',');
-            json::push_str(b, key);
-            b.push(b':');
-            json::push_str(b, val);
-        };
-        b.extend_from_slice(b"{\"name\":");
-        json::push_str(b, name);
-        let mut s = String::new();
-        let _ = write!(s, "gatemq_{id}_{name}");
-        field(b, "unique_id", &s);
-        s.clear();
-        let _ = write!(s, "{id}_{name}");
-        field(b, "object_id", &s);
-        // HA 2025.10+ wants default_entity_id (object_id stops working in 2026.4); older HA
-        // drops the unknown key and uses object_id.
-        s.clear();
-        let _ = write!(s, "{component}.{id}_{name}");
-        field(b, "default_entity_id", &s);
-        s.clear();
-        let _ = write!(s, "{pre}/{id}/{name}/set");
-        field(b, "command_topic", &s);
-        if cmd.kind != Kind::Trigger {
-            s.clear();
-            let _ = write!(s, "{pre}/{id}/{name}");
-            field(b, "state_topic", &s);
-        }
-        s.clear();
-        let _ = write!(s, "{pre}/{id}/availability");
-        field(b, "availability_topic", &s);
-        match &cmd.kind {
-            Kind::Bool => {
-                for (k, v) in [
-                    ("payload_on", "ON"),
-                    ("payload_off", "OFF"),
-                    ("state_on", "ON"),
-                    ("state_off", "OFF"),
-                ] {
-                    field(b, k, v);
-                }
-            }
-            Kind::Int { min, max } => {
-                let nums = format!(
-                    ",\"min\":{},\"max\":{},\"step\":1",
-                    (*min).max(-1_000_000_000),
-                    (*max).min(1_000_000_000)
-                );
-                b.extend_from_slice(nums.as_bytes());
-            }
-            Kind::Float { min, max, step, .. } => {
-                let nums = format!(
-                    ",\"min\":{},\"max\":{},\"step\":{}",
-                    min.max(-1e9),
-                    max.min(1e9),
-                    step.unwrap_or(0.001)
-                );
-                b.extend_from_slice(nums.as_bytes());
-            }
-            Kind::Enum { values } => {
-                push_array(b, "options", values);
-            }
-            Kind::Str { max_len } => {
-                b.extend_from_slice(format!(",\"max\":{}", max_len.min(&255)).as_bytes())
-            }
-            Kind::Trigger => field(b, "payload_press", "PRESS"),
-        }
-        for (key, value) in &cmd.ha {
-            field(b, key, value);
-        }
-        device_json(b, id, &dev.decl.name, &self.opts);
-        b.push(b'}');
-        out.end(t, p, true);
-    }
-
-    /// Home Assistant discovery of a `homeassistant = "light"` device: `power`, `brightness`
-    /// and `effect` as one light, in HA's template schema over the device's own topics, so
-    /// that HA's turn_on with a brightness is one message on `<prefix>/<device>/set`, run as
-    /// one multi-command (all values checked first). HA's 0–255 brightness is scaled to the
-    /// command's `max`.
-    fn light_discovery(&self, d: usize, out: &mut Outbox) {
-        let dev = &self.devices[d];
-        let id = &*dev.decl.id;
-        let find = |name: &str| dev.decl.commands.iter().find(|c| &*c.name == name);
-        let t = out.topic(&[&self.opts.discovery_prefix, "light", id, "light", "config"]);
-        let p = out.bytes.len();
-        let b = &mut out.bytes;
-        let pre = &self.opts.prefix;
-        let mut on = String::from("{\"power\":\"ON\"");
-        let mut fields = vec![
-            ("unique_id", format!("gatemq_{id}_light")),
-            ("object_id", id.to_string()),
-            ("default_entity_id", format!("light.{id}")),
-            ("schema", "template".into()),
-            ("command_topic", format!("{pre}/{id}/set")),
-            ("state_topic", format!("{pre}/{id}/state")),
-            ("availability_topic", format!("{pre}/{id}/availability")),
-            ("command_off_template", "{\"power\":\"OFF\"}".into()),
-            ("state_template", "{{ value_json.power | lower }}".into()),
-        ];
-        if let Some(Kind::Int { max, .. }) = find("brightness").map(|c| &c.kind) {
-            let max = (*max).max(1);
-            let _ = write!(
-                on,
-                "{{% if brightness is defined %}},\"brightness\":{{{{ (brightness * {max} / 255) | round(0) | int }}}}{{% endif %}}"
-            );
-            fields.push((
-                "brightness_template",
-                format!("{{{{ (value_json.brightness * 255 / {max}) | round(0) | int }}}}"),
-            ));
-        }
-        if find("effect").is_some() {
-            on.push_str("{% if effect is defined %},\"effect\":\"{{ effect }}\"{% endif %}");
-            fields.push(("effect_template", "{{ value_json.effect }}".into()));
-        }
-        on.push('}');
-        fields.push(("command_on_template", on));
-        b.extend_from_slice(b"{\"name\":null");
-        for (key, value) in &fields {
-            b.push(b',');
-            json::push_str(b, key);
-            b.push(b':');
-            json::push_str(b, value);
-        }
-        if let Some(Kind::Enum { values }) = find("effect").map(|c| &c.kind) {
-            push_array(b, "effect_list", values);
-        }
-        device_json(b, id, &dev.decl.name, &self.opts);
-        b.push(b'}');
-        out.end(t, p, true);
-    }
-
-    /// Home Assistant discovery of the device's "command result" `event` entity. No
-    /// availability topic: refusals for an offline device must show too.
-    fn event_discovery(&self, d: usize, out: &mut Outbox) {
-        let dev = &self.devices[d];
-        let id = &*dev.decl.id;
-        let t = out.topic(&[
-            &self.opts.discovery_prefix,
-            "event",
-            id,
-            "command_result",
-            "config",
-        ]);
-        let p = out.bytes.len();
-        let b = &mut out.bytes;
-        let pre = &self.opts.prefix;
-        b.extend_from_slice(b"{\"name\":\"command result\"");
-        for (key, value) in [
-            ("unique_id", format!("gatemq_{id}_command_result")),
-            ("object_id", format!("{id}_command_result")),
-            ("default_entity_id", format!("event.{id}_command_result")),
-            ("state_topic", format!("{pre}/{id}/{EVENT}")),
-            ("icon", "mdi:console-line".into()),
-        ] {
-            b.push(b',');
-            json::push_str(b, key);
-            b.push(b':');
-            json::push_str(b, &value);
-        }
-        b.extend_from_slice(b",\"event_types\":[\"ok\",\"refused\"]");
-        device_json(b, id, &dev.decl.name, &self.opts);
-        b.push(b'}');
-        out.end(t, p, true);
-    }
-}
-
-/// `,"key":["a","b"]`: a JSON array of strings.
-fn push_array(b: &mut Vec<u8>, key: &str, values: &[Box<str>]) {
-    b.push(b',');
-    json::push_str(b, key);
-    b.extend_from_slice(b":[");
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            b.push(b',');
-        }
-        json::push_str(b, v);
-    }
-    b.push(b']');
-}
-
-/// Is command `c` of `dev` part of its Home Assistant light (not an entity of its own)?
-fn in_light(dev: &Device, c: usize) -> bool {
-    dev.light && matches!(&*dev.commands[c].name, "power" | "brightness" | "effect")
-}
-
-/// The discovery config topics device `dev` is announced with (none without discovery).
-pub(super) fn config_topics(opts: &Options, dev: &Device) -> Vec<String> {
-    if !opts.discovery {
-        return Vec::new();
-    }
-    let (dp, id) = (&opts.discovery_prefix, &dev.id);
-    let mut topics: Vec<String> = (0..dev.commands.len())
-        .filter(|&c| !in_light(dev, c))
-        .map(|c| {
-            let cmd = &dev.commands[c];
-            format!("{dp}/{}/{id}/{}/config", component(&cmd.kind), cmd.name)
-        })
-        .collect();
-    if dev.light {
-        topics.push(format!("{dp}/light/{id}/light/config"));
-    }
-    topics.push(format!("{dp}/event/{id}/command_result/config"));
-    topics
-}
-
-/// The Home Assistant component a command of this kind is announced as.
-fn component(kind: &Kind) -> &'static str {
-    match kind {
-        Kind::Bool => "switch",
-        Kind::Int { .. } | Kind::Float { .. } => "number",
-        Kind::Enum { .. } => "select",
-        Kind::Trigger => "button",
-        Kind::Str { .. } => "text",
-    }
-}
-
-/// `,"device":{...},"origin":{...}`: the Home Assistant device every entity of device `id`
-/// belongs to, and what announced it.
-fn device_json(b: &mut Vec<u8>, id: &str, name: &str, opts: &Options) {
-    const VERSION: &str = env!("CARGO_PKG_VERSION");
-    b.extend_from_slice(b",\"device\":{\"identifiers\":[");
-    json::push_str(b, &format!("gatemq_{id}"));
-    b.extend_from_slice(b"],\"name\":");
-    json::push_str(b, name);
-    b.extend_from_slice(b",\"manufacturer\":\"gatemq\",\"model\":\"declared device\"");
-    b.extend_from_slice(format!(",\"sw_version\":\"{VERSION}\"").as_bytes());
-    if let Some(url) = &opts.status_url {
-        b.extend_from_slice(b",\"configuration_url\":");
-        json::push_str(b, url);
-    }
-    b.extend_from_slice(
-        format!("}},\"origin\":{{\"name\":\"gatemq\",\"sw_version\":\"{VERSION}\"").as_bytes(),
-    );
-    if let Some(url) = &opts.status_url {
-        b.extend_from_slice(b",\"support_url\":");
-        json::push_str(b, url);
-    }
-    b.push(b'}');
 }
 
 /// The text form of a JSON scalar into `out`; on a nested value, `out` holds the error.
@@ -1386,7 +1199,7 @@ fn scalar_text(v: json::Value<'_>, out: &mut String) -> bool {
         json::Value::Num(n) => out.push_str(n),
         json::Value::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         json::Value::Null => {}
-        json::Value::Nested => {
+        json::Value::Nested(_) => {
             out.push_str("a value must be a string, number or boolean");
             return false;
         }

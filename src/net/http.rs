@@ -10,7 +10,7 @@
 //! or after 10 s.
 
 use crate::broker::Broker;
-use crate::devices::decl::Kind;
+use crate::devices::decl::{Kind, ReadingKind};
 use crate::devices::json::push_str;
 use mio::net::TcpStream;
 use std::fmt::Write as _;
@@ -220,7 +220,8 @@ fn clients(b: &Broker) -> Vec<u8> {
     out
 }
 
-/// `{"prefix":..,"devices":[{"id":..,"name":..,"commands":[{"name":..,"type":..,...}]}]}`
+/// `{"prefix":..,"devices":[{"id":..,"name":..,"commands":[{"name":..,"type":..,...}],
+/// "readings":[{"name":..,"type":..,"unit":..,"every_s":..}]}]}`
 fn devices(b: &Broker) -> Vec<u8> {
     let mut out = b"{\"prefix\":".to_vec();
     let Some(ex) = b.devices() else {
@@ -268,6 +269,30 @@ fn devices(b: &Broker) -> Vec<u8> {
                     write!(o, "]")
                 }
             };
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"readings\":[");
+        for (j, r) in d.readings.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            push_str(&mut out, &r.name);
+            out.extend_from_slice(b",\"type\":");
+            push_str(
+                &mut out,
+                match r.kind {
+                    ReadingKind::Float => "float",
+                    ReadingKind::Int => "int",
+                    ReadingKind::Bool => "bool",
+                    ReadingKind::Str => "string",
+                },
+            );
+            if let Some((_, unit)) = r.ha.iter().find(|(k, _)| *k == "unit_of_measurement") {
+                out.extend_from_slice(b",\"unit\":");
+                push_str(&mut out, unit);
+            }
+            let _ = write!(Bytes(&mut out), ",\"every_s\":{}", r.every.as_secs_f64());
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");
@@ -436,6 +461,19 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
                 m,
                 "gatemq_device_commands_total{{device=\"{id}\",result=\"failed\"}} {failed}"
             );
+        }
+        let mut reads = ex.reading_counts().peekable();
+        if reads.peek().is_some() {
+            let _ = writeln!(m, "# HELP gatemq_device_reads_total Device readings taken, by device, reading and result (failed: the last value stayed).\n# TYPE gatemq_device_reads_total counter");
+        }
+        for (id, name, ok, failed) in reads {
+            let (id, name) = (label(id), label(name));
+            for (result, n) in [("ok", ok), ("failed", failed)] {
+                let _ = writeln!(
+                    m,
+                    "gatemq_device_reads_total{{device=\"{id}\",reading=\"{name}\",result=\"{result}\"}} {n}"
+                );
+            }
         }
     }
     // Each family's lines together, after its HELP and TYPE.

@@ -37,7 +37,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
-/// A bridge's host name lookup finished.
+/// A helper thread finished: a bridge's host name lookup, a device reading's file read.
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 /// The `http_listener` socket, and its connections from `HTTP_BASE` on.
 const HTTP_LISTENER_TOKEN: Token = Token(usize::MAX - 2);
@@ -92,6 +92,8 @@ pub struct Server {
     links: Vec<crate::bridge::Link>,
     /// Host name lookups for them (made when there is a bridge).
     resolver: Option<crate::bridge::Resolver>,
+    /// How helper threads wake the loop (`WAKER_TOKEN`; one per `Poll`).
+    waker: std::sync::Arc<mio::Waker>,
     /// The TLS setup of each bridge that uses TLS.
     #[cfg(feature = "tls")]
     bridge_tls: Vec<Option<tls::ClientContext>>,
@@ -127,7 +129,7 @@ impl Server {
         let mut broker = Broker::new(config.broker.clone(), Instant::now());
         let store = match &config.persistence {
             Some(p) => {
-                let store = open_store(p, &config.device_options.prefix, &mut broker)?;
+                let store = open_store(p, &config.device_options, &mut broker)?;
                 broker.journal_written(store.durable());
                 Some(store)
             }
@@ -148,10 +150,16 @@ impl Server {
             None => None,
         };
         let status_url = http.as_ref().and_then(http_serve::status_url);
+        let waker = std::sync::Arc::new(
+            mio::Waker::new(poll.registry(), WAKER_TOKEN)
+                .map_err(|e| StartError(format!("cannot create the event loop: {e}")))?,
+        );
         if let Some(devices) = &config.devices {
             let mut options = config.device_options.clone();
             options.status_url = status_url.clone();
-            broker.set_devices(crate::devices::Executor::new(devices.clone(), options));
+            broker.set_devices(
+                crate::devices::Executor::new(devices.clone(), options).with_waker(waker.clone()),
+            );
         }
         let now = Instant::now();
         let links: Vec<_> = config
@@ -162,10 +170,7 @@ impl Server {
             .collect();
         let resolver = match links.is_empty() {
             true => None,
-            false => Some(crate::bridge::Resolver::new(
-                mio::Waker::new(poll.registry(), WAKER_TOKEN)
-                    .map_err(|e| StartError(format!("cannot create the event loop: {e}")))?,
-            )),
+            false => Some(crate::bridge::Resolver::new(waker.clone())),
         };
         #[cfg(feature = "tls")]
         let bridge_tls = config
@@ -210,6 +215,7 @@ impl Server {
             log_level_from_config: false,
             links,
             resolver,
+            waker,
             #[cfg(feature = "tls")]
             bridge_tls,
             http,
@@ -288,7 +294,7 @@ impl Server {
             match event.token() {
                 SIGNAL_TOKEN => self.handle_signals(),
                 // Lookups are collected below, with the links that are due.
-                WAKER_TOKEN => {}
+                WAKER_TOKEN => self.broker.devices_woken(now),
                 HTTP_LISTENER_TOKEN => self.http_accept(now),
                 Token(t) if (HTTP_BASE..LISTENER_BASE).contains(&t) => {
                     self.http_ready(t - HTTP_BASE)

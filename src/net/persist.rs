@@ -34,7 +34,7 @@ impl Server {
 /// Read the persisted state into `broker` and start the files anew from it.
 pub(super) fn open_store(
     p: &crate::config::Persistence,
-    device_prefix: &str,
+    devices: &crate::devices::Options,
     broker: &mut Broker,
 ) -> Result<crate::store::Store, StartError> {
     let loaded = crate::store::load(&p.location, &p.file).map_err(StartError)?;
@@ -42,7 +42,12 @@ pub(super) fn open_store(
         log::warn!("persistence: {w}");
     }
     match p.devices_only {
-        true => broker.enable_device_journal(device_prefix),
+        true => broker.enable_device_journal(
+            &devices.prefix,
+            devices
+                .discovery
+                .then_some(devices.discovery_prefix.as_str()),
+        ),
         false => broker.enable_journal(),
     }
     let (retained, sessions) = broker.restore(&loaded.records, Instant::now());

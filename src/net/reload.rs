@@ -168,7 +168,8 @@ impl Server {
             Some(devices) => {
                 let mut options = new.device_options.clone();
                 options.status_url = self.status_url.clone();
-                let ex = crate::devices::Executor::new(devices.clone(), options);
+                let ex = crate::devices::Executor::new(devices.clone(), options)
+                    .with_waker(self.waker.clone());
                 self.broker.set_devices(ex);
             }
             None => self.broker.clear_devices(),

@@ -1,7 +1,10 @@
-"""gatemq's devices as a real Home Assistant (2025.4.4) sees them, over MQTT discovery: the
-entities it announces appear with their states, HA's service calls are executed by gatemq's
-device executor and HA follows the status, every command's result (a refusal too) is the
-device's "command result" event, and a stopped gatemq makes the entities unavailable.
+"""gatemq's devices as a real Home Assistant (2025.4.4) sees them, over device-based MQTT
+discovery: the entities it announces appear with their states, HA's service calls are executed
+by gatemq's device executor (one command where HA sends one message) and HA follows the
+status, readings follow their files, every command's result (a refusal too) is the device's
+"command result" event, removals reach HA (at a reload, while HA was down, while gatemq was
+stopped), an older gatemq's single-component entities are migrated, and a stopped gatemq makes
+the entities unavailable. One Home Assistant serves every test (its start is the cost).
 
 Run by ./tests/run.sh (which makes the Home Assistant venv and sets HA_VENV)."""
 import importlib.util
@@ -38,7 +41,36 @@ name = "Desk light"
 homeassistant = "light"
 commands.power = { type = "bool", initial = "OFF" }
 commands.brightness = { type = "int", min = 0, max = 255, initial = 50 }
+commands.colour_temp = { type = "int", min = 2700, max = 6500, initial = 4000 }
 commands.effect = { type = "enum", values = ["none", "candle"], initial = "none" }
+
+[gateway]
+name = "Gateway"
+readings.cpu_temp = { type = "float", path = "cpu_temp", scale = 0.001, round = 1, every_s = 0.2, unit = "°C", device_class = "temperature", state_class = "measurement" }
+readings.door = { type = "bool", path = "door", every_s = 0.2, payload_on = "1", payload_off = "0", device_class = "door" }
+
+[attic]
+name = "Attic fan"
+homeassistant = "fan"
+commands.power = { type = "bool", initial = "OFF" }
+commands.speed = { type = "int", min = 0, max = 3, initial = 1 }
+
+[hall]
+name = "Hall fan"
+homeassistant = "fan"
+commands.power = { type = "bool", initial = "OFF" }
+commands.speed = { type = "enum", values = ["eco", "boost"], initial = "eco" }
+
+[blind]
+name = "Blind"
+homeassistant = "cover"
+commands.position = { type = "int", min = 0, max = 100, initial = 100, device_class = "blind" }
+commands.move = { type = "enum", values = ["open", "close", "stop"] }
+
+[garage]
+name = "Garage door"
+homeassistant = "cover"
+commands.move = { type = "enum", values = ["open", "close"], initial = "close", device_class = "garage" }
 
 [plug]
 name = "Tasmota plug"
@@ -51,6 +83,8 @@ commands.power = { type = "bool", action = "publish", topic = "cmnd/plug1/POWER"
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ha")
     (root / "devices.toml").write_text(DEVICES)
+    (root / "cpu_temp").write_text("45312\n")
+    (root / "door").write_text("0\n")
     # A fixed port (-p), so that a restarted gatemq is the broker HA knows.
     config = ["devices_file devices.toml", "homeassistant_discovery true",
               "http_listener 0 127.0.0.1"]
@@ -65,6 +99,21 @@ def setup(tmp_path_factory):
     finally:
         ha.stop()
         broker.stop()
+
+
+def watching(port, *topics):
+    """A client subscribed to `topics` (to see what HA's service calls send)."""
+    c = Client(port)
+    c.connect()
+    for t in topics:
+        c.subscribe(t, 1)
+    return c
+
+
+def sent(c):
+    """The next command message `c` sees (topic, payload)."""
+    m = c.get()
+    return m.topic, m.payload
 
 
 def retained(port, topic):
@@ -158,10 +207,90 @@ def test_a_light_turned_on_with_a_brightness_is_one_command(setup):
     ha.call("light", "turn_on", entity_id="light.bulb", effect="candle")
     ha.wait_for("the candle effect",
                 lambda: ha.state("light.bulb")["attributes"].get("effect") == "candle")
+    assert json.loads(watch.get().payload)["effect"] == "candle"
+    # The colour temperature, in kelvin both ways, with a brightness: one command.
+    assert ha.state("light.bulb")["attributes"]["supported_color_modes"] == ["color_temp"]
+    assert (light["attributes"]["min_color_temp_kelvin"],
+            light["attributes"]["max_color_temp_kelvin"]) == (2700, 6500)
+    ha.call("light", "turn_on", entity_id="light.bulb", color_temp_kelvin=3000, brightness=100)
+    ha.wait_for("the light at 3000 K", lambda: ha.state("light.bulb")["attributes"].get(
+        "color_temp_kelvin") == 3000)
+    assert json.loads(watch.get().payload) == {"power": "ON", "brightness": 100, "colour_temp": 3000}
+    watch.assert_no_message(0.5)
+    assert retained(broker.port, "devices/bulb/colour_temp") == b"3000"
+    assert ha.state("light.bulb")["attributes"]["brightness"] == 100
     ha.call("light", "turn_off", entity_id="light.bulb")
     ha.wait_for("the light off", lambda: ha.state("light.bulb")["state"] == "off")
-    assert json.loads(watch.get().payload)["effect"] == "candle"
     assert json.loads(watch.get().payload) == {"power": "OFF"}
+    watch.disconnect()
+
+
+def test_readings_follow_their_files(setup):
+    """The gateway's readings are a sensor and a binary_sensor that follow their files."""
+    broker, ha, root = setup
+    cpu = ha.wait_for("sensor.gateway_cpu_temp", lambda: (s := ha.state("sensor.gateway_cpu_temp"))
+                      and s["state"] not in ("unknown", "unavailable") and s, timeout=60)
+    assert cpu["state"] == "45.3"
+    assert (cpu["attributes"]["unit_of_measurement"], cpu["attributes"]["device_class"],
+            cpu["attributes"]["state_class"]) == ("°C", "temperature", "measurement")
+    assert cpu["attributes"]["friendly_name"] == "Gateway cpu_temp"
+    door = ha.state("binary_sensor.gateway_door")
+    assert (door["state"], door["attributes"]["device_class"]) == ("off", "door")
+    (root / "cpu_temp").write_text("51049\n")
+    ha.wait_for("the new temperature", lambda: ha.state("sensor.gateway_cpu_temp")["state"] == "51.0")
+    (root / "door").write_text("1\n")
+    ha.wait_for("the door open", lambda: ha.state("binary_sensor.gateway_door")["state"] == "on")
+    # A device with readings only: no command result event.
+    assert ha.state("event.gateway_command_result") is None
+
+
+def test_a_fan_is_one_entity_and_each_call_one_command(setup):
+    broker, ha, _ = setup
+    fan = ha.wait_for("fan.attic", lambda: ha.state("fan.attic"), timeout=60)
+    assert (fan["state"], fan["attributes"]["percentage"]) == ("off", 33)
+    assert ha.state("switch.attic_power") is None and ha.state("number.attic_speed") is None
+    watch = watching(broker.port, "devices/attic/+/set", "devices/hall/+/set")
+    ha.call("fan", "set_percentage", entity_id="fan.attic", percentage=66)
+    ha.wait_for("66 %", lambda: ha.state("fan.attic")["attributes"]["percentage"] == 66)
+    assert sent(watch) == ("devices/attic/speed/set", b"2")
+    watch.assert_no_message(0.5)
+    assert retained(broker.port, "devices/attic/speed") == b"2"
+    ha.call("fan", "turn_on", entity_id="fan.attic")
+    ha.wait_for("the fan on", lambda: ha.state("fan.attic")["state"] == "on")
+    assert sent(watch) == ("devices/attic/power/set", b"ON")
+    # An enum speed: preset modes.
+    hall = ha.wait_for("fan.hall", lambda: ha.state("fan.hall"))
+    assert (hall["attributes"]["preset_modes"], hall["attributes"]["preset_mode"]) == \
+        (["eco", "boost"], "eco")
+    ha.call("fan", "set_preset_mode", entity_id="fan.hall", preset_mode="boost")
+    ha.wait_for("boost", lambda: ha.state("fan.hall")["attributes"]["preset_mode"] == "boost")
+    assert sent(watch) == ("devices/hall/speed/set", b"boost")
+    watch.assert_no_message(0.5)
+    watch.disconnect()
+
+
+def test_a_cover_is_one_entity_and_each_call_one_command(setup):
+    broker, ha, _ = setup
+    blind = ha.wait_for("cover.blind", lambda: ha.state("cover.blind"), timeout=60)
+    assert (blind["state"], blind["attributes"]["current_position"],
+            blind["attributes"]["device_class"]) == ("open", 100, "blind")
+    watch = watching(broker.port, "devices/blind/+/set", "devices/garage/+/set")
+    ha.call("cover", "set_cover_position", entity_id="cover.blind", position=40)
+    ha.wait_for("40 %", lambda: ha.state("cover.blind")["attributes"]["current_position"] == 40)
+    assert sent(watch) == ("devices/blind/position/set", b"40")
+    watch.assert_no_message(0.5)
+    ha.call("cover", "stop_cover", entity_id="cover.blind")
+    assert sent(watch) == ("devices/blind/move/set", b"stop")
+    ha.call("cover", "set_cover_position", entity_id="cover.blind", position=0)
+    ha.wait_for("the blind closed", lambda: ha.state("cover.blind")["state"] == "closed")
+    assert sent(watch) == ("devices/blind/position/set", b"0")
+    # Without a position: open and close, and HA's state is the last move.
+    garage = ha.wait_for("cover.garage", lambda: ha.state("cover.garage"))
+    assert (garage["state"], garage["attributes"]["device_class"]) == ("closed", "garage")
+    ha.call("cover", "open_cover", entity_id="cover.garage")
+    ha.wait_for("the garage open", lambda: ha.state("cover.garage")["state"] == "open")
+    assert sent(watch) == ("devices/garage/move/set", b"open")
+    watch.assert_no_message(0.5)
     watch.disconnect()
 
 
@@ -257,3 +386,52 @@ def test_stopping_gatemq_makes_the_entities_unavailable_and_a_restart_keeps_the_
                 ha.state(e)["state"] == v for e, v in want.items()), timeout=60)
         finally:
             again.stop(sig=sig or signal.SIGTERM)
+
+
+def test_removals_made_while_gatemq_was_stopped_and_an_older_gatemqs_entities(setup):
+    """gatemq remembers what it announced (the devices store keeps its configs): a device and
+    a reading deleted from the file while it was stopped leave Home Assistant once both are
+    back, and a switch an older gatemq announced on its own single-component topic is moved
+    to the device config, keeping its entity."""
+    broker, ha, root = setup
+    again = fixtures.Broker(root, broker.config, broker.args).start()
+    try:
+        ha.wait_for("fan.hall", lambda: (s := ha.state("fan.hall")) and s["state"] != "unavailable",
+                    timeout=60)
+        # As an older gatemq announced a command: its own topic, gatemq as the origin.
+        c = Client(again.port)
+        c.connect()
+        c.publish("homeassistant/switch/legacy/power/config", json.dumps({
+            "name": "power", "unique_id": "gatemq_legacy_power", "object_id": "legacy_power",
+            "command_topic": "devices/legacy/power/set", "state_topic": "devices/legacy/power",
+            "device": {"identifiers": ["gatemq_legacy"], "name": "Legacy switch"},
+            "origin": {"name": "gatemq", "sw_version": "0.0.9"}}).encode(), qos=1, retain=True)
+        c.disconnect()
+        ha.wait_for("switch.legacy_power", lambda: ha.state("switch.legacy_power"))
+        assert again.stop(sig=signal.SIGTERM) == 0
+    finally:
+        again.stop()
+    toml = root / "devices.toml"
+    text = toml.read_text()
+    text = text.split("[hall]")[0] + "[blind]" + text.split("[blind]")[1]
+    text = text.replace("readings.door", "#readings.door")
+    text += '\n[legacy]\nname = "Legacy switch"\ncommands.power = { type = "bool", initial = "ON" }\n'
+    toml.write_text(text)
+    again = fixtures.Broker(root, broker.config, broker.args).start()
+    try:
+        ha.wait_for("the hall fan gone", lambda: ha.state("fan.hall") is None, timeout=60)
+        ha.wait_for("its device gone", lambda: ha.template(
+            "{{ device_id('Hall fan') is none }}") == "True")
+        ha.wait_for("the door reading gone", lambda: ha.state("binary_sensor.gateway_door") is None)
+        assert ha.state("sensor.gateway_cpu_temp")["state"] not in ("unavailable", None)
+        assert ha.state("fan.attic") is not None, "the others stay"
+        # The older gatemq's switch: the same entity, now from the device config.
+        ha.wait_for("the legacy switch on", lambda: (s := ha.state("switch.legacy_power"))
+                    and s["state"] == "on")
+        assert "Migration to MQTT device discovery schema started for entity switch.legacy_power" \
+            in ha.log_path.read_text(errors="replace")
+        assert retained(again.port, "homeassistant/device/legacy/config")
+        ha.call("switch", "turn_off", entity_id="switch.legacy_power")
+        ha.wait_for("the legacy switch off", lambda: ha.state("switch.legacy_power")["state"] == "off")
+    finally:
+        again.stop()

@@ -2,8 +2,8 @@
 //   node tests/js/status_page.mjs http://127.0.0.1:HTTP_PORT SCREENSHOT.png [USER:PASSWORD]
 // Loads the page; with credentials, sees the anonymous MQTT connection refused and logs in.
 // Waits for its MQTT connection (over the WebSocket listener) and a declared device, presses
-// the lamp's ON button, waits for the broker's new state to come back over MQTT, checks that
-// the page lists its own connection, and keeps a screenshot.
+// the lamp's ON button, waits for the broker's new state to come back over MQTT, sees the
+// gateway's reading, checks that the page lists its own connection, and keeps a screenshot.
 import { chromium } from "playwright-core";
 
 const [url, screenshot, login] = process.argv.slice(2);
@@ -42,6 +42,9 @@ try {
   await page.getByTestId("result-lamp-brightness").filter({ hasText: "refused" }).waitFor();
   console.log("brightness 300: refused");
   await page.getByTestId("availability-lamp").filter({ hasText: "online" }).waitFor();
+  // A reading is shown beside the command values, as its file says.
+  await page.getByTestId("value-gw-cpu_temp").filter({ hasText: "47.3" }).waitFor({ timeout: 5000 });
+  console.log("reading cpu_temp: 47.3");
   await page.locator("#clients td", { hasText: "status-" }).first().waitFor({ timeout: 5000 });
   console.log("the page's own client is listed");
   await page.screenshot({ path: screenshot, fullPage: true });

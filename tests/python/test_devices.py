@@ -150,6 +150,18 @@ def retained(port, topic):
     return msgs[0][1].decode() if msgs else None
 
 
+def current(port, topic):
+    """The latest payload on `topic` (as text) a fresh subscriber sees, or None: its retained
+    message, or one published while it subscribed. For polling a value that may change at that
+    moment, which `retained` refuses to see."""
+    c = Client(port, "cur")
+    try:
+        msgs = c.sub(topic)
+    finally:
+        c.close()
+    return msgs[-1][1].decode() if msgs else None
+
+
 def retained_state(port, device, prefix="devices"):
     s = retained(port, f"{prefix}/{device}/state")
     assert s is not None, f"no retained state for {device}"
@@ -539,6 +551,510 @@ commands.power = { type = "bool", action = "file", path = "relay.value", payload
     assert retained(b2.port, "devices/relay/power") == "OFF"
 
 
+# --- readings ---------------------------------------------------------------------------------
+
+def http_port(b):
+    return int(re.search(r"HTTP \(status page, /metrics\) on 127\.0\.0\.1:(\d+)", b.log()).group(1))
+
+
+def reads(b, device, reading):
+    """(ok, failed) of gatemq_device_reads_total for a reading, from /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port(b)}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    got = {}
+    for result in ("ok", "failed"):
+        m = re.search(rf'gatemq_device_reads_total{{device="{device}",reading="{reading}",'
+                      rf'result="{result}"}} (\d+)', text)
+        got[result] = int(m.group(1)) if m else None
+    return got["ok"], got["failed"]
+
+
+def wait_for(what, check, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (v := check()):
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"{what} not within {timeout}s (last: {check()!r})")
+
+
+GATEWAY = """
+[gw]
+name = "Gateway"
+readings.cpu = { type = "float", path = "cpu", scale = 0.001, round = 1, deadband = 0.5, every_s = 0.1, unit = "°C", device_class = "temperature", state_class = "measurement" }
+readings.door = { type = "bool", path = "door", every_s = 0.1, payload_on = "1", payload_off = "0", device_class = "door" }
+readings.label = { type = "string", path = "label", every_s = 0.1, entity_category = "diagnostic" }
+commands.fan = { type = "bool", initial = "OFF" }
+"""
+
+
+def test_readings_follow_their_files(dev_broker, clients, tmp_path):
+    """A reading is published retained on devices/<d>/<name> only when it changes (beyond its
+    deadband), scaled and rounded; it is part of the device's state and announced to Home
+    Assistant as a sensor or binary_sensor; a bool reading takes payload_on/payload_off."""
+    (tmp_path / "cpu").write_text("45312\n")
+    (tmp_path / "door").write_text("0\n")
+    (tmp_path / "label").write_text("rack 1\n")
+    b = dev_broker(GATEWAY, ["homeassistant_discovery true", "http_listener 0 127.0.0.1"])
+    w = clients(b.port, "w")
+    w.sub("devices/gw/#")
+    # The three files are read by three threads: their values come in any order.
+    first = {"fan": "OFF", "cpu": 45.3, "door": "OFF", "label": "rack 1"}
+    wait_for("the first readings", lambda: (s := current(b.port, "devices/gw/state"))
+             and json.loads(s) == first)
+    assert retained(b.port, "devices/gw/cpu") == "45.3"
+    assert retained(b.port, "devices/gw/door") == "OFF"
+    assert retained(b.port, "devices/gw/label") == "rack 1"
+    assert retained_state(b.port, "gw") == first
+    w.sync()
+    # Within the deadband (0.5): read, not published.
+    ok_before = reads(b, "gw", "cpu")[0]
+    (tmp_path / "cpu").write_text("45700\n")
+    wait_for("more reads", lambda: reads(b, "gw", "cpu")[0] >= ok_before + 3)
+    assert [t for t, _, _ in w.sync()] == []
+    (tmp_path / "cpu").write_text("46000\n")
+    _, (_, v, _) = w.until("devices/gw/cpu")
+    assert v == b"46.0"
+    _, (_, state, _) = w.until("devices/gw/state")
+    assert json.loads(state)["cpu"] == 46.0
+    (tmp_path / "door").write_text("1\n")
+    _, (_, v, _) = w.until("devices/gw/door")
+    assert v == b"ON"
+    _, (_, state, _) = w.until("devices/gw/state")
+    assert json.loads(state)["door"] == "ON"
+    # The same value again: nothing more.
+    time.sleep(0.3)
+    assert [t for t, _, _ in w.sync()] == []
+    # Home Assistant: sensor and binary_sensor with their keys.
+    cmps = ha_config(b.port, "gw")["cmps"]
+    assert {k: v["p"] for k, v in cmps.items()} == {
+        "fan": "switch", "cpu": "sensor", "door": "binary_sensor", "label": "sensor",
+        "command_result": "event"}
+    cpu = cmps["cpu"]
+    assert (cpu["state_topic"], cpu["unit_of_measurement"], cpu["device_class"],
+            cpu["state_class"], cpu["suggested_display_precision"]) == \
+        ("devices/gw/cpu", "°C", "temperature", "measurement", 1)
+    assert (cpu["default_entity_id"], cpu["availability_topic"]) == \
+        ("sensor.gw_cpu", "devices/gw/availability")
+    assert (cmps["door"]["payload_on"], cmps["door"]["payload_off"]) == ("ON", "OFF")
+    assert cmps["label"]["entity_category"] == "diagnostic"
+    # A reading takes no commands.
+    d = Dev(b.port, clients)
+    _, res = d.send("gw", "cpu", "50")
+    assert res == {"ok": False, "error": "'cpu' is a reading of device 'gw': it takes no commands"}
+    assert retained(b.port, "devices/gw/cpu") == "46.0"
+
+
+def test_a_failing_read_keeps_the_last_value_and_is_counted(dev_broker, clients, tmp_path):
+    """A file that is gone, or holds what is not a value: the last value stays, every failure
+    is counted in /metrics, and it is logged once, not at every read."""
+    (tmp_path / "cpu").write_text("45312\n")
+    (tmp_path / "door").write_text("0\n")
+    (tmp_path / "label").write_text("x\n")
+    b = dev_broker(GATEWAY, ["http_listener 0 127.0.0.1"])
+    wait_for("the first reading", lambda: current(b.port, "devices/gw/cpu") == "45.3")
+    (tmp_path / "cpu").unlink()
+    (tmp_path / "door").write_text("open\n")
+    wait_for("ten failed reads", lambda: (reads(b, "gw", "cpu")[1] or 0) >= 10
+             and (reads(b, "gw", "door")[1] or 0) >= 10)
+    assert retained(b.port, "devices/gw/cpu") == "45.3"
+    assert retained(b.port, "devices/gw/door") == "OFF"
+    log = b.log()
+    cpu_lines = [l for l in log.splitlines() if "gw/cpu:" in l and "WARN" in l]
+    assert len(cpu_lines) == 1, cpu_lines
+    assert f"{tmp_path}/cpu: cannot read: no such file or directory; the last value stays" in cpu_lines[0]
+    assert 'gw/door: ' in log and 'read "open": neither payload_on "1" nor payload_off "0"' in log
+    # Back: read again, and said so.
+    (tmp_path / "cpu").write_text("50000\n")
+    wait_for("the new value", lambda: current(b.port, "devices/gw/cpu") == "50.0")
+    assert re.search(r"gw/cpu: read again \(\d+ reads failed before\)", b.log())
+
+
+def test_program_readings_with_a_timeout(dev_broker, clients, tmp_path):
+    """program/args (no shell): the first line of its output is the reading; a program that
+    fails or outlives timeout_ms is a failed read (killed), and the loop is not held up."""
+    script(tmp_path, "rssi.sh", 'echo "$1"\necho "second line"\n')
+    script(tmp_path, "hang.sh", 'echo $$ > "$(dirname "$0")/hang.pid"\nexec sleep 30\n')
+    script(tmp_path, "fail.sh", 'echo 12\nexit 3\n')
+    script(tmp_path, "slow.sh", 'echo $$ > "$(dirname "$0")/slow.pid"\nexec sleep 30\n')
+    b = dev_broker("""
+[gw]
+readings.rssi = { type = "int", program = "rssi.sh", args = ["-67 dBm"], every_s = 0.2 }
+readings.up = { type = "int", program = "rssi.sh", args = ["41.6"], every_s = 0.2 }
+readings.hang = { type = "float", program = "hang.sh", every_s = 60, timeout_ms = 300 }
+readings.fail = { type = "int", program = "fail.sh", every_s = 0.2 }
+readings.slow = { type = "int", program = "slow.sh", every_s = 60, timeout_ms = 60000 }
+""", ["http_listener 0 127.0.0.1"])
+    wait_for("the program's reading", lambda: current(b.port, "devices/gw/up") == "42")
+    # "-67 dBm" is not a number: a failed read.
+    wait_for("rssi failing", lambda: (reads(b, "gw", "rssi")[1] or 0) >= 2)
+    assert retained(b.port, "devices/gw/rssi") is None
+    assert "gw/rssi: " in b.log() and 'read "-67 dBm": not a number' in b.log()
+    wait_for("fail.sh counted", lambda: (reads(b, "gw", "fail")[1] or 0) >= 2)
+    assert "the program exited with status 3" in b.log()
+    assert retained(b.port, "devices/gw/fail") is None
+    wait_for("the hung program killed", lambda: reads(b, "gw", "hang")[1] == 1)
+    assert "gw/hang: " in b.log() and "timed out after 300 ms and was killed" in b.log()
+    pid = int((tmp_path / "hang.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+    # A program still running when gatemq stops is stopped with it.
+    slow = int(wait_for("slow.sh started", lambda: (tmp_path / "slow.pid").exists()
+                        and (tmp_path / "slow.pid").read_text().strip()))
+    os.kill(slow, 0)
+    assert b.stop() == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(slow, 0)
+
+
+def test_a_program_reading_printing_too_much(dev_broker, clients, tmp_path):
+    """A reading's program that prints megabytes: at most 4096 bytes of it are kept, the
+    program (blocked on its full pipe) is killed at its timeout, the log says why, and gatemq
+    goes on serving with its memory bounded."""
+    script(tmp_path, "chatty.sh", 'i=0\nwhile [ $i -lt 1000000 ]; do echo 42; i=$((i+1)); done\n')
+    b = dev_broker("""
+[gw]
+readings.chatty = { type = "int", program = "chatty.sh", every_s = 0.5, timeout_ms = 300 }
+""", ["http_listener 0 127.0.0.1"])
+    wait_for("two runs killed", lambda: (reads(b, "gw", "chatty")[1] or 0) >= 2)
+    assert "gw/chatty: " in b.log() and "timed out after 300 ms and was killed (it had printed " \
+        "more than 4096 bytes: a reading's program prints its value and exits" in b.log()
+    assert retained(b.port, "devices/gw/chatty") is None
+    rss = int(next(l.split()[1] for l in open(f"/proc/{b.proc.pid}/status")
+                   if l.startswith("VmRSS:")))
+    assert rss < 20_000, f"{rss} kB"
+    a, z = clients(b.port, "a"), clients(b.port, "z")
+    z.sub("t")
+    a.pub("t", "still here")
+    assert z.until("t")[1][1] == b"still here"
+
+
+def test_a_slow_file_read_does_not_stall_other_clients(dev_broker, clients, tmp_path):
+    """A reading whose file blocks (a FIFO nobody writes, like a 1-wire sensor taking its
+    time): the read happens off the loop, other clients' round trips stay fast, the read is
+    counted as failed at its timeout and its value arrives when the file answers."""
+    fifo = tmp_path / "w1_temperature"
+    os.mkfifo(fifo)
+    b = dev_broker("""
+[gw]
+readings.temp = { type = "float", path = "w1_temperature", scale = 0.001, round = 2, every_s = 0.2, timeout_ms = 800 }
+readings.cpu = { type = "int", path = "cpu", every_s = 0.1 }
+commands.power = { type = "bool", initial = "OFF" }
+""", ["http_listener 0 127.0.0.1"])
+    (tmp_path / "cpu").write_text("1\n")
+    wait_for("the other reading", lambda: current(b.port, "devices/gw/cpu") == "1")
+    a, z = clients(b.port, "a"), clients(b.port, "z")
+    z.sub("other/topic")
+    worst = 0.0
+    for i in range(20):
+        t = time.monotonic()
+        a.pub("other/topic", f"ping {i}")
+        _, (_, payload, _) = z.until("other/topic", timeout=2)
+        worst = max(worst, time.monotonic() - t)
+        assert payload == f"ping {i}".encode()
+    assert worst < 0.1, f"a round trip took {worst * 1000:.0f} ms while the read blocked"
+    # Another reading of the same device goes on, and commands are executed.
+    (tmp_path / "cpu").write_text("2\n")
+    wait_for("the other reading again", lambda: current(b.port, "devices/gw/cpu") == "2")
+    Dev(b.port, clients).ok("gw", "power", "ON", "ON", "ON")
+    wait_for("the blocked read counted", lambda: reads(b, "gw", "temp")[1] == 1, timeout=3)
+    assert "gw/temp: " in b.log() and "no answer after 800 ms" in b.log()
+    # The file answers: the value is taken.
+    with open(fifo, "w") as f:
+        f.write("21437\n")
+    wait_for("the slow value", lambda: current(b.port, "devices/gw/temp") == "21.44")
+    assert reads(b, "gw", "temp")[0] >= 1
+
+
+def until_value(w, topic, value):
+    """Wait until watcher `w` sees `value` on `topic` (earlier values there are skipped)."""
+    deadline = time.monotonic() + TIMEOUT
+    while (got := w.until(topic, timeout=max(deadline - time.monotonic(), 0.01))[1][1]) \
+            != value.encode():
+        pass
+    return got
+
+
+def reading_threads(b):
+    """How many of gatemq's file-reading threads exist."""
+    tasks = Path(f"/proc/{b.proc.pid}/task")
+    return sum(1 for t in tasks.iterdir()
+               if (t / "comm").read_text().strip() == "gatemq-read")
+
+
+def test_a_hung_file_read_keeps_one_thread_across_reloads(dev_broker, clients, tmp_path):
+    """A reading whose file never answers blocks its thread for ever. A reload that changes
+    its device hands that thread, with its read, to the reading of the same file declared
+    now: editing the devices file does not pile up blocked threads."""
+    os.mkfifo(tmp_path / "w1")
+    (tmp_path / "cpu").write_text("1\n")
+
+    def toml(n):
+        return ('[gw]\nreadings.temp = { type = "float", path = "w1", every_s = 0.1, timeout_ms = 200 }\n'
+                'readings.cpu = { type = "int", path = "cpu", every_s = 0.1 }\n'
+                f'commands.c{n} = {{ type = "int", initial = 0 }}\n')
+
+    b = dev_broker(toml(0), ["http_listener 0 127.0.0.1"])
+    w = clients(b.port, "w")
+    w.sub("devices/gw/#")
+    wait_for("the hung read counted", lambda: reads(b, "gw", "temp")[1] == 1)
+    assert reading_threads(b) == 2
+    for n in range(1, 6):
+        (tmp_path / "devices.toml").write_text(toml(n))
+        b.proc.send_signal(signal.SIGHUP)
+        until_value(w, f"devices/gw/c{n}", "0")
+        # The other reading is read by the reloaded device: its readings run.
+        (tmp_path / "cpu").write_text(f"{n + 1}\n")
+        until_value(w, "devices/gw/cpu", str(n + 1))
+    assert reading_threads(b) == 2
+    # The thread's read, handed over, answers to the reading declared now.
+    with open(tmp_path / "w1", "w") as f:
+        f.write("21.5\n")
+    until_value(w, "devices/gw/temp", "21.5")
+
+
+def test_threads_blocked_for_readings_gone_are_bounded(dev_broker, clients, tmp_path):
+    """A reading whose file hangs, moved to another file at each reload: the thread blocked on
+    the old file cannot be stopped. At most 16 are left; then no new reading thread starts (a
+    failed read, logged) until one of them ends."""
+    fifos = [tmp_path / f"w{n}" for n in range(20)]
+    for f in fifos:
+        os.mkfifo(f)
+
+    def toml(n):
+        return (f'[gw]\nreadings.temp = {{ type = "float", path = "w{n}", every_s = 0.1, timeout_ms = 100 }}\n'
+                f'commands.c{n} = {{ type = "int", initial = 0 }}\n')
+
+    b = dev_broker(toml(0), ["http_listener 0 127.0.0.1"])
+    w = clients(b.port, "w")
+    w.sub("devices/gw/#")
+    wait_for("the first thread", lambda: reading_threads(b) == 1)
+    for n in range(1, 20):
+        (tmp_path / "devices.toml").write_text(toml(n))
+        b.proc.send_signal(signal.SIGHUP)
+        until_value(w, f"devices/gw/c{n}", "0")
+        # Its new file is opened (by a new thread) before the next reload, while threads may
+        # be started.
+        if n < 16:
+            wait_for(f"thread {n + 1}", lambda: reading_threads(b) == n + 1)
+    wait_for("the refusal logged", lambda: "cannot start its reading thread: 16 threads of "
+             "readings no longer declared are still blocked in a read" in b.log())
+    time.sleep(0.3)
+    assert reading_threads(b) == 16
+    # One of them ends (its file answers): the reading declared now gets a thread.
+    with open(fifos[0], "w") as f:
+        f.write("1\n")
+    with open(fifos[19], "w") as f:
+        f.write("19.5\n")
+    until_value(w, "devices/gw/temp", "19.5")
+    # Threads still blocked in a read do not hold up gatemq's stop.
+    assert reading_threads(b) == 16
+    t = time.monotonic()
+    assert b.stop() == 0
+    assert time.monotonic() - t < 2
+
+
+def loop_wakeups(b):
+    """Context switches of gatemq's event loop (its main thread) so far."""
+    status = Path(f"/proc/{b.proc.pid}/task/{b.proc.pid}/status").read_text()
+    return sum(int(l.split()[1]) for l in status.splitlines() if "ctxt_switches" in l)
+
+
+def test_an_idle_broker_with_readings_sleeps(dev_broker, clients, tmp_path):
+    """When a reading is next due is a deadline of the loop: between reads, and while a read
+    hangs past its timeout, the loop sleeps instead of polling."""
+    os.mkfifo(tmp_path / "w1")
+    (tmp_path / "cpu").write_text("1\n")
+    b = dev_broker("""
+[gw]
+readings.temp = { type = "float", path = "w1", every_s = 60, timeout_ms = 200 }
+readings.cpu = { type = "int", path = "cpu", every_s = 60 }
+readings.up = { type = "int", program = "/bin/echo", args = ["7"], every_s = 60 }
+""", ["sys_interval 0", "http_listener 0 127.0.0.1"])
+    wait_for("the hung read past its timeout", lambda: reads(b, "gw", "temp")[1] == 1)
+    wait_for("the other readings", lambda: current(b.port, "devices/gw/cpu") == "1"
+             and current(b.port, "devices/gw/up") == "7")
+    time.sleep(0.2)
+    before = loop_wakeups(b)
+    time.sleep(3)
+    woke = loop_wakeups(b) - before
+    assert woke <= 2, f"the loop woke {woke} times in 3 s"
+
+
+def test_readings_survive_kill_9_without_persistence(dev_broker, clients, tmp_path):
+    """A reading's last value is kept like a command's: after kill -9 (persistence off) it is
+    published again at start, and stays while its file cannot be read."""
+    (tmp_path / "cpu").write_text("45312\n")
+    toml = GATEWAY.replace("every_s = 0.1, unit", "every_s = 3600, unit")
+    (tmp_path / "door").write_text("1\n")
+    (tmp_path / "label").write_text("x\n")
+    b = dev_broker(toml)
+    wait_for("the reading", lambda: current(b.port, "devices/gw/cpu") == "45.3")
+    wait_for("the door", lambda: current(b.port, "devices/gw/door") == "ON")
+    b.stop(sig=signal.SIGKILL)
+    (tmp_path / "cpu").unlink()
+    b2 = dev_broker(toml)
+    assert retained(b2.port, "devices/gw/cpu") == "45.3"
+    assert retained_state(b2.port, "gw")["cpu"] == 45.3
+    wait_for("the failed read logged", lambda: "gw/cpu: " in b2.log() and "the last value stays" in b2.log())
+    assert retained(b2.port, "devices/gw/cpu") == "45.3"
+
+
+def test_a_reading_removed_at_reload_is_cleared(dev_broker, clients, tmp_path):
+    (tmp_path / "cpu").write_text("45312\n")
+    (tmp_path / "door").write_text("1\n")
+    (tmp_path / "label").write_text("x\n")
+    b = dev_broker(GATEWAY, ["homeassistant_discovery true"])
+    wait_for("the door", lambda: current(b.port, "devices/gw/door") == "ON")
+    w = clients(b.port, "w")
+    w.sub("devices/gw/door", "homeassistant/device/gw/config")
+    (tmp_path / "devices.toml").write_text(GATEWAY.replace("readings.door", "#readings.door"))
+    b.proc.send_signal(signal.SIGHUP)
+    _, (_, v, r) = w.until("devices/gw/door")
+    assert v == b""
+    _, (_, removal, r) = w.until("homeassistant/device/gw/config")
+    assert (json.loads(removal)["cmps"], r) == ({"door": {"p": "binary_sensor"}}, False)
+    _, (_, config, _) = w.until("homeassistant/device/gw/config")
+    assert "door" not in json.loads(config)["cmps"] and "cpu" in json.loads(config)["cmps"]
+    assert retained(b.port, "devices/gw/door") is None
+    assert "door" not in retained_state(b.port, "gw")
+
+
+def test_bad_readings_refuse_to_start(tmp_path):
+    for toml, what in [
+        ('[gw]\nreadings.t = { type = "float", path = "t", payload_on = "1", payload_off = "0" }\n',
+         "gw.readings.t.payload_on: only for bool readings"),
+        ('[gw]\nreadings.t = { type = "double", path = "t" }\n',
+         "gw.readings.t.type: unknown type 'double' (expected float, int, bool or string)"),
+        ('[gw]\nreadings.t = { type = "int", path = "t", program = "p" }\n',
+         "gw.readings.t: a reading needs either 'path' (a file) or 'program'"),
+        ('[gw]\ncommands.t = { type = "bool" }\nreadings.t = { type = "int", path = "t" }\n',
+         "gw.readings.t: a command has that name already"),
+        ('[gw]\nreadings.state = { type = "int", path = "t" }\n',
+         "gw.readings.state: a reading name must be one topic level"),
+        # Keys of the device's Home Assistant config taken by the grouped entity and the event.
+        ('[gw]\nhomeassistant = "light"\ncommands.power = { type = "bool" }\n'
+         'readings.light = { type = "int", path = "t" }\n',
+         "gw.readings.light: the name of the device's Home Assistant light (homeassistant = \"light\")"),
+        ('[gw]\nhomeassistant = "fan"\ncommands.power = { type = "bool" }\n'
+         'commands.fan = { type = "bool" }\n',
+         "gw.commands.fan: the name of the device's Home Assistant fan"),
+        ('[gw]\ncommands.command_result = { type = "bool" }\n',
+         "gw.commands.command_result: the name of the device's Home Assistant \"command result\" event"),
+        ('[gw]\nreadings.command_result = { type = "int", path = "t" }\n',
+         "gw.readings.command_result: the name of the device's Home Assistant"),
+    ]:
+        assert what in config_error(tmp_path, toml), toml
+
+
+# --- removals while gatemq was stopped, and an older gatemq's single-component configs ----------
+
+def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broker, clients, tmp_path):
+    """Without persistence, the devices store also keeps what gatemq announced to Home
+    Assistant: a device deleted from the file while gatemq was stopped has its discovery
+    config and retained topics cleared at start, and when Home Assistant (re)starts its old
+    config goes out once more, then the clear; a command deleted from a device that stays is
+    removed from its config."""
+    toml = LAMP + '\n[gone]\ncommands.power = { type = "bool", initial = "ON" }\n'
+    b = dev_broker(toml, ["homeassistant_discovery true"])
+    assert retained(b.port, "devices/gone/power") == "ON"
+    assert "power" in ha_config(b.port, "gone")["cmps"]
+    # Someone else's retained topics under the prefix are not gatemq's to clear.
+    other = clients(b.port, "other")
+    other.pub("devices/sensor9/availability", "Online", retain=True)
+    other.pub("devices/sensor9/temp", "21.5", retain=True)
+    b.stop()
+    b2 = dev_broker(LAMP.replace("commands.label", "#commands.label"), ["homeassistant_discovery true"])
+    for topic in ("devices/gone/power", "devices/gone/state", "devices/gone/availability",
+                  "homeassistant/device/gone/config", "devices/lamp/label"):
+        assert retained(b2.port, topic) is None, topic
+    assert "label" not in ha_config(b2.port, "lamp")["cmps"]
+    assert retained(b2.port, "devices/lamp/brightness") == "128"
+    assert retained(b2.port, "devices/sensor9/availability") == "Online"
+    assert retained(b2.port, "devices/sensor9/temp") == "21.5"
+    c = clients(b2.port, "ha")
+    c.sub("homeassistant/#")
+    c.pub("homeassistant/status", "online")
+    got = [(t, p) for t, p, _ in c.sync() if t != "homeassistant/status"]
+    lamp = [json.loads(p) for t, p in got if t == "homeassistant/device/lamp/config"]
+    gone = [p for t, p in got if t == "homeassistant/device/gone/config"]
+    # The lamp as it was (with the label), the label removed, the lamp as it is.
+    assert [sorted(c["cmps"]) for c in lamp] == [
+        ["brightness", "colour", "command_result", "identify", "label", "level", "power", "temp"],
+        ["label"],
+        ["brightness", "colour", "command_result", "identify", "level", "power", "temp"]]
+    assert lamp[1]["cmps"] == {"label": {"p": "text"}}
+    # The removed device as it was, then cleared, last.
+    assert len(gone) == 2 and "power" in json.loads(gone[0])["cmps"] and gone[1] == b""
+    assert got[-1] == ("homeassistant/device/gone/config", b"")
+
+
+def test_a_devices_own_topics_under_the_prefix_are_not_cleared_at_start(dev_broker, clients,
+                                                                      tmp_path):
+    """A device may report on topics under the devices prefix (its LWT, a state topic, the
+    topic commands are forwarded to): those are the device's, not stale status to clear when
+    gatemq starts."""
+    toml = """
+[plug]
+availability_topic = "devices/plug/lwt"
+state_topic = "devices/plug/tele"
+commands.power = { type = "bool", action = "publish", topic = "devices/plug/cmnd", retain = true, state_topic = "devices/plug/stat" }
+"""
+    b = dev_broker(toml)
+    dev = clients(b.port, "plug1")
+    for topic, payload in [("devices/plug/lwt", "Online"), ("devices/plug/stat", "ON"),
+                           ("devices/plug/tele", "{}")]:
+        dev.pub(topic, payload, retain=True)
+    Dev(b.port, clients).p.pub("devices/plug/power/set", "OFF")
+    wait_for("the forwarded command", lambda: current(b.port, "devices/plug/cmnd") == "OFF")
+    b.stop()
+    b2 = dev_broker(toml)
+    for topic, payload in [("devices/plug/lwt", "Online"), ("devices/plug/stat", "ON"),
+                           ("devices/plug/tele", "{}"), ("devices/plug/cmnd", "OFF")]:
+        assert retained(b2.port, topic) == payload, topic
+    assert retained(b2.port, "devices/plug/availability") == "online"
+
+
+def test_an_older_gatemqs_single_component_configs_are_migrated(dev_broker, clients, tmp_path):
+    """Single-component configs (homeassistant/<platform>/<device>/<key>/config) of an older
+    gatemq are moved to the device config the way Home Assistant documents it: migrate_discovery
+    on the old topic, the device config, then the old topic cleared; one of a command no
+    longer declared is removed."""
+    b = dev_broker(LAMP, ["persistence true"])
+    old = clients(b.port, "old")
+    origin = {"name": "gatemq", "sw_version": "0.0.9"}
+    old.pub("homeassistant/switch/lamp/power/config",
+            json.dumps({"name": "power", "unique_id": "gatemq_lamp_power", "origin": origin}),
+            retain=True)
+    old.pub("homeassistant/switch/lamp/gone/config",
+            json.dumps({"name": "gone", "unique_id": "gatemq_lamp_gone", "origin": origin}),
+            retain=True)
+    old.pub("homeassistant/switch/other/x/config", json.dumps({"name": "x"}), retain=True)
+    b.stop()
+    b2 = dev_broker(LAMP, ["persistence true", "homeassistant_discovery true"])
+    assert retained(b2.port, "homeassistant/switch/lamp/power/config") is None
+    assert retained(b2.port, "homeassistant/switch/lamp/gone/config") is None
+    assert retained(b2.port, "homeassistant/switch/other/x/config") is not None, "not ours"
+    assert "power" in ha_config(b2.port, "lamp")["cmps"]
+    c = clients(b2.port, "ha")
+    c.sub("homeassistant/#")
+    c.pub("homeassistant/status", "online")
+    got = [(t, p) for t, p, _ in c.sync() if t not in ("homeassistant/status",
+                                                      "homeassistant/switch/other/x/config")]
+    # First what each old topic needs (migrate, or the old config again before its clear),
+    # then the device config, then the clears.
+    first = dict(got[:2])
+    assert set(first) == {"homeassistant/switch/lamp/power/config",
+                          "homeassistant/switch/lamp/gone/config"}, got
+    assert first["homeassistant/switch/lamp/power/config"] == b'{"migrate_discovery":true}'
+    assert json.loads(first["homeassistant/switch/lamp/gone/config"])["unique_id"] == \
+        "gatemq_lamp_gone"
+    assert got[2][0] == "homeassistant/device/lamp/config" and "power" in json.loads(got[2][1])["cmps"]
+    assert sorted(got[3:]) == [("homeassistant/switch/lamp/gone/config", b""),
+                               ("homeassistant/switch/lamp/power/config", b"")], got
+
+
 AVAILABILITY = """
 [plug]
 name = "Tasmota plug"
@@ -869,57 +1385,63 @@ commands.label = { type = "string", max_length = 20, entity_category = "config" 
 """
 
 
+def ha_config(port, device, prefix="homeassistant"):
+    """Device `device`'s retained Home Assistant device config (device-based discovery)."""
+    text = retained(port, f"{prefix}/device/{device}/config")
+    assert text, f"no retained {prefix}/device/{device}/config"
+    return json.loads(text)
+
+
 def test_home_assistant_discovery(dev_broker, clients):
+    """One retained device-based config per device (HA 2024.11+): the device, the origin and
+    every entity in `cmps`, keyed by command."""
     b = dev_broker(DISCOVERY, ["homeassistant_discovery true"])
     c = clients(b.port, "ha")
     msgs = c.sub("homeassistant/#")
-    assert all(r for _, _, r in msgs)
-    configs = {t: json.loads(p) for t, p, _ in msgs}
+    assert [(t, r) for t, _, r in msgs] == [("homeassistant/device/lamp/config", True)]
+    config = json.loads(msgs[0][1])
+    version = re.search(r'^version = "(.+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert config["device"] == {"identifiers": ["gatemq_lamp"], "name": "Living room lamp",
+                                "manufacturer": "gatemq", "model": "declared device",
+                                "sw_version": version}
+    assert config["origin"] == {"name": "gatemq", "sw_version": version}
+    cmps = config["cmps"]
     expect = {"power": "switch", "brightness": "number", "temp": "number",
               "colour": "select", "identify": "button", "label": "text"}
-    event = configs.pop("homeassistant/event/lamp/command_result/config")
-    assert set(configs) == {f"homeassistant/{comp}/lamp/{cmd}/config"
-                            for cmd, comp in expect.items()}
+    event = cmps.pop("command_result")
+    assert {k: v["p"] for k, v in cmps.items()} == expect
+    assert event["p"] == "event"
     assert event["state_topic"] == "devices/lamp/event"
     assert event["event_types"] == ["ok", "refused"]
     assert event["unique_id"] == "gatemq_lamp_command_result"
     assert "availability_topic" not in event, "refusals show while the device is offline"
-    assert event["device"] == configs["homeassistant/switch/lamp/power/config"]["device"]
     for cmd, comp in expect.items():
-        cfg = configs[f"homeassistant/{comp}/lamp/{cmd}/config"]
+        cfg = cmps[cmd]
         assert cfg["name"] == cmd
         assert cfg["command_topic"] == f"devices/lamp/{cmd}/set"
         assert cfg["availability_topic"] == "devices/lamp/availability"
         assert cfg["unique_id"] == f"gatemq_lamp_{cmd}"
-        assert cfg["device"]["identifiers"] == ["gatemq_lamp"]
-        assert cfg["device"]["name"] == "Living room lamp"
         if comp == "button":
             assert "state_topic" not in cfg
         else:
             assert cfg["state_topic"] == f"devices/lamp/{cmd}"
-    sw = configs["homeassistant/switch/lamp/power/config"]
-    assert (sw["payload_on"], sw["payload_off"]) == ("ON", "OFF")
-    num = configs["homeassistant/number/lamp/brightness/config"]
-    assert (num["min"], num["max"], num["step"]) == (0, 255, 1)
-    num = configs["homeassistant/number/lamp/temp/config"]
-    assert (num["min"], num["max"], num["step"]) == (5, 30, 0.5)
-    assert configs["homeassistant/select/lamp/colour/config"]["options"] == ["warm", "cold"]
-    assert configs["homeassistant/text/lamp/label/config"]["max"] == 20
-    # Modern discovery: default_entity_id beside object_id, the origin, the device's version.
-    version = re.search(r'^version = "(.+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
-    for cmd, comp in expect.items():
-        cfg = configs[f"homeassistant/{comp}/lamp/{cmd}/config"]
+        # Modern discovery: default_entity_id beside object_id.
         assert (cfg["object_id"], cfg["default_entity_id"]) == (f"lamp_{cmd}", f"{comp}.lamp_{cmd}")
-        assert cfg["origin"] == {"name": "gatemq", "sw_version": version}
-        assert cfg["device"]["sw_version"] == version and "configuration_url" not in cfg["device"]
+    assert (cmps["power"]["payload_on"], cmps["power"]["payload_off"]) == ("ON", "OFF")
+    num = cmps["brightness"]
+    assert (num["min"], num["max"], num["step"]) == (0, 255, 1)
+    num = cmps["temp"]
+    assert (num["min"], num["max"], num["step"]) == (5, 30, 0.5)
+    assert cmps["colour"]["options"] == ["warm", "cold"]
+    assert cmps["label"]["max"] == 20
     assert event["default_entity_id"] == "event.lamp_command_result"
     # Per-command keys pass through to discovery (unit as unit_of_measurement).
-    temp = configs["homeassistant/number/lamp/temp/config"]
+    temp = cmps["temp"]
     assert (temp["device_class"], temp["unit_of_measurement"], temp["icon"]) == \
         ("temperature", "°C", "mdi:thermometer")
-    assert configs["homeassistant/button/lamp/identify/config"]["entity_category"] == "diagnostic"
-    assert configs["homeassistant/text/lamp/label/config"]["entity_category"] == "config"
-    assert "device_class" not in configs["homeassistant/switch/lamp/power/config"]
+    assert cmps["identify"]["entity_category"] == "diagnostic"
+    assert cmps["label"]["entity_category"] == "config"
+    assert "device_class" not in cmps["power"]
 
 
 def test_discovery_links_the_status_page(dev_broker, clients):
@@ -927,41 +1449,105 @@ def test_discovery_links_the_status_page(dev_broker, clients):
     the status page."""
     b = dev_broker(DISCOVERY, ["homeassistant_discovery true", "http_listener 0 127.0.0.1"])
     port = int(re.search(r"HTTP \(status page, /metrics\) on 127\.0\.0\.1:(\d+)", b.log()).group(1))
-    cfg = json.loads(retained(b.port, "homeassistant/switch/lamp/power/config"))
+    cfg = ha_config(b.port, "lamp")
     assert cfg["device"]["configuration_url"] == f"http://127.0.0.1:{port}/"
     assert cfg["origin"]["support_url"] == f"http://127.0.0.1:{port}/"
 
 
 def test_a_light_is_one_home_assistant_entity(dev_broker, clients):
-    """homeassistant = "light": power, brightness (HA's 0-255 scaled to its max) and effect are
-    one light in HA's template schema on the device's own topics; other commands keep their
-    own entities, and a light without a bool power is refused at load."""
+    """homeassistant = "light": power, brightness (HA's 0-255 scaled to its max), colour_temp
+    (kelvin) and effect are one light in HA's template schema on the device's own topics;
+    other commands keep their own entities, and a light without a bool power is refused at
+    load. (The real Home Assistant test proves what HA renders from the templates.)"""
     b = dev_broker('''
 [desk]
 name = "Desk"
 homeassistant = "light"
 commands.power = { type = "bool" }
 commands.brightness = { type = "int", min = 0, max = 100 }
+commands.colour_temp = { type = "int", min = 2700, max = 6500 }
 commands.effect = { type = "enum", values = ["none", "candle"] }
 commands.colour = { type = "enum", values = ["warm", "cold"] }
 ''', ["homeassistant_discovery true"])
-    c = clients(b.port, "ha")
-    configs = {t: json.loads(p) for t, p, _ in c.sub("homeassistant/#")}
-    assert set(configs) == {"homeassistant/light/desk/light/config",
-                            "homeassistant/select/desk/colour/config",
-                            "homeassistant/event/desk/command_result/config"}
-    light = configs["homeassistant/light/desk/light/config"]
+    cmps = ha_config(b.port, "desk")["cmps"]
+    assert {k: v["p"] for k, v in cmps.items()} == {
+        "colour": "select", "light": "light", "command_result": "event"}
+    light = cmps["light"]
     assert light["name"] is None and light["schema"] == "template"
     assert (light["command_topic"], light["state_topic"]) == ("devices/desk/set", "devices/desk/state")
     assert light["effect_list"] == ["none", "candle"]
+    assert (light["color_temp_kelvin"], light["min_kelvin"], light["max_kelvin"]) == (True, 2700, 6500)
+    assert light["color_temp_template"] == "{{ value_json.colour_temp }}"
     assert "brightness * 100 / 255" in light["command_on_template"]
     assert light["brightness_template"] == "{{ (value_json.brightness * 255 / 100) | round(0) | int }}"
     assert light["command_off_template"] == '{"power":"OFF"}'
-    assert light["device"]["identifiers"] == ["gatemq_desk"]
     # What HA's template renders for turn_on with brightness 255 is one multi-command.
     d = Dev(b.port, clients)
-    d.p.pub("devices/desk/set", '{"power":"ON","brightness":100}')
-    assert retained_state(b.port, "desk") == {"power": "ON", "brightness": 100}
+    d.p.pub("devices/desk/set", '{"power":"ON","brightness":100,"colour_temp":3000}')
+    assert retained_state(b.port, "desk") == {"power": "ON", "brightness": 100, "colour_temp": 3000}
+
+
+def test_fan_and_cover_are_one_home_assistant_entity_each(dev_broker, clients):
+    """homeassistant = "fan": power and an int speed (a percentage of its range) or an enum
+    (preset modes); "cover": position and/or move (open/close/stop). Each part keeps its own
+    command topic, so one HA service call is one command."""
+    b = dev_broker('''
+[attic]
+homeassistant = "fan"
+commands.power = { type = "bool" }
+commands.speed = { type = "int", min = 0, max = 3 }
+[hall]
+homeassistant = "fan"
+commands.power = { type = "bool", icon = "mdi:fan" }
+commands.speed = { type = "enum", values = ["low", "high"] }
+[blind]
+homeassistant = "cover"
+commands.position = { type = "int", min = 0, max = 100, device_class = "blind" }
+commands.move = { type = "enum", values = ["OPEN", "CLOSE", "STOP"] }
+[garage]
+homeassistant = "cover"
+commands.move = { type = "enum", values = ["open", "close"] }
+[shade]
+homeassistant = "cover"
+commands.position = { type = "int", min = 0, max = 10 }
+''', ["homeassistant_discovery true"])
+    attic = ha_config(b.port, "attic")["cmps"]
+    assert set(attic) == {"fan", "command_result"}
+    fan = attic["fan"]
+    assert fan["p"] == "fan" and fan["default_entity_id"] == "fan.attic"
+    assert (fan["command_topic"], fan["state_topic"]) == ("devices/attic/power/set", "devices/attic/power")
+    assert (fan["percentage_command_topic"], fan["percentage_state_topic"]) == \
+        ("devices/attic/speed/set", "devices/attic/speed")
+    assert (fan["speed_range_min"], fan["speed_range_max"]) == (1, 3)
+    hall = ha_config(b.port, "hall")["cmps"]["fan"]
+    assert hall["preset_modes"] == ["low", "high"] and hall["icon"] == "mdi:fan"
+    assert hall["preset_mode_command_topic"] == "devices/hall/speed/set"
+    assert "percentage_command_topic" not in hall
+    blind = ha_config(b.port, "blind")["cmps"]["cover"]
+    assert (blind["command_topic"], blind["payload_open"], blind["payload_close"],
+            blind["payload_stop"]) == ("devices/blind/move/set", "OPEN", "CLOSE", "STOP")
+    assert (blind["set_position_topic"], blind["position_topic"]) == \
+        ("devices/blind/position/set", "devices/blind/position")
+    assert (blind["position_open"], blind["position_closed"], blind["device_class"]) == (100, 0, "blind")
+    assert "state_topic" not in blind, "the position says whether it is open"
+    garage = ha_config(b.port, "garage")["cmps"]["cover"]
+    assert (garage["state_topic"], garage["state_open"], garage["state_closed"]) == \
+        ("devices/garage/move", "open", "close")
+    assert garage["payload_stop"] is None and "set_position_topic" not in garage
+    shade = ha_config(b.port, "shade")["cmps"]["cover"]
+    assert (shade["command_topic"], shade["payload_open"], shade["payload_close"]) == \
+        ("devices/shade/position/set", "10", "0")
+    for bad, what in [
+        ('homeassistant = "fan"\ncommands.speed = { type = "int", max = 3 }\n', "a fan needs a bool command 'power'"),
+        ('homeassistant = "cover"\ncommands.power = { type = "bool" }\n', "a cover needs an int command 'position'"),
+        ('homeassistant = "cover"\ncommands.move = { type = "enum", values = ["up", "down"] }\n', "a cover needs"),
+        ('homeassistant = "light"\ncommands.power = { type = "bool" }\ncommands.colour_temp = { type = "int", min = 153, max = 500 }\n',
+         "a light's colour temperature is in kelvin"),
+        ('homeassistant = "vacuum"\ncommands.power = { type = "bool" }\n', "unknown Home Assistant entity 'vacuum' (expected light, fan or cover)"),
+    ]:
+        d = b.tmp / "bad"
+        d.mkdir(exist_ok=True)
+        assert what in config_error(d, "[x]\n" + bad)
 
 
 def test_a_light_needs_a_bool_power(tmp_path):
@@ -1012,7 +1598,7 @@ def test_custom_prefixes_and_discovery_off_by_default(dev_broker, clients):
     assert clients(b.port, "ha").sub("ha/#") == []
     b2 = dev_broker(LAMP, ["devices_prefix home/devs", "homeassistant_prefix ha/disc",
                            "homeassistant_discovery true"])
-    cfg = json.loads(retained(b2.port, "ha/disc/number/lamp/brightness/config"))
+    cfg = ha_config(b2.port, "lamp", prefix="ha/disc")["cmps"]["brightness"]
     assert cfg["command_topic"] == "home/devs/lamp/brightness/set"
     assert cfg["state_topic"] == "home/devs/lamp/brightness"
     assert cfg["availability_topic"] == "home/devs/lamp/availability"
@@ -1105,7 +1691,7 @@ def test_readme_scenario_with_example_config(tmp_path, clients):
         flag, _, state = mosquitto_sub_retained(port, "devices/lamp/state")
         assert flag == 1
         assert json.loads(state) == {"power": "ON", "brightness": 128, "colour": "warm"}
-        cfg = json.loads(retained(port, "homeassistant/switch/lamp/power/config"))
+        cfg = ha_config(port, "lamp")["cmps"]["power"]
         assert cfg["command_topic"] == "devices/lamp/power/set"
     finally:
         os.kill(proc.pid, signal.SIGTERM)

@@ -155,8 +155,7 @@ def test_reload_publishes_only_the_devices_that_changed(make_broker, tmp_path):
     devices.write_text(TWO_DEVICES.replace("max = 3", "max = 5"))
     reload(b)
     again = drain_until_marker(c, "mark/3")
-    assert again and all(t.startswith(("devices/fan/", "homeassistant/number/fan/",
-                                       "homeassistant/event/fan/"))
+    assert again and all(t.startswith(("devices/fan/", "homeassistant/device/fan/"))
                          for t, _ in again), again
     assert ("devices/fan/availability", b"online") in again
     assert ("devices/fan/speed", b"2") in again
@@ -168,34 +167,36 @@ def test_reload_publishes_only_the_devices_that_changed(make_broker, tmp_path):
     reload(b)
     gone = drain_until_marker(c, "mark/4")
     assert sorted(gone) == sorted([
-        ("devices/lamp/power", b""), ("homeassistant/switch/lamp/power/config", b""),
-        ("devices/lamp/brightness", b""), ("homeassistant/number/lamp/brightness/config", b""),
+        ("devices/lamp/power", b""), ("devices/lamp/brightness", b""),
         ("devices/lamp/state", b""), ("devices/lamp/availability", b""),
-        ("homeassistant/event/lamp/command_result/config", b"")]), gone
+        ("homeassistant/device/lamp/config", b"")]), gone
     late = Client(b.port)
     late.connect()
     late.subscribe("devices/lamp/#", 1)
-    late.subscribe("homeassistant/+/lamp/#", 1)
+    late.subscribe("homeassistant/device/lamp/#", 1)
     late.assert_no_message(1.0)
     late.disconnect()
 
-    # Home Assistant starts again (its birth message): the removed configs go out once more,
-    # then their clears, as HA drops only what it discovered since its start.
+    # Home Assistant starts again (its birth message): the removed config goes out once more,
+    # then the devices' configs as they are, then the clear, as HA drops only what it
+    # discovered since its start.
     c.publish("homeassistant/status", b"online", qos=1)
     again = [(t, p) for t, p in drain_until_marker(c, "mark/4b")
              if t.startswith("homeassistant/") and t != "homeassistant/status"]
-    sw = [p for t, p in again if t == "homeassistant/switch/lamp/power/config"]
-    assert len(sw) == 2 and json.loads(sw[0])["unique_id"] == "gatemq_lamp_power" and sw[1] == b""
-    assert {t for t, _ in again} == {"homeassistant/switch/lamp/power/config",
-                                     "homeassistant/number/lamp/brightness/config",
-                                     "homeassistant/event/lamp/command_result/config"}
+    assert [t for t, _ in again] == ["homeassistant/device/lamp/config",
+                                     "homeassistant/device/fan/config",
+                                     "homeassistant/device/lamp/config"], again
+    assert set(json.loads(again[0][1])["cmps"]) == {"power", "brightness", "command_result"}
+    assert again[2][1] == b""
 
-    # A changed device that loses a command, or announces one as another component: only
-    # that command's topics are cleared; the rest is announced again.
+    # A changed device that loses a command, or announces one as another platform: the old
+    # component is removed ({"p": "<platform>"} only, not retained), then the config as it is
+    # now; the value's topic stays.
     devices.write_text('[fan]\ncommands.speed = { type = "enum", values = ["low", "high"] }\n')
     reload(b)
     changed = drain_until_marker(c, "mark/5")
-    assert ("homeassistant/number/fan/speed/config", b"") in changed
+    configs = [json.loads(p) for t, p in changed if t == "homeassistant/device/fan/config"]
+    assert [c["cmps"] for c in configs][0] == {"speed": {"p": "number"}}
+    assert configs[1]["cmps"]["speed"]["p"] == "select"
     assert ("devices/fan/speed", b"") not in changed
-    assert any(t == "homeassistant/select/fan/speed/config" and p for t, p in changed)
     c.disconnect()

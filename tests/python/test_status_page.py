@@ -26,6 +26,10 @@ commands.colour = { type = "enum", values = ["warm", "neutral", "cold"], initial
 name = "Attic fan"
 commands.speed = { type = "enum", values = ["off", "low", "high"], initial = "off" }
 commands.boost = { type = "trigger" }
+
+[gw]
+name = "Gateway"
+readings.cpu_temp = { type = "float", path = "cpu_temp", scale = 0.001, round = 1, every_s = 0.2, unit = "°C" }
 """
 
 
@@ -33,6 +37,7 @@ def gateway(make_broker, tmp_path, *extra):
     """A broker with a WebSocket listener (ports[0]), a plain one (ports[1]), devices, and the
     http_listener on a free port; returns (broker, base URL)."""
     (tmp_path / "devices.toml").write_text(DEVICES)
+    (tmp_path / "cpu_temp").write_text("47250\n")
     b = make_broker(["protocol websockets", "listener 0 127.0.0.1", "http_listener 0 127.0.0.1",
                      "devices_file devices.toml", *extra])
     port = int(HTTP_RE.search(b.log()).group(1))
@@ -146,6 +151,8 @@ def test_the_json_the_page_lists(make_broker, tmp_path):
     assert (lamp["id"], lamp["name"]) == ("lamp", "Living room lamp")
     assert lamp["commands"][1] == {"name": "brightness", "type": "int", "min": 0, "max": 255}
     assert devices["devices"][1]["commands"][1] == {"name": "boost", "type": "trigger"}
+    assert devices["devices"][2]["readings"] == [
+        {"name": "cpu_temp", "type": "float", "unit": "°C", "every_s": 0.2}]
     page = get(url + "/")[2].decode()
     assert f'"ws_port":{b.ports[0]}' in page and "<script>" in page
     c.disconnect()

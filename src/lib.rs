@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod devices;
+pub mod mqttsn;
 pub mod net;
 pub mod store;
 pub mod wire;

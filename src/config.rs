@@ -25,9 +25,15 @@ pub struct ListenerConfig {
     pub use_username_as_clientid: bool,
     /// `protocol websockets`: MQTT over WebSocket.
     pub websockets: bool,
+    /// `protocol mqttsn`: MQTT-SN over UDP, with the `mqttsn_*` options of the section.
+    pub mqttsn: Option<crate::mqttsn::Options>,
     /// The config line that made it (`listener`, `port` or `bind_address`); 0 for the
     /// listener gatemq opens when the config names none.
     pub line: usize,
+    /// The `protocol mqttsn` line, for errors about the section.
+    pub mqttsn_line: usize,
+    /// `mqttsn_advertise_interval` and `mqttsn_advertise_address` as read (they go together).
+    pub mqttsn_advertise: (Option<std::time::Duration>, Option<std::net::SocketAddr>),
 }
 
 impl ListenerConfig {
@@ -349,14 +355,35 @@ impl Config {
                     section.use_username_as_clientid = at.parse_bool(&args)?
                 }
                 "protocol" => match at.one(&args)? {
-                    "mqtt" => section.websockets = false,
-                    "websockets" => section.websockets = true,
+                    "mqtt" => {
+                        section.websockets = false;
+                        section.mqttsn = None;
+                    }
+                    "websockets" => {
+                        section.websockets = true;
+                        section.mqttsn = None;
+                    }
+                    "mqttsn" => {
+                        section.websockets = false;
+                        section.mqttsn = Some(crate::mqttsn::Options::default());
+                        if section.mqttsn_line == 0 {
+                            section.mqttsn_line = n + 1;
+                        }
+                    }
                     other => {
                         return Err(at.err(&format!(
-                            "unknown protocol '{other}' (expected mqtt or websockets)"
+                            "unknown protocol '{other}' (expected mqtt, websockets or mqttsn)"
                         )))
                     }
                 },
+                _ if option.starts_with("mqttsn_") => {
+                    let Some(o) = section.mqttsn.as_mut() else {
+                        return Err(at.err(
+                            "belongs to a listener section with 'protocol mqttsn' (after that line)",
+                        ));
+                    };
+                    mqttsn_option(&at, o, &args, &mut section.mqttsn_advertise)?;
+                }
                 "certfile" | "keyfile" | "cafile" | "capath" => {
                     let t = &mut section.tls;
                     let path = Some(PathBuf::from(at.path(rest)?));
@@ -593,8 +620,9 @@ impl Config {
             )));
         }
 
-        for l in &c.listeners {
+        for l in &mut c.listeners {
             check_tls(&l.tls, name)?;
+            check_mqttsn(l, name)?;
         }
         collide::check(&c.listeners, name)?;
         for (link, spec) in c.bridges.iter().zip(c.broker.bridges.iter_mut()) {
@@ -673,8 +701,96 @@ impl Config {
     }
 }
 
+/// One `mqttsn_*` option of an MQTT-SN listener's section.
+fn mqttsn_option(
+    at: &Line<'_>,
+    o: &mut crate::mqttsn::Options,
+    args: &[&str],
+    advertise: &mut (Option<std::time::Duration>, Option<std::net::SocketAddr>),
+) -> Result<(), ConfigError> {
+    use std::time::Duration;
+    match at.option {
+        "mqttsn_topic" => {
+            let [id, topic] = args else {
+                return Err(at.err("expects a topic id (1 to 65534) and a topic name"));
+            };
+            let id = at.parse_num(id, 1, 65534)? as u16;
+            if !crate::broker::topic::valid_name(topic) {
+                return Err(at.err(&format!("'{topic}' is not a topic name (no wildcards)")));
+            }
+            if o.topics.iter().any(|(i, _)| *i == id) {
+                return Err(at.err(&format!("topic id {id} is given twice")));
+            }
+            if o.topics.iter().any(|(_, t)| t == topic) {
+                return Err(at.err(&format!("topic '{topic}' has an id already")));
+            }
+            o.topics.push((id, topic.to_string()));
+        }
+        "mqttsn_gateway_id" => o.gateway_id = at.parse_num(at.one(args)?, 0, 255)? as u8,
+        "mqttsn_retry_interval" => {
+            o.retry_interval = Duration::from_secs(at.parse_num(at.one(args)?, 1, 3600)?)
+        }
+        "mqttsn_retry_count" => o.retry_count = at.parse_num(at.one(args)?, 0, 100)? as u32,
+        "mqttsn_max_clients_per_source" => {
+            o.max_clients_per_source = at.parse_num(at.one(args)?, 1, 1 << 20)? as usize
+        }
+        "mqttsn_advertise_interval" => {
+            advertise.0 = Some(Duration::from_secs(at.parse_num(
+                at.one(args)?,
+                1,
+                65535,
+            )?))
+        }
+        "mqttsn_advertise_address" => {
+            let a = at.one(args)?;
+            advertise.1 = Some(a.parse().map_err(|_| {
+                at.err(&format!(
+                    "'{a}' is not an address and port (e.g. 192.168.1.255:1884)"
+                ))
+            })?);
+        }
+        _ => return Err(at.err("is not an MQTT-SN option")),
+    }
+    Ok(())
+}
+
+/// An MQTT-SN listener's section as a whole: no TLS (MQTT-SN 1.2 has no DTLS here), ADVERTISE
+/// only with the address it goes to, `max_connections` as its client limit.
+fn check_mqttsn(l: &mut ListenerConfig, name: &str) -> Result<(), ConfigError> {
+    let Some(o) = l.mqttsn.as_mut() else {
+        return Ok(());
+    };
+    let at = |what: &str| ConfigError(format!("{name}:{}: {what}", l.mqttsn_line));
+    if l.tls.enabled() || l.tls.cafile.is_some() || l.tls.capath.is_some() {
+        return Err(at(
+            "an MQTT-SN listener cannot use TLS (certfile, keyfile, cafile)",
+        ));
+    }
+    o.advertise = match l.mqttsn_advertise {
+        (Some(every), Some(addr)) => Some((every, addr)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(at(
+                "mqttsn_advertise_interval needs mqttsn_advertise_address: ADVERTISE goes only where it is told",
+            ))
+        }
+        (None, Some(_)) => return Err(at("mqttsn_advertise_address needs mqttsn_advertise_interval")),
+    };
+    if let Some(max) = l.max_connections {
+        o.max_clients = max;
+    }
+    Ok(())
+}
+
 /// Options that belong to a listener's section.
 const LISTENER_OPTIONS: &[&str] = &[
+    "mqttsn_topic",
+    "mqttsn_gateway_id",
+    "mqttsn_retry_interval",
+    "mqttsn_retry_count",
+    "mqttsn_max_clients_per_source",
+    "mqttsn_advertise_interval",
+    "mqttsn_advertise_address",
     "certfile",
     "keyfile",
     "cafile",

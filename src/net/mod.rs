@@ -188,6 +188,10 @@ impl Server {
             l.announce();
         }
         mqttsn_anonymous_warning(config);
+        if config.listeners.iter().any(|l| l.mqttsn.is_some()) {
+            // Its counters exist from the start: `$SYS` and `/metrics` show zeros, not nothing.
+            broker.mqttsn_stats_mut();
+        }
         if let Some(devices) = &config.devices {
             log::info!("{} devices declared", devices.devices.len());
         }

@@ -107,6 +107,17 @@ impl Broker {
         }
     }
 
+    /// Whether the client's publishes are not to be taken now: a subscriber's full queue
+    /// paused it (see `publish::deliver`), or its acknowledgements wait for a journal that
+    /// cannot be written. ([`Broker::wants_read`] also stops at a full output buffer, which
+    /// for a gateway client is the gateway waiting for a REGACK, not the client.)
+    pub fn publishes_paused(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| c.paused_on.is_some() || (self.journal_failing && c.held.is_some()))
+    }
+
     pub fn is_asleep(&self, id: ConnId) -> bool {
         self.conns
             .get(id)

@@ -217,7 +217,10 @@ struct Client {
     tries: u32,
     /// When to send it again, and the generation of its timer entry.
     retry_at: Option<Instant>,
-    timer_gen: u32,
+    /// The client's one live entry in the timer heap: its time, and the generation that
+    /// tells it from an entry of an earlier client in the same slot.
+    timer_at: Option<Instant>,
+    timer_gen: u64,
     next_msg_id: u16,
     /// The topic id of recent QoS 1 publishes (for PUBACK) and which were acknowledged.
     pub_topics: Recent<u16>,
@@ -246,6 +249,7 @@ impl Client {
             inflight: None,
             tries: 0,
             retry_at: None,
+            timer_at: None,
             timer_gen: 0,
             next_msg_id: 0,
             pub_topics: Recent::default(),
@@ -281,7 +285,9 @@ pub struct Gateway {
     /// when a new client needs room.
     kept: VecDeque<usize>,
     /// Retransmission deadlines: (when, client, generation).
-    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Generations of client records, for their timer entries.
+    next_gen: u64,
     next_advertise: Option<Instant>,
     /// An MQTT packet for the broker, and a datagram for a client: reused buffers.
     frame: Vec<u8>,
@@ -329,6 +335,7 @@ impl Gateway {
             per_source: FxHashMap::default(),
             kept: VecDeque::new(),
             timers: BinaryHeap::new(),
+            next_gen: 0,
             next_advertise,
             frame: Vec::with_capacity(256),
             dgram: Vec::with_capacity(256),
@@ -755,9 +762,10 @@ impl Gateway {
         let state = self.clients[idx].state;
         let conn = self.clients[idx].conn;
         if let Some(conn) = conn.filter(|_| self.clients[idx].connected()) {
-            if !b.wants_read(conn) {
-                // Its publishes wait for a subscriber's queue: like an unread TCP socket, it
-                // is not read; what needs an answer it sends again.
+            if matches!(m, Message::Publish { .. }) && b.publishes_paused(conn) {
+                // Its publishes wait for a subscriber's queue (or for the journal): dropped,
+                // as an unread TCP socket would hold them; it sends QoS 1/2 ones again.
+                // Acknowledgements and the rest are read: they hold nothing up.
                 self.stats.paused += 1;
                 return;
             }
@@ -1570,13 +1578,23 @@ impl Gateway {
                 break;
             }
             self.timers.pop();
-            let Some(c) = self.clients.get(idx) else {
+            let Some(c) = self.clients.get_mut(idx) else {
                 continue;
             };
-            if c.timer_gen != gen || c.retry_at.is_none_or(|t| t > now) {
+            if c.timer_gen != gen {
                 continue;
             }
-            self.retry(b, host, idx, now);
+            c.timer_at = None;
+            match c.retry_at {
+                None => {}
+                // Re-armed since this entry was made: it moves to the new time (one entry per
+                // client, however many messages it acknowledges meanwhile).
+                Some(t) if t > now => {
+                    c.timer_at = Some(t);
+                    self.timers.push(Reverse((t, idx, gen)));
+                }
+                Some(_) => self.retry(b, host, idx, now),
+            }
         }
         self.merge(b);
     }
@@ -1646,9 +1664,11 @@ impl Gateway {
     fn arm(&mut self, idx: usize, now: Instant) {
         let at = now + self.opts.retry_interval;
         let c = &mut self.clients[idx];
-        c.timer_gen = c.timer_gen.wrapping_add(1);
         c.retry_at = Some(at);
-        self.timers.push(Reverse((at, idx, c.timer_gen)));
+        if c.timer_at.is_none() {
+            c.timer_at = Some(at);
+            self.timers.push(Reverse((at, idx, c.timer_gen)));
+        }
     }
 
     fn set_state(&mut self, idx: usize, state: State) {
@@ -1684,7 +1704,10 @@ impl Gateway {
                 self.remove(idx);
             }
         }
-        let idx = self.clients.insert(Client::new(peer, ctrl, client_id));
+        self.next_gen += 1;
+        let mut c = Client::new(peer, ctrl, client_id);
+        c.timer_gen = self.next_gen;
+        let idx = self.clients.insert(c);
         self.by_peer.insert(peer, idx);
         *self.per_source.entry(ip).or_default() += 1;
         Some(idx)

@@ -660,8 +660,15 @@ impl Message<'_> {
 
 /// Append a forwarder's encapsulation header; the message to the client follows it.
 pub fn encode_encapsulation(out: &mut Vec<u8>, e: &Encapsulation<'_>) {
-    // Its Length is one byte: a node id longer than 252 bytes is refused at decoding.
-    out.push((3 + e.node_id.len()).min(255) as u8);
+    // Its Length is one byte (spec 5.5); a node id too long for it takes the 3-byte form, as
+    // the decoder reads any header.
+    let n = e.node_id.len();
+    if n + 3 < 256 {
+        out.push((n + 3) as u8);
+    } else {
+        out.push(0x01);
+        out.extend_from_slice(&((n + 5).min(MAX_MESSAGE) as u16).to_be_bytes());
+    }
     out.push(kind::ENCAPSULATED);
     out.push(e.ctrl);
     out.extend_from_slice(e.node_id);

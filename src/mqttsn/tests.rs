@@ -740,3 +740,45 @@ fn not_connected_sources_are_told_and_searchgw_is_answered() {
     assert_eq!(r.stats().not_connected, 3);
     let _ = kind::PINGRESP;
 }
+
+#[test]
+fn a_paused_publisher_has_its_publishes_dropped_but_its_acknowledgements_read() {
+    // The MQTT subscriber reads nothing: its output fills (128 bytes), then its queue (2).
+    let cfg = BrokerConfig {
+        max_queued_messages: 2,
+        output_buffer_soft: 128,
+        ..BrokerConfig::default()
+    };
+    let mut r = Rig::with(opts(), cfg);
+    r.mqtt_subscriber("p/#");
+    r.connect(5011, "pub", true);
+    r.send(
+        5011,
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic: b"p/x",
+        },
+    );
+    let got = r.recv(5011);
+    let Message::RegAck { topic_id: tid, .. } = msgs(&got)[0] else {
+        panic!("{:?}", msgs(&got))
+    };
+    let data = [7u8; 40];
+    let mut acked = 0;
+    for i in 1..=10u16 {
+        r.send(5011, publish(1, topic_type::NORMAL, tid, i, &data));
+        acked += msgs(&r.recv(5011)).len();
+    }
+    // Some went through (output, then queue); the rest found the client paused: dropped,
+    // unacknowledged (it sends them again), counted.
+    assert!((3..10).contains(&acked), "{acked} acknowledged");
+    assert_eq!(r.stats().paused as usize, 10 - acked);
+    // A PINGREQ is still answered: only publishes wait.
+    r.send(5011, Message::PingReq { client_id: b"" });
+    assert_eq!(msgs(&r.recv(5011)), vec![Message::PingResp]);
+    // The subscriber reads: the client is taken again.
+    while !r.mqtt_out().is_empty() {}
+    r.send(5011, publish(1, topic_type::NORMAL, tid, 11, &data));
+    assert_eq!(msgs(&r.recv(5011)).len(), 1);
+}

@@ -35,8 +35,11 @@ pub trait Host {
 
 /// Longest forwarder node id kept (ZigBee's 8-byte addresses fit four times over).
 const MAX_NODE_ID: usize = 32;
-/// Topic ids one client may have registered (both ways); a REGISTER beyond gets CONGESTION.
+/// Topic ids one client may have registered (both ways), and the bytes of their names: a
+/// REGISTER beyond gets CONGESTION, a message on a topic beyond is not sent to the client (and
+/// counted). With `max_connections` clients, this bounds what topic tables can hold.
 pub const MAX_TOPICS_PER_CLIENT: usize = 1024;
+pub const MAX_TOPIC_BYTES_PER_CLIENT: usize = 64 * 1024;
 /// Longest client id accepted (the specification says 23; longer ones are common enough).
 const MAX_CLIENT_ID: usize = 64;
 /// A datagram's largest UDP payload (IPv4).
@@ -113,6 +116,8 @@ struct Will {
 struct Topics {
     names: Vec<(Box<str>, Reg)>,
     by_name: hashbrown::HashTable<u16>,
+    /// Bytes of the names held.
+    bytes: usize,
 }
 
 /// What the client knows of a topic id.
@@ -150,9 +155,12 @@ impl Topics {
         if let Some(id) = self.id(name) {
             return Some(id);
         }
-        if self.names.len() >= MAX_TOPICS_PER_CLIENT {
+        if self.names.len() >= MAX_TOPICS_PER_CLIENT
+            || self.bytes + name.len() > MAX_TOPIC_BYTES_PER_CLIENT
+        {
             return None;
         }
+        self.bytes += name.len();
         self.names.push((name.into(), reg));
         let id = self.names.len() as u16;
         let names = &self.names;
@@ -169,6 +177,7 @@ impl Topics {
     fn clear(&mut self) {
         self.names.clear();
         self.by_name.clear();
+        self.bytes = 0;
     }
 }
 
@@ -697,8 +706,32 @@ impl Gateway {
         b.set_keep_alive(conn, c.duration, now);
         self.send_client(host, idx, &Message::ConnAck { rc: rc::ACCEPTED });
         b.set_asleep(conn, false);
-        if self.clients[idx].inflight.is_some() {
+        self.resume_pending(b, host, idx, conn, now);
+    }
+
+    /// A client back from sleep: what waited for its acknowledgement when it fell asleep (a
+    /// REGISTER, a PUBLISH or PUBREL in flight) goes again, its retransmission timer armed.
+    fn resume_pending<H: Host>(
+        &mut self,
+        b: &mut Broker,
+        host: &mut H,
+        idx: usize,
+        conn: ConnId,
+        now: Instant,
+    ) {
+        let c = &self.clients[idx];
+        if let Some((topic_id, msg_id)) = c.register {
+            let name: Box<str> = c.topics.get(topic_id).map_or("".into(), |(n, _)| n.into());
+            let m = Message::Register {
+                topic_id,
+                msg_id,
+                topic: name.as_bytes(),
+            };
+            self.send_client(host, idx, &m);
+            self.arm(idx, now);
+        } else if c.inflight.is_some() {
             b.retransmit(conn, now);
+            self.arm(idx, now);
         }
     }
 
@@ -977,9 +1010,10 @@ impl Gateway {
                 to_broker(b, conn, &self.frame, now);
             }
             Message::Register { msg_id, topic, .. } => {
+                let max = b.config().max_topic_length;
                 let name = std::str::from_utf8(topic)
                     .ok()
-                    .filter(|t| topic::valid_name(t));
+                    .filter(|t| topic::valid_name(t) && t.len() <= max);
                 let answer = match name {
                     None => (0, rc::NOT_SUPPORTED),
                     Some(n) => match self.clients[idx].topics.add(n, Reg::Known) {
@@ -1021,9 +1055,7 @@ impl Gateway {
                     // Awake: what was kept for it goes out, then PINGRESP (see `flush`).
                     self.set_state(idx, State::Awake);
                     b.set_asleep(conn, false);
-                    if self.clients[idx].inflight.is_some() {
-                        b.retransmit(conn, now);
-                    }
+                    self.resume_pending(b, host, idx, conn, now);
                     b.mark_writable(conn);
                 }
                 State::Awake => b.mark_writable(conn),
@@ -1792,6 +1824,7 @@ fn forget_topic(t: &mut Topics, id: u16) {
     }
     if let Some(e) = t.names.get_mut(id as usize - 1) {
         // The slot stays (ids are positions) but matches no name.
+        t.bytes -= e.0.len();
         e.0 = "".into();
         e.1 = Reg::Refused;
     }

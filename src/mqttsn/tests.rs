@@ -782,3 +782,84 @@ fn a_paused_publisher_has_its_publishes_dropped_but_its_acknowledgements_read() 
     r.send(5011, publish(1, topic_type::NORMAL, tid, 11, &data));
     assert_eq!(msgs(&r.recv(5011)).len(), 1);
 }
+
+#[test]
+fn a_register_unanswered_at_sleep_goes_again_at_wake() {
+    let mut r = Rig::new();
+    r.connect(5012, "napper", true);
+    r.send(
+        5012,
+        Message::Subscribe {
+            flags: Flags::new(0, false, false, topic_type::NORMAL),
+            msg_id: 1,
+            topic: TopicRef::Name(b"n/#"),
+        },
+    );
+    r.recv(5012);
+    r.mqtt_subscriber("none");
+    r.mqtt_publish("n/a", b"1", 0);
+    let got = r.recv(5012);
+    assert!(matches!(msgs(&got)[0], Message::Register { .. }));
+    // Asleep before answering it: nothing is sent while asleep, retransmissions included.
+    r.send(
+        5012,
+        Message::Disconnect {
+            duration: Some(600),
+        },
+    );
+    r.recv(5012);
+    r.advance(30);
+    assert!(r.recv(5012).is_empty());
+    r.send(5012, Message::PingReq { client_id: b"" });
+    let got = r.recv(5012);
+    let Message::Register {
+        topic_id, msg_id, ..
+    } = msgs(&got)[0]
+    else {
+        panic!("{:?}", msgs(&got))
+    };
+    r.send(
+        5012,
+        Message::RegAck {
+            topic_id,
+            msg_id,
+            rc: rc::ACCEPTED,
+        },
+    );
+    assert_eq!(
+        msgs(&r.recv(5012)),
+        vec![
+            publish(0, topic_type::NORMAL, topic_id, 0, b"1"),
+            Message::PingResp
+        ]
+    );
+}
+
+#[test]
+fn topic_tables_are_bounded_per_client() {
+    let mut r = Rig::new();
+    r.connect(5013, "hoarder", true);
+    let long = "t/".to_string() + &"x".repeat(30_000);
+    let mut codes = Vec::new();
+    for i in 0..4u16 {
+        let name = format!("{long}/{i}");
+        r.send(
+            5013,
+            Message::Register {
+                topic_id: 0,
+                msg_id: i + 1,
+                topic: name.as_bytes(),
+            },
+        );
+        let got = r.recv(5013);
+        let Message::RegAck { rc, .. } = msgs(&got)[0] else {
+            panic!()
+        };
+        codes.push(rc);
+    }
+    // 64 KiB of names: two of 30 000 bytes fit, the next ones are refused.
+    assert_eq!(
+        codes,
+        vec![rc::ACCEPTED, rc::ACCEPTED, rc::CONGESTION, rc::CONGESTION]
+    );
+}

@@ -1364,4 +1364,40 @@ use_username_as_clientid true
         assert!(Config::parse("listener\n", "g.conf").is_err());
         assert!(Config::parse("listener 70000\n", "g.conf").is_err());
     }
+
+    #[test]
+    fn mqttsn_listener_section() {
+        let c = Config::parse(
+            "listener 1883\nlistener 1883\nprotocol mqttsn\nmqttsn_topic 1 a/b\nmqttsn_topic 2 c\nmqttsn_retry_interval 5\nmqttsn_retry_count 4\nmqttsn_advertise_interval 900\nmqttsn_advertise_address 192.168.1.255:1884\nmqttsn_gateway_id 9\nmax_connections 50\nmqttsn_max_clients_per_source 8\n",
+            "g.conf",
+        )
+        .unwrap();
+        // The same port number over UDP is another socket: no collision.
+        assert!(c.listeners[0].mqttsn.is_none());
+        let o = c.listeners[1].mqttsn.as_ref().unwrap();
+        assert_eq!(o.topics, vec![(1, "a/b".into()), (2, "c".into())]);
+        assert_eq!(o.retry_interval, std::time::Duration::from_secs(5));
+        assert_eq!((o.retry_count, o.gateway_id), (4, 9));
+        assert_eq!((o.max_clients, o.max_clients_per_source), (50, 8));
+        assert_eq!(
+            o.advertise,
+            Some((
+                std::time::Duration::from_secs(900),
+                "192.168.1.255:1884".parse().unwrap()
+            ))
+        );
+        for (text, err) in [
+            ("listener 1\nmqttsn_topic 1 a\n", "g.conf:2: option 'mqttsn_topic': belongs to a listener section with 'protocol mqttsn'"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_topic 1 a/#\n", "g.conf:3: option 'mqttsn_topic': 'a/#' is not a topic name"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_topic 1 a\nmqttsn_topic 1 b\n", "g.conf:4: option 'mqttsn_topic': topic id 1 is given twice"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_advertise_interval 60\n", "g.conf:2: mqttsn_advertise_interval needs mqttsn_advertise_address"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_advertise_address 10.0.0.255\n", "g.conf:3: option 'mqttsn_advertise_address': '10.0.0.255' is not an address and port"),
+            ("listener 1\nprotocol mqttsn\ncertfile a.crt\nkeyfile a.key\n", "g.conf:2: an MQTT-SN listener cannot use TLS"),
+            ("listener 1\nprotocol mqttsn\nlistener 1\nprotocol mqttsn\n", "g.conf:3: this listener (port 1 on all IPv4 interfaces) collides with the listener on g.conf:1"),
+            ("listener 1\nprotocol mqtsn\n", "g.conf:2: option 'protocol': unknown protocol 'mqtsn' (expected mqtt, websockets or mqttsn)"),
+        ] {
+            let e = Config::parse(text, "g.conf").unwrap_err();
+            assert!(e.0.starts_with(err), "{text:?}: {e}");
+        }
+    }
 }

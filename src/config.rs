@@ -170,7 +170,7 @@ impl Config {
         let name = path.display().to_string();
         let mut c = Config::parse(&text, &name)?;
         // Relative paths are found next to the config file.
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = crate::store::folder_of(path);
         let files = c.listeners.iter_mut().flat_map(|l| {
             let t = &mut l.tls;
             [

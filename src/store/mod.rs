@@ -392,9 +392,16 @@ fn write_atomically(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    if let Some(dir) = path.parent() {
-        // The rename itself must reach the disk.
-        File::open(dir)?.sync_all()?;
-    }
+    // The rename itself must reach the disk.
+    File::open(folder_of(path))?.sync_all()?;
     Ok(())
+}
+
+/// The folder a file is in: `.` for a bare file name, whose `parent()` is the empty path (which
+/// `open` refuses: `gatemq -c gatemq.conf` in the config's own folder failed to start).
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }

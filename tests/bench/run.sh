@@ -109,7 +109,8 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 gatemq_pid="" mosquitto_pid="" static_pid="" gatemq_port="" mosquitto_port="" static_port=""
-gatemq_conf() { # $1: port
+gatemq_conf() { # $1: port, $2: a folder of its own for the devices' state file
+    mkdir -p "$2"
     cat <<EOF
 listener $1 127.0.0.1
 allow_anonymous true
@@ -117,6 +118,7 @@ max_inflight_messages 0
 max_queued_messages 10000
 sys_interval 0
 devices_file devices.toml
+persistence_location $2
 EOF
 }
 start_brokers() { # $1: label for the log files
@@ -125,8 +127,10 @@ start_brokers() { # $1: label for the log files
     while [ "$mosquitto_port" = "$gatemq_port" ]; do mosquitto_port=$("$bench" free-port); done
     static_port=$("$bench" free-port)
     while [ "$static_port" = "$gatemq_port" ] || [ "$static_port" = "$mosquitto_port" ]; do static_port=$("$bench" free-port); done
-    gatemq_conf "$gatemq_port" >"$work/gatemq.conf"
-    gatemq_conf "$static_port" >"$work/gatemq-static.conf"
+    # Each gatemq keeps its devices' last values (gatemq-devices.db) in its own folder: two
+    # brokers on one store would write over each other.
+    gatemq_conf "$gatemq_port" "$work/state-gatemq" >"$work/gatemq.conf"
+    gatemq_conf "$static_port" "$work/state-static" >"$work/gatemq-static.conf"
     cat >"$work/mosquitto.conf" <<EOF
 listener $mosquitto_port 127.0.0.1
 allow_anonymous true
@@ -222,7 +226,7 @@ meta=(
     --meta "date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, Linux $(uname -r), $(free -m | awk '/^Mem:/ {print $2}') MiB RAM"
     --meta "gatemq $(git describe --always --dirty 2>/dev/null || echo '(no git)') (release build, glibc) vs $mosquitto_version (Debian's $mosquitto); gatemq-static: the binary of $(basename "$deb") (static musl, \`cross/package.sh amd64\`), same config, in the idle, fan-in and fan-out runs"
     --meta "both brokers pinned to CPU 0 (\`taskset -c 0\`), gatemq-bench to CPU 1 (\`taskset -c 1\`); scheduling of both and the bench: $prio_note; each broker restarted fresh for the memory figures"
-    --meta "gatemq config: \`max_inflight_messages 0\`, \`max_queued_messages 10000\`, \`sys_interval 0\`, \`devices_file\` with one \`lamp\` (int \`brightness\`); Mosquitto config: \`allow_anonymous true\`, \`max_inflight_messages 0\`, \`max_queued_messages 10000\`, persistence off (default), otherwise defaults; both on a free loopback port"
+    --meta "gatemq config: \`max_inflight_messages 0\`, \`max_queued_messages 10000\`, \`sys_interval 0\`, \`devices_file\` with one \`lamp\` (int \`brightness\`; its last value journaled to \`gatemq-devices.db\` in a folder of each gatemq's own, as with \`persistence false\` it always is); Mosquitto config: \`allow_anonymous true\`, \`max_inflight_messages 0\`, \`max_queued_messages 10000\`, persistence off (default), otherwise defaults; both on a free loopback port"
     --meta "fan-in, fan-out and devices publish for ${LOAD_SECONDS} s each (the broker that is faster routes more messages in that time); QoS 0 goes in windows of 100 messages per publisher closed by a PINGREQ round trip (two windows in flight) and no publisher runs more than 4 000 (fan-in) / 1 000 × 50 (fan-out) deliveries ahead of its subscribers; QoS 1 keeps ≤ 100 PUBLISHes unacknowledged per publisher; payloads 64 bytes"
     --meta "broker CPU: utime+stime from /proc/<pid>/stat over the run (CLK_TCK $(getconf CLK_TCK)); RSS: VmRSS of /proc/<pid>/status; wake-ups: voluntary+nonvoluntary context switches of /proc/<pid>/status over ${IDLE_SECONDS} s, right after start; bench CPU: its own /proc/self/stat; latency: ${LATENCY_SECONDS} s at 1 000 msg/s, QoS 0, first 200 messages not counted"
 )

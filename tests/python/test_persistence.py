@@ -408,3 +408,52 @@ def test_a_delayed_will_survives_kill_9_and_goes_out_on_time(make_broker, tmp_pa
     # Not before its delay (whole seconds are kept), not long after it.
     assert 2.0 <= time.monotonic() - lost_at <= 5.5
     w2.disconnect()
+
+
+def test_a_config_named_without_a_folder_starts_and_keeps_its_state(tmp_path):
+    """`gatemq -c gatemq.conf` run in the config's own folder: the files it names are found
+    there, and the journal, its snapshot and the devices' values are written there (the folder
+    of a bare file name was the empty path, which the snapshot's directory sync could not
+    open, so the broker stopped at start)."""
+    import subprocess
+    from conftest import BIN, free_port
+
+    port = free_port()
+    (tmp_path / "devices.toml").write_text('[lamp]\ncommands.power = { type = "bool", initial = "OFF" }\n')
+    (tmp_path / "gatemq.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\ndevices_file devices.toml\n")
+
+    log = tmp_path / "gatemq.log"
+
+    def start():
+        proc = subprocess.Popen([BIN, "-c", "gatemq.conf"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+        deadline = time.monotonic() + 10
+        while f"listening on 127.0.0.1:{port}" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        return proc
+
+    proc = start()
+    try:
+        publish_retained(port, [("r/kept", b"yes")])
+        c = Client(port)
+        c.connect()
+        c.subscribe("devices/lamp/power", 1)
+        c.get()  # the retained OFF
+        c.publish("devices/lamp/power/set", b"ON", qos=1)
+        assert c.get().payload == b"ON"
+        c.disconnect()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    assert (tmp_path / "gatemq.db").exists(), sorted(p.name for p in tmp_path.iterdir())
+
+    proc = start()
+    try:
+        assert retained(port) == {"r/kept": b"yes"}
+        assert retained(port, "devices/lamp/")["devices/lamp/power"] == b"ON"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()

@@ -409,3 +409,44 @@ def test_mqtt_sn_clients_stay_across_a_reload(sn, sn_clients):
     sub.subscribe("added/#", 0)
     c.publish(3, b"new id", qos=-1, topic_type=SN.PREDEFINED)
     assert sub.get().payload == b"new id"
+
+
+def api_clients(b):
+    port = int(HTTP_RE.search(b.log()).group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/clients", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_takeover_between_mqtt_and_mqtt_sn_with_the_same_client_id(sn_broker, sn_clients):
+    """An MQTT-SN client and a TCP client are slots of one connection slab: a takeover either
+    way ends the other kind of connection (its socket, or its datagrams) and hands the session
+    over, and nothing of the old one is left behind in the gateway, the status page or $SYS."""
+    b = sn_broker(SECTION, ["http_listener 0 127.0.0.1", "sys_interval 1"])
+    # TCP first; an MQTT-SN client takes its session over.
+    tcp = connected(b.port, client_id="dual", clean_session=False)
+    tcp.subscribe("to/dual/#", 1)
+    sn = sn_clients(b.sn_port)
+    sn.connect("dual", clean=False)
+    assert tcp.disconnected.wait(5), "the TCP connection was not ended by the takeover"
+    mosquitto_pub(b.port, "-t", "to/dual/a", "-m", "to sn", "-q", "1")
+    assert sn.get_publish().body[5:] == b"to sn"
+    listed = api_clients(b)
+    assert listed.count('"client_id":"dual"') == 1 and '"protocol":"MQTT-SN 1.2"' in listed
+    # And back: a TCP client with that id takes the session from the MQTT-SN client, which
+    # is told with DISCONNECT and is then unknown to the gateway.
+    tcp2 = connected(b.port, client_id="dual", clean_session=False)
+    sn.expect(SN.DISCONNECT)
+    mosquitto_pub(b.port, "-t", "to/dual/b", "-m", "to tcp", "-q", "1")
+    assert tcp2.get().payload == b"to tcp"
+    sn.send(SN.PINGREQ)
+    sn.expect(SN.DISCONNECT)
+    listed = api_clients(b)
+    assert listed.count('"client_id":"dual"') == 1 and '"protocol":"3.1.1"' in listed
+    assert "gatemq_mqttsn_clients_connected 0" in metrics(b)
+    # The MQTT-SN client takes it once more, from the same address it had.
+    sn.connect("dual", clean=False)
+    assert tcp2.disconnected.wait(5)
+    mosquitto_pub(b.port, "-t", "to/dual/c", "-m", "to sn again", "-q", "1")
+    assert sn.get_publish().body[5:] == b"to sn again"
+    assert "gatemq_mqttsn_clients_connected 1" in metrics(b)
+    assert wait_for(lambda: sys_value(b.port, "$SYS/broker/mqttsn/clients/connected") == "1")

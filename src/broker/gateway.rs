@@ -64,6 +64,14 @@ impl Broker {
         }
     }
 
+    /// The client's address changed (an MQTT-SN client that woke up from another one): what
+    /// the status page and the logs show.
+    pub fn set_peer(&mut self, id: ConnId, peer: SocketAddr) {
+        if let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) {
+            c.peer = Some(peer);
+        }
+    }
+
     /// A new keep-alive, counted from now: a client going to sleep for `secs` seconds is lost
     /// (its will published) if it is not heard from within one and a half times that.
     pub fn set_keep_alive(&mut self, id: ConnId, secs: u16, now: Instant) {

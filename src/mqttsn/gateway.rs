@@ -511,7 +511,12 @@ impl Gateway {
             Message::Advertise { .. } | Message::GwInfo { .. } => {
                 // Another gateway's, or a client answering SEARCHGW for one: not for us.
             }
-            m => match self.by_peer.get(&peer).copied() {
+            m => match self
+                .by_peer
+                .get(&peer)
+                .copied()
+                .or_else(|| self.woken(b, peer, &m))
+            {
                 Some(idx) => {
                     self.clients[idx].ctrl = ctrl;
                     self.client_message(b, host, idx, m, now)
@@ -526,6 +531,39 @@ impl Gateway {
                     }
                 }
             },
+        }
+    }
+
+    /// A PINGREQ naming a sleeping client from an address that is not its own: the client
+    /// woke with a new source port (or a new forwarder) and is identified by its client id, as
+    /// spec 6.14 has it; its record moves to the new address. `None` for anything else.
+    fn woken(&mut self, b: &mut Broker, peer: Peer, m: &Message<'_>) -> Option<usize> {
+        let Message::PingReq { client_id } = m else {
+            return None;
+        };
+        let idx = self.asleep_elsewhere(std::str::from_utf8(client_id).ok()?)?;
+        self.wake_at(b, idx, peer);
+        Some(idx)
+    }
+
+    /// The record of client `client_id` if it is asleep or awake (it cannot answer at the
+    /// address it had while it sleeps, so a wake-up from another one is its own).
+    fn asleep_elsewhere(&self, client_id: &str) -> Option<usize> {
+        let idx = *self.by_client_id.get(client_id)?;
+        matches!(self.clients[idx].state, State::Asleep | State::Awake).then_some(idx)
+    }
+
+    /// Client `idx` is at `peer` from now on (the broker's view of its address too).
+    fn wake_at(&mut self, b: &mut Broker, idx: usize, peer: Peer) {
+        log::debug!(
+            "MQTT-SN client {} woke up at {} (asleep at {})",
+            self.clients[idx].client_id,
+            peer.addr,
+            self.clients[idx].peer.addr
+        );
+        self.move_peer(idx, peer);
+        if let Some(conn) = self.clients[idx].conn {
+            b.set_peer(conn, peer.addr);
         }
     }
 
@@ -600,6 +638,7 @@ impl Gateway {
             let c = &self.clients[idx];
             let same = &*c.client_id == client_id;
             if same && matches!(c.state, State::Asleep | State::Awake) {
+                self.clients[idx].ctrl = ctrl;
                 return self.wake_by_connect(b, host, idx, flags, duration, now);
             }
             if let Some(conn) = c.conn {
@@ -613,6 +652,14 @@ impl Gateway {
             }
             if !same {
                 self.remove(idx);
+            }
+        }
+        if !self.by_peer.contains_key(&peer) {
+            // A sleeping client back from another address: it wakes, its session as it was.
+            if let Some(idx) = self.asleep_elsewhere(client_id) {
+                self.wake_at(b, idx, peer);
+                self.clients[idx].ctrl = ctrl;
+                return self.wake_by_connect(b, host, idx, flags, duration, now);
             }
         }
         // The record: this address's, this client id's (kept from an earlier connection, or

@@ -863,3 +863,123 @@ fn topic_tables_are_bounded_per_client() {
         vec![rc::ACCEPTED, rc::ACCEPTED, rc::CONGESTION, rc::CONGESTION]
     );
 }
+
+#[test]
+fn a_sleeper_waking_from_another_address_is_identified_by_its_client_id() {
+    // A sensor that powers its radio down often comes back with a new source port: its
+    // PINGREQ names it (spec 6.14), and so does a CONNECT. Neither is a new client: no second
+    // record, no takeover, no will.
+    let mut r = Rig::new();
+    r.mqtt_subscriber("wills/#");
+    r.send(
+        5020,
+        Message::Connect {
+            flags: Flags(0x08),
+            protocol_id: wire::PROTOCOL_ID,
+            duration: 60,
+            client_id: b"sleeper",
+        },
+    );
+    r.send(
+        5020,
+        Message::WillTopic {
+            flags: Flags::new(1, false, false, 0),
+            topic: b"wills/sleeper",
+        },
+    );
+    r.send(5020, Message::WillMsg { msg: b"dead" });
+    r.send(
+        5020,
+        Message::Subscribe {
+            flags: Flags::new(1, false, false, topic_type::PREDEFINED),
+            msg_id: 1,
+            topic: TopicRef::Predefined(2),
+        },
+    );
+    r.send(
+        5020,
+        Message::Disconnect {
+            duration: Some(100),
+        },
+    );
+    assert_eq!(
+        msgs(&r.recv(5020)),
+        vec![
+            Message::WillTopicReq,
+            Message::WillMsgReq,
+            Message::ConnAck { rc: rc::ACCEPTED },
+            Message::SubAck {
+                flags: Flags::new(1, false, false, 0),
+                topic_id: 2,
+                msg_id: 1,
+                rc: rc::ACCEPTED
+            },
+            Message::Disconnect { duration: None }
+        ]
+    );
+    r.mqtt_publish("devices/lamp/power/set", b"ON", 1);
+    // It wakes at another port: what was kept goes there, then PINGRESP.
+    r.send(
+        5021,
+        Message::PingReq {
+            client_id: b"sleeper",
+        },
+    );
+    let got = r.recv(5021);
+    let Message::Publish { msg_id, data, .. } = msgs(&got)[0] else {
+        panic!("{:?}", msgs(&got))
+    };
+    assert_eq!((data, msgs(&got).len()), (&b"ON"[..], 1));
+    r.send(
+        5021,
+        Message::PubAck {
+            topic_id: 2,
+            msg_id,
+            rc: rc::ACCEPTED,
+        },
+    );
+    assert_eq!(msgs(&r.recv(5021)), vec![Message::PingResp]);
+    assert!(r.recv(5020).is_empty());
+    // The old address is nobody's now.
+    r.send(5020, Message::PingReq { client_id: b"" });
+    assert_eq!(
+        msgs(&r.recv(5020)),
+        vec![Message::Disconnect { duration: None }]
+    );
+    // Asleep again; a CONNECT from a third port makes it active, its session as it was.
+    r.send(
+        5022,
+        Message::Connect {
+            flags: Flags(0),
+            protocol_id: wire::PROTOCOL_ID,
+            duration: 60,
+            client_id: b"sleeper",
+        },
+    );
+    assert_eq!(
+        msgs(&r.recv(5022)),
+        vec![Message::ConnAck { rc: rc::ACCEPTED }]
+    );
+    r.mqtt_publish("devices/lamp/power/set", b"OFF", 0);
+    assert_eq!(
+        msgs(&r.recv(5022)),
+        vec![publish(0, topic_type::PREDEFINED, 2, 0, b"OFF")]
+    );
+    assert!(r.mqtt_out().is_empty(), "no will: it never died");
+    assert_eq!(r.gw.client_count(), 1);
+    assert_eq!(r.stats().clients_connected, 1);
+    // An active client's id does not wake anything from elsewhere: that source is told it is
+    // not connected, and the client stays where it is.
+    r.send(
+        5023,
+        Message::PingReq {
+            client_id: b"sleeper",
+        },
+    );
+    assert_eq!(
+        msgs(&r.recv(5023)),
+        vec![Message::Disconnect { duration: None }]
+    );
+    r.mqtt_publish("devices/lamp/power/set", b"ON", 0);
+    assert_eq!(r.recv(5022).len(), 1);
+}

@@ -450,3 +450,18 @@ def test_takeover_between_mqtt_and_mqtt_sn_with_the_same_client_id(sn_broker, sn
     assert sn.get_publish().body[5:] == b"to sn again"
     assert "gatemq_mqttsn_clients_connected 1" in metrics(b)
     assert wait_for(lambda: sys_value(b.port, "$SYS/broker/mqttsn/clients/connected") == "1")
+
+
+def test_a_sleeper_waking_from_a_new_port_gets_its_messages(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-new-port", duration=30)
+    c.subscribe("cmd/new-port/#", qos=1)
+    c.disconnect(duration=60)
+    mosquitto_pub(sn.port, "-t", "cmd/new-port/led", "-m", "kept", "-q", "1")
+    # Its radio slept; it comes back on another UDP port and names itself in PINGREQ.
+    again = sn_clients(sn.sn_port)
+    again.send(SN.PINGREQ, b"sn-new-port")
+    assert again.get_publish().body[5:] == b"kept"
+    again.expect(SN.PINGRESP)
+    c.nothing()
+    assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/clients/asleep") == "1")

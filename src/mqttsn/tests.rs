@@ -983,3 +983,96 @@ fn a_sleeper_waking_from_another_address_is_identified_by_its_client_id() {
     r.mqtt_publish("devices/lamp/power/set", b"ON", 0);
     assert_eq!(r.recv(5022).len(), 1);
 }
+
+#[test]
+fn a_connect_flood_from_many_sources_stops_at_the_listener_limit() {
+    // Spoofed sources get past the per-source limit (4): the listener's (8) holds, and a
+    // refused CONNECT costs no record and no broker connection.
+    let mut r = Rig::new();
+    let mut codes = Vec::new();
+    for i in 0..12u8 {
+        let from = SocketAddr::from(([127, 0, 1, i], 7000));
+        let mut d = Vec::new();
+        Message::Connect {
+            flags: Flags(0x04),
+            protocol_id: wire::PROTOCOL_ID,
+            duration: 60,
+            client_id: format!("flood-{i}").as_bytes(),
+        }
+        .encode(&mut d);
+        let now = r.now;
+        r.gw.datagram(&mut r.b, &mut r.host, from, &d, now);
+        r.turn();
+        let sent = std::mem::take(&mut r.host.sent);
+        assert_eq!(sent.len(), 1);
+        let Message::ConnAck { rc } = wire::decode(&sent[0].1).unwrap().message else {
+            panic!()
+        };
+        codes.push(rc);
+    }
+    assert_eq!(codes[..8], [rc::ACCEPTED; 8]);
+    assert_eq!(codes[8..], [rc::CONGESTION; 4]);
+    assert_eq!(r.gw.client_count(), 8);
+    assert_eq!(r.host.next - 100, 8, "broker connections opened");
+    let s = r.stats();
+    assert_eq!((s.clients_connected, s.refused_limit), (8, 4));
+}
+
+#[test]
+fn a_sleepers_queue_is_bounded_by_max_queued_messages() {
+    let cfg = BrokerConfig {
+        max_queued_messages: 3,
+        ..BrokerConfig::default()
+    };
+    let mut r = Rig::with(opts(), cfg);
+    r.connect(5030, "dozer", true);
+    r.send(
+        5030,
+        Message::Subscribe {
+            flags: Flags::new(1, false, false, topic_type::PREDEFINED),
+            msg_id: 1,
+            topic: TopicRef::Predefined(2),
+        },
+    );
+    r.send(
+        5030,
+        Message::Disconnect {
+            duration: Some(600),
+        },
+    );
+    r.recv(5030);
+    r.mqtt_subscriber("none");
+    // Ten messages while it sleeps: three are kept, the rest dropped and counted; the
+    // publisher is not held up waiting for a wake-up.
+    for i in 0..10u8 {
+        r.mqtt_publish("devices/lamp/power/set", &[b'0' + i], 1);
+    }
+    assert!(r.recv(5030).is_empty());
+    assert_eq!(r.b.stats().publish_dropped, 7);
+    r.send(
+        5030,
+        Message::PingReq {
+            client_id: b"dozer",
+        },
+    );
+    let mut got = Vec::new();
+    loop {
+        let out = r.recv(5030);
+        match msgs(&out)[..] {
+            [Message::Publish { msg_id, data, .. }] => {
+                got.push(data.to_vec());
+                r.send(
+                    5030,
+                    Message::PubAck {
+                        topic_id: 2,
+                        msg_id,
+                        rc: rc::ACCEPTED,
+                    },
+                );
+            }
+            [Message::PingResp] => break,
+            ref m => panic!("{m:?}"),
+        }
+    }
+    assert_eq!(got, [b"0", b"1", b"2"]);
+}

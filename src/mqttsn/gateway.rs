@@ -1554,6 +1554,13 @@ impl Gateway {
                     if c.register.is_some() {
                         return Out::Stall;
                     }
+                    // REGISTER carries the name: one too long for a datagram (MQTT allows
+                    // 65535 bytes) cannot be registered, and sending it would only fail until
+                    // the client is taken as lost.
+                    let register = 8 + c.peer.node_id().map_or(0, |n| 3 + n.len());
+                    if name.len() + register > MAX_DATAGRAM {
+                        return self.undeliverable(p);
+                    }
                     let Some(id) = c.topics.add(name, Reg::Sent) else {
                         return self.undeliverable(p);
                     };

@@ -1076,3 +1076,33 @@ fn a_sleepers_queue_is_bounded_by_max_queued_messages() {
     }
     assert_eq!(got, [b"0", b"1", b"2"]);
 }
+
+#[test]
+fn a_topic_too_long_for_a_register_datagram_is_not_sent_and_does_not_stall() {
+    let mut r = Rig::new();
+    r.connect(5040, "wide", true);
+    r.send(
+        5040,
+        Message::Subscribe {
+            flags: Flags::new(1, false, false, topic_type::NORMAL),
+            msg_id: 1,
+            topic: TopicRef::Name(b"big/#"),
+        },
+    );
+    r.recv(5040);
+    r.mqtt_subscriber("none");
+    // A valid MQTT topic name whose REGISTER would not fit in one UDP datagram.
+    let huge = format!("big/{}", "x".repeat(65_500));
+    r.mqtt_publish(&huge, b"1", 1);
+    assert!(r.recv(5040).is_empty());
+    assert_eq!(r.stats().dropped, 1);
+    // The next message is not stuck behind it, and nothing is retransmitted.
+    r.mqtt_publish("big/small", b"2", 1);
+    let got = r.recv(5040);
+    let Message::Register { topic, .. } = msgs(&got)[0] else {
+        panic!("{:?}", msgs(&got))
+    };
+    assert_eq!(topic, b"big/small");
+    r.advance(60);
+    assert_eq!(r.stats().lost, 0);
+}

@@ -404,7 +404,6 @@ def test_mqtt_sn_clients_stay_across_a_reload(sn, sn_clients):
     assert wait_for(lambda: "configuration reloaded" in sn.log())
     mosquitto_pub(sn.port, "-t", "rl", "-m", "still here")
     assert c.expect(SN.PUBLISH).body[5:] == b"still here"
-    c.publish(3, b"new id", qos=-1, topic_type=SN.PREDEFINED)
     sub = connected(sn.port)
     sub.subscribe("added/#", 0)
     c.publish(3, b"new id", qos=-1, topic_type=SN.PREDEFINED)
@@ -465,3 +464,20 @@ def test_a_sleeper_waking_from_a_new_port_gets_its_messages(sn, sn_clients):
     again.expect(SN.PINGRESP)
     c.nothing()
     assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/clients/asleep") == "1")
+
+
+def test_a_reload_that_refuses_anonymous_clients_disconnects_mqtt_sn_clients(sn_broker,
+                                                                             sn_clients):
+    b = sn_broker(SECTION + ["allow_anonymous true"], ["per_listener_settings true"])
+    c = sn_clients(b.sn_port)
+    c.connect("sn-revoked")
+    b.conf.write_text(b.conf.read_text().replace("mqttsn_retry_count 2\nallow_anonymous true",
+                                                 "mqttsn_retry_count 2\nallow_anonymous false"))
+    b.proc.send_signal(signal.SIGHUP)
+    # The re-check of access at a reload covers the gateway's clients: told, then unknown.
+    c.expect(SN.DISCONNECT)
+    assert wait_for(lambda: "configuration reloaded" in b.log())
+    assert "(MQTT-SN): allow_anonymous is false, so every MQTT-SN client is refused" in b.log()
+    c.connect("sn-revoked", rc=SN.NOT_SUPPORTED)
+    # The MQTT listener keeps its own rule.
+    connected(b.port).disconnect()

@@ -767,14 +767,8 @@ impl Gateway {
         now: Instant,
     ) {
         let c = &self.clients[idx];
-        if let Some((topic_id, msg_id)) = c.register {
-            let name: Box<str> = c.topics.get(topic_id).map_or("".into(), |(n, _)| n.into());
-            let m = Message::Register {
-                topic_id,
-                msg_id,
-                topic: name.as_bytes(),
-            };
-            self.send_client(host, idx, &m);
+        if c.register.is_some() {
+            self.register_again(host, idx);
             self.arm(idx, now);
         } else if c.inflight.is_some() {
             b.retransmit(conn, now);
@@ -1703,15 +1697,8 @@ impl Gateway {
             },
             State::Active | State::Awake => {
                 let Some(conn) = c.conn else { return };
-                if let Some((topic_id, msg_id)) = c.register {
-                    let name: Box<str> =
-                        c.topics.get(topic_id).map_or("".into(), |(n, _)| n.into());
-                    let m = Message::Register {
-                        topic_id,
-                        msg_id,
-                        topic: name.as_bytes(),
-                    };
-                    self.send_client(host, idx, &m);
+                if c.register.is_some() {
+                    self.register_again(host, idx);
                 } else if c.inflight.is_some() {
                     // The broker writes it again (PUBLISH with DUP, or PUBREL), and the
                     // translation sends it at the end of this turn.
@@ -1744,6 +1731,28 @@ impl Gateway {
             }
             _ => {}
         }
+    }
+
+    /// Send client `idx`'s pending REGISTER again (its name borrowed from the topic table:
+    /// a retransmission allocates nothing either).
+    fn register_again<H: Host>(&mut self, host: &mut H, idx: usize) {
+        let Gateway {
+            clients,
+            dgram,
+            stats,
+            ..
+        } = self;
+        let c = &clients[idx];
+        let Some((topic_id, msg_id)) = c.register else {
+            return;
+        };
+        let name = c.topics.get(topic_id).map_or("", |(n, _)| n);
+        let m = Message::Register {
+            topic_id,
+            msg_id,
+            topic: name.as_bytes(),
+        };
+        send(dgram, stats, host, &c.peer, c.ctrl, &m);
     }
 
     /// Arm client `idx`'s retransmission timer for one interval from now.

@@ -862,6 +862,27 @@ fn topic_tables_are_bounded_per_client() {
         codes,
         vec![rc::ACCEPTED, rc::ACCEPTED, rc::CONGESTION, rc::CONGESTION]
     );
+    // And 1024 ids, however short the names.
+    r.connect(5014, "counter", true);
+    for i in 0..1025u16 {
+        let name = format!("n{i}");
+        r.send(
+            5014,
+            Message::Register {
+                topic_id: 0,
+                msg_id: i + 1,
+                topic: name.as_bytes(),
+            },
+        );
+        let got = r.recv(5014);
+        let Message::RegAck { topic_id, rc, .. } = msgs(&got)[0] else {
+            panic!()
+        };
+        match i {
+            1024 => assert_eq!((topic_id, rc), (0, rc::CONGESTION)),
+            _ => assert_eq!((topic_id, rc), (i + 1, rc::ACCEPTED)),
+        }
+    }
 }
 
 #[test]

@@ -246,6 +246,9 @@ def test_malformed_and_duplicate_datagrams(sn, sn_clients):
     got = sub.drain(quiet=0.7)
     assert [(m.payload) for m in got] == [b"once", b"exactly"]
     assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/datagrams/malformed") == "8")
+    # Logged at each doubling of the count, not once per datagram.
+    counts = re.findall(r"MQTT-SN: malformed datagram from \S+ dropped \(.*\); (\d+) so far", sn.log())
+    assert counts == ["1", "2", "4", "8"]
 
 
 def test_unacknowledged_publish_is_sent_again_with_dup_then_the_client_is_lost(sn, sn_clients):
@@ -481,3 +484,32 @@ def test_a_reload_that_refuses_anonymous_clients_disconnects_mqtt_sn_clients(sn_
     c.connect("sn-revoked", rc=SN.NOT_SUPPORTED)
     # The MQTT listener keeps its own rule.
     connected(b.port).disconnect()
+
+
+def test_qos_2_to_an_mqtt_sn_subscriber_with_a_lost_pubcomp(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-qos2")
+    assert c.subscribe(int.from_bytes(b"q2", "big"), qos=2, topic_type=SN.SHORT).flags >> 5 & 3 == 2
+    mosquitto_pub(sn.port, "-t", "q2", "-m", "once", "-q", "2")
+    mosquitto_pub(sn.port, "-t", "q2", "-m", "twice", "-q", "2")
+    p = c.expect(SN.PUBLISH)
+    assert (p.qos, p.body[5:]) == (2, b"once")
+    mid = p.u16(3)
+    c.send(SN.PUBREC, struct.pack(">H", mid))
+    assert c.expect(SN.PUBREL).u16(0) == mid
+    # Our PUBCOMP "lost": the PUBREL comes again after mqttsn_retry_interval, and nothing
+    # else meanwhile (one message in flight).
+    assert c.expect(SN.PUBREL, timeout=3).u16(0) == mid
+    c.send(SN.PUBCOMP, struct.pack(">H", mid))
+    p2 = c.expect(SN.PUBLISH)
+    assert (p2.qos, p2.dup, p2.body[5:]) == (2, False, b"twice")
+    c.send(SN.PUBREC, struct.pack(">H", p2.u16(3)))
+    c.expect(SN.PUBREL)
+    c.send(SN.PUBCOMP, struct.pack(">H", p2.u16(3)))
+    c.nothing(1.5)
+
+
+def test_client_ids_longer_than_64_bytes_are_refused(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("s" * 65, rc=SN.NOT_SUPPORTED)
+    c.connect("s" * 64)

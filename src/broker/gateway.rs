@@ -126,13 +126,6 @@ impl Broker {
             .is_some_and(|c| c.paused_on.is_some() || (self.journal_failing && c.held.is_some()))
     }
 
-    pub fn is_asleep(&self, id: ConnId) -> bool {
-        self.conns
-            .get(id)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.asleep)
-    }
-
     /// The transport can take output again (the gateway stopped translating to wait for an
     /// acknowledgement): the connection is flushed at the end of this loop turn.
     pub fn mark_writable(&mut self, id: ConnId) {

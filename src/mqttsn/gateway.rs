@@ -355,10 +355,6 @@ impl Gateway {
         }
     }
 
-    pub fn options(&self) -> &Options {
-        &self.opts
-    }
-
     /// A reload: new options (predefined topics, intervals, limits) for the clients kept.
     pub fn reconfigure(&mut self, opts: Options, listener: u16, now: Instant) {
         self.predefined = opts
@@ -376,15 +372,6 @@ impl Gateway {
         }
         self.opts = opts;
         self.listener = listener;
-    }
-
-    /// Connections of this gateway's clients.
-    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.clients.iter().filter_map(|(_, c)| c.conn)
-    }
-
-    pub fn owns(&self, conn: ConnId) -> bool {
-        self.by_conn.contains_key(&conn)
     }
 
     /// When [`Gateway::handle_timeout`] next has work.

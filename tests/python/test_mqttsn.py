@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from clients import SN, Client, SnClient, connected, mosquitto_pub, sn_flags, sn_msg
+from clients import SN, Client, SnClient, connected, mosquitto_pub, sn_flags, sn_msg, sn_parse
 
 SECTION = ["mqttsn_topic 1 sensors/hall/motion", "mqttsn_topic 2 devices/lamp/power/set",
            "mqttsn_retry_interval 1", "mqttsn_retry_count 2"]
@@ -513,3 +513,22 @@ def test_client_ids_longer_than_64_bytes_are_refused(sn, sn_clients):
     c = sn_clients(sn.sn_port)
     c.connect("s" * 65, rc=SN.NOT_SUPPORTED)
     c.connect("s" * 64)
+
+
+def test_messages_of_256_bytes_and_more_use_the_long_length_form(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-long")
+    sub = connected(sn.port)
+    sub.subscribe("long/#", 1)
+    tid = c.register("long/in")
+    big = bytes(range(256)) * 4
+    c.publish(tid, big, qos=1)  # sn_msg: 0x01 and a 2-byte length from 256 bytes on
+    c.expect(SN.PUBACK)
+    assert sub.get().payload == big
+    c.subscribe("long/out", qos=1)
+    mosquitto_pub(sn.port, "-t", "long/out", "-m", "y" * 1000, "-q", "1")
+    c.s.settimeout(5)
+    d, _ = c.s.recvfrom(65535)
+    assert d[0] == 0x01 and struct.unpack(">H", d[1:3])[0] == len(d) == 3 + 1 + 5 + 1000
+    p = sn_parse(d)
+    assert (p.kind, p.body[5:]) == (SN.PUBLISH, b"y" * 1000)

@@ -25,9 +25,15 @@ pub struct ListenerConfig {
     pub use_username_as_clientid: bool,
     /// `protocol websockets`: MQTT over WebSocket.
     pub websockets: bool,
+    /// `protocol mqttsn`: MQTT-SN over UDP, with the `mqttsn_*` options of the section.
+    pub mqttsn: Option<crate::mqttsn::Options>,
     /// The config line that made it (`listener`, `port` or `bind_address`); 0 for the
     /// listener gatemq opens when the config names none.
     pub line: usize,
+    /// The `protocol mqttsn` line, for errors about the section.
+    pub mqttsn_line: usize,
+    /// `mqttsn_advertise_interval` and `mqttsn_advertise_address` as read (they go together).
+    pub mqttsn_advertise: (Option<std::time::Duration>, Option<std::net::SocketAddr>),
 }
 
 impl ListenerConfig {
@@ -349,14 +355,35 @@ impl Config {
                     section.use_username_as_clientid = at.parse_bool(&args)?
                 }
                 "protocol" => match at.one(&args)? {
-                    "mqtt" => section.websockets = false,
-                    "websockets" => section.websockets = true,
+                    "mqtt" => {
+                        section.websockets = false;
+                        section.mqttsn = None;
+                    }
+                    "websockets" => {
+                        section.websockets = true;
+                        section.mqttsn = None;
+                    }
+                    "mqttsn" => {
+                        section.websockets = false;
+                        section.mqttsn = Some(crate::mqttsn::Options::default());
+                        if section.mqttsn_line == 0 {
+                            section.mqttsn_line = n + 1;
+                        }
+                    }
                     other => {
                         return Err(at.err(&format!(
-                            "unknown protocol '{other}' (expected mqtt or websockets)"
+                            "unknown protocol '{other}' (expected mqtt, websockets or mqttsn)"
                         )))
                     }
                 },
+                _ if option.starts_with("mqttsn_") => {
+                    let Some(o) = section.mqttsn.as_mut() else {
+                        return Err(at.err(
+                            "belongs to a listener section with 'protocol mqttsn' (after that line)",
+                        ));
+                    };
+                    mqttsn_option(&at, o, &args, &mut section.mqttsn_advertise)?;
+                }
                 "certfile" | "keyfile" | "cafile" | "capath" => {
                     let t = &mut section.tls;
                     let path = Some(PathBuf::from(at.path(rest)?));
@@ -593,8 +620,9 @@ impl Config {
             )));
         }
 
-        for l in &c.listeners {
+        for l in &mut c.listeners {
             check_tls(&l.tls, name)?;
+            check_mqttsn(l, name)?;
         }
         collide::check(&c.listeners, name)?;
         for (link, spec) in c.bridges.iter().zip(c.broker.bridges.iter_mut()) {
@@ -673,8 +701,96 @@ impl Config {
     }
 }
 
+/// One `mqttsn_*` option of an MQTT-SN listener's section.
+fn mqttsn_option(
+    at: &Line<'_>,
+    o: &mut crate::mqttsn::Options,
+    args: &[&str],
+    advertise: &mut (Option<std::time::Duration>, Option<std::net::SocketAddr>),
+) -> Result<(), ConfigError> {
+    use std::time::Duration;
+    match at.option {
+        "mqttsn_topic" => {
+            let [id, topic] = args else {
+                return Err(at.err("expects a topic id (1 to 65534) and a topic name"));
+            };
+            let id = at.parse_num(id, 1, 65534)? as u16;
+            if !crate::broker::topic::valid_name(topic) {
+                return Err(at.err(&format!("'{topic}' is not a topic name (no wildcards)")));
+            }
+            if o.topics.iter().any(|(i, _)| *i == id) {
+                return Err(at.err(&format!("topic id {id} is given twice")));
+            }
+            if o.topics.iter().any(|(_, t)| t == topic) {
+                return Err(at.err(&format!("topic '{topic}' has an id already")));
+            }
+            o.topics.push((id, topic.to_string()));
+        }
+        "mqttsn_gateway_id" => o.gateway_id = at.parse_num(at.one(args)?, 0, 255)? as u8,
+        "mqttsn_retry_interval" => {
+            o.retry_interval = Duration::from_secs(at.parse_num(at.one(args)?, 1, 3600)?)
+        }
+        "mqttsn_retry_count" => o.retry_count = at.parse_num(at.one(args)?, 0, 100)? as u32,
+        "mqttsn_max_clients_per_source" => {
+            o.max_clients_per_source = at.parse_num(at.one(args)?, 1, 1 << 20)? as usize
+        }
+        "mqttsn_advertise_interval" => {
+            advertise.0 = Some(Duration::from_secs(at.parse_num(
+                at.one(args)?,
+                1,
+                65535,
+            )?))
+        }
+        "mqttsn_advertise_address" => {
+            let a = at.one(args)?;
+            advertise.1 = Some(a.parse().map_err(|_| {
+                at.err(&format!(
+                    "'{a}' is not an address and port (e.g. 192.168.1.255:1884)"
+                ))
+            })?);
+        }
+        _ => return Err(at.err("is not an MQTT-SN option")),
+    }
+    Ok(())
+}
+
+/// An MQTT-SN listener's section as a whole: no TLS (MQTT-SN 1.2 has no DTLS here), ADVERTISE
+/// only with the address it goes to, `max_connections` as its client limit.
+fn check_mqttsn(l: &mut ListenerConfig, name: &str) -> Result<(), ConfigError> {
+    let Some(o) = l.mqttsn.as_mut() else {
+        return Ok(());
+    };
+    let at = |what: &str| ConfigError(format!("{name}:{}: {what}", l.mqttsn_line));
+    if l.tls.enabled() || l.tls.cafile.is_some() || l.tls.capath.is_some() {
+        return Err(at(
+            "an MQTT-SN listener cannot use TLS (certfile, keyfile, cafile)",
+        ));
+    }
+    o.advertise = match l.mqttsn_advertise {
+        (Some(every), Some(addr)) => Some((every, addr)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(at(
+                "mqttsn_advertise_interval needs mqttsn_advertise_address: ADVERTISE goes only where it is told",
+            ))
+        }
+        (None, Some(_)) => return Err(at("mqttsn_advertise_address needs mqttsn_advertise_interval")),
+    };
+    if let Some(max) = l.max_connections {
+        o.max_clients = max;
+    }
+    Ok(())
+}
+
 /// Options that belong to a listener's section.
 const LISTENER_OPTIONS: &[&str] = &[
+    "mqttsn_topic",
+    "mqttsn_gateway_id",
+    "mqttsn_retry_interval",
+    "mqttsn_retry_count",
+    "mqttsn_max_clients_per_source",
+    "mqttsn_advertise_interval",
+    "mqttsn_advertise_address",
     "certfile",
     "keyfile",
     "cafile",
@@ -1247,5 +1363,41 @@ use_username_as_clientid true
         assert!(e.0.starts_with("g.conf:1: option 'allow_anonymous'"), "{e}");
         assert!(Config::parse("listener\n", "g.conf").is_err());
         assert!(Config::parse("listener 70000\n", "g.conf").is_err());
+    }
+
+    #[test]
+    fn mqttsn_listener_section() {
+        let c = Config::parse(
+            "listener 1883\nlistener 1883\nprotocol mqttsn\nmqttsn_topic 1 a/b\nmqttsn_topic 2 c\nmqttsn_retry_interval 5\nmqttsn_retry_count 4\nmqttsn_advertise_interval 900\nmqttsn_advertise_address 192.168.1.255:1884\nmqttsn_gateway_id 9\nmax_connections 50\nmqttsn_max_clients_per_source 8\n",
+            "g.conf",
+        )
+        .unwrap();
+        // The same port number over UDP is another socket: no collision.
+        assert!(c.listeners[0].mqttsn.is_none());
+        let o = c.listeners[1].mqttsn.as_ref().unwrap();
+        assert_eq!(o.topics, vec![(1, "a/b".into()), (2, "c".into())]);
+        assert_eq!(o.retry_interval, std::time::Duration::from_secs(5));
+        assert_eq!((o.retry_count, o.gateway_id), (4, 9));
+        assert_eq!((o.max_clients, o.max_clients_per_source), (50, 8));
+        assert_eq!(
+            o.advertise,
+            Some((
+                std::time::Duration::from_secs(900),
+                "192.168.1.255:1884".parse().unwrap()
+            ))
+        );
+        for (text, err) in [
+            ("listener 1\nmqttsn_topic 1 a\n", "g.conf:2: option 'mqttsn_topic': belongs to a listener section with 'protocol mqttsn'"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_topic 1 a/#\n", "g.conf:3: option 'mqttsn_topic': 'a/#' is not a topic name"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_topic 1 a\nmqttsn_topic 1 b\n", "g.conf:4: option 'mqttsn_topic': topic id 1 is given twice"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_advertise_interval 60\n", "g.conf:2: mqttsn_advertise_interval needs mqttsn_advertise_address"),
+            ("listener 1\nprotocol mqttsn\nmqttsn_advertise_address 10.0.0.255\n", "g.conf:3: option 'mqttsn_advertise_address': '10.0.0.255' is not an address and port"),
+            ("listener 1\nprotocol mqttsn\ncertfile a.crt\nkeyfile a.key\n", "g.conf:2: an MQTT-SN listener cannot use TLS"),
+            ("listener 1\nprotocol mqttsn\nlistener 1\nprotocol mqttsn\n", "g.conf:3: this listener (port 1 on all IPv4 interfaces) collides with the listener on g.conf:1"),
+            ("listener 1\nprotocol mqtsn\n", "g.conf:2: option 'protocol': unknown protocol 'mqtsn' (expected mqtt, websockets or mqttsn)"),
+        ] {
+            let e = Config::parse(text, "g.conf").unwrap_err();
+            assert!(e.0.starts_with(err), "{text:?}: {e}");
+        }
     }
 }

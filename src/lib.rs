@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod devices;
+pub mod mqttsn;
 // musl's x86_64 memcpy is slow to start on short copies: the static amd64 build gets ours.
 #[cfg(target_arch = "x86_64")]
 #[doc(hidden)]

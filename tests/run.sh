@@ -71,13 +71,13 @@ if [ ! -x "$ha_venv/bin/hass" ] || ! cmp -s tests/ha/requirements.txt "$ha_venv/
 fi
 HA_VENV="$ha_venv" GATEMQ_BIN="$root/target/release/gatemq" "$venv/bin/pytest" -q -p no:cacheprovider --timeout 400 tests/ha
 
-step "fuzzing: the decoder, the broker core and persistence replay, 60 s each (cargo fuzz, libFuzzer)"
+step "fuzzing: the decoder, the broker core, persistence replay and the MQTT-SN gateway, 60 s each (cargo fuzz, libFuzzer)"
 if ! command -v cargo-fuzz >/dev/null; then
     cargo install -q --locked cargo-fuzz@0.13.2
 fi
 fuzz_corpus=$(mktemp -d)
 cp -r tests/fuzz/corpus/. "$fuzz_corpus"
-for t in decode broker restore; do
+for t in decode broker restore mqttsn; do
     # A crash stops the run with the input saved under tests/fuzz/artifacts/ to reproduce it.
     if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz "$t" "$fuzz_corpus/$t" -- \
         -max_total_time=60 -print_final_stats=1 > "$fuzz_corpus/$t.log" 2>&1; then

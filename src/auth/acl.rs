@@ -145,6 +145,13 @@ impl AclFile {
                 .any(|r| pattern(r).is_some_and(|f| topic::matches(&f, topic)))
     }
 
+    /// May a publisher with no client id and no username write (or read) `topic`? An MQTT-SN
+    /// QoS -1 publish: the anonymous rules apply, and the patterns that name neither `%c` nor
+    /// `%u` (a `%c` pattern has no client id to stand for: `#` is never put in its place).
+    pub fn check_unidentified(&self, topic: &str, access: Access) -> bool {
+        self.check(None, "#", topic, access)
+    }
+
     /// May this client subscribe to `filter`: could any `read` rule let a message through it,
     /// without a `deny` covering all of it?
     pub fn may_subscribe(&self, user: Option<&str>, client_id: &str, filter: &str) -> bool {

@@ -7,6 +7,8 @@
 
 #[path = "gatemq-bench/mqtt.rs"]
 mod mqtt;
+#[path = "gatemq-bench/mqttsn.rs"]
+mod mqttsn;
 #[path = "gatemq-bench/procfs.rs"]
 mod procfs;
 #[path = "gatemq-bench/report.rs"]
@@ -31,6 +33,8 @@ scenarios:
   connections  --connections idle connections, one subscription each: broker RSS per connection
   devices      QoS 1 commands to devices/lamp/brightness/set (gatemq's executor), answers/s
   idle         broker RSS now and wake-ups per second over --seconds
+  mqttsn       4 MQTT-SN sensors over UDP (--sn-port) -> 1 MQTT subscriber over TCP, through
+               gatemq's gateway (--qos -1|0|1: QoS -1 short topics, else registered ids)
   report       medians of --record FILE into --out BENCHMARKS.md (with --command, --meta)
   free-port    print a free loopback TCP port
   wait         wait until something accepts TCP connections at --host:--port (10 s)
@@ -45,7 +49,8 @@ options:
   --seconds S          fan-in, fan-out, devices: publish for S seconds (3);
                        latency, idle: duration (10)
   --messages N         fan-in/fan-out: publish N messages (fan-in: in all) instead of --seconds
-  --qos Q              fan-in QoS, 0 or 1 (0)
+  --qos Q              fan-in QoS, 0 or 1 (0); mqttsn: -1, 0 or 1
+  --sn-port PORT       mqttsn: the broker's MQTT-SN (UDP) port
   --persistent-subscriber  fan-in: the subscriber keeps its session (clean session 0),
                        so a broker with persistence stores every message it queues
   --subscribers N      fan-out subscribers (50)
@@ -71,7 +76,8 @@ struct Args {
     broker: String,
     record: Option<PathBuf>,
     messages: Option<u64>,
-    qos: u8,
+    qos: i8,
+    sn_port: u16,
     subscribers: usize,
     rate: u64,
     seconds: Option<f64>,
@@ -97,6 +103,7 @@ fn parse() -> Result<Args, lexopt::Error> {
         record: None,
         messages: None,
         qos: 0,
+        sn_port: 0,
         subscribers: 50,
         rate: 1000,
         seconds: None,
@@ -123,6 +130,7 @@ fn parse() -> Result<Args, lexopt::Error> {
             Long("record") => a.record = Some(p.value()?.into()),
             Long("messages") => a.messages = Some(p.value()?.parse()?),
             Long("qos") => a.qos = p.value()?.parse()?,
+            Long("sn-port") => a.sn_port = p.value()?.parse()?,
             Long("subscribers") => a.subscribers = p.value()?.parse()?,
             Long("rate") => a.rate = p.value()?.parse()?,
             Long("seconds") => a.seconds = Some(p.value()?.parse()?),
@@ -177,16 +185,22 @@ fn run(a: &Args) -> Res<()> {
     };
     match a.scenario.as_str() {
         "fan-in" => {
-            if a.qos > 1 {
+            if !(0..=1).contains(&a.qos) {
                 return Err("fan-in: --qos 0 or 1".into());
             }
-            scenarios::fan_in(&ctx, a.qos, load)
+            scenarios::fan_in(&ctx, a.qos as u8, load)
         }
         "fan-out" => scenarios::fan_out(&ctx, a.subscribers, load),
         "latency" => scenarios::latency(&ctx, a.rate.max(1), a.seconds.unwrap_or(10.0)),
         "connections" => scenarios::connections(&ctx, a.connections),
         "devices" => scenarios::devices(&ctx, load),
         "idle" => scenarios::idle(&ctx, a.seconds.unwrap_or(10.0)),
+        "mqttsn" => {
+            if !(-1..=1).contains(&a.qos) || a.sn_port == 0 {
+                return Err("mqttsn: --sn-port PORT and --qos -1, 0 or 1".into());
+            }
+            mqttsn::mqttsn(&ctx, &format!("{}:{}", a.host, a.sn_port), a.qos, load)
+        }
         "free-port" => {
             let l = std::net::TcpListener::bind((a.host.as_str(), 0))?;
             println!("{}", l.local_addr()?.port());

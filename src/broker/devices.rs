@@ -95,7 +95,7 @@ pub(super) fn route_commands(b: &Broker) -> bool {
         .is_none_or(|ex| ex.options().route_commands)
 }
 
-/// `from` is the connection that sent the command: what the executor publishes in answer
+/// `from` is the connection that sent the command (none for an MQTT-SN QoS -1 publish): what the executor publishes in answer
 /// counts as its traffic, so a full subscriber queue pauses it (see `publish::deliver`).
 /// `reply` is an MQTT 5 command's Response Topic and Correlation Data.
 pub(super) fn on_publish(
@@ -103,12 +103,12 @@ pub(super) fn on_publish(
     topic: &str,
     payload: &[u8],
     now: Instant,
-    from: ConnId,
+    from: Option<ConnId>,
     reply: Option<(&str, Option<&[u8]>)>,
 ) {
     if let Some(ex) = b.devices.as_mut() {
         ex.on_publish(topic, payload, now, &mut b.device_out, reply);
-        flush(b, Some(from));
+        flush(b, from);
     }
 }
 

@@ -16,6 +16,7 @@ mod connect;
 mod devices;
 mod disconnect;
 pub(crate) mod fxhash;
+mod gateway;
 pub mod message;
 mod persist;
 mod publish;
@@ -192,6 +193,11 @@ pub struct ClientInfo<'a> {
     /// Messages queued for it and in flight.
     pub queued: usize,
     pub inflight: usize,
+    /// An MQTT-SN client, through the gateway (its `protocol` is the MQTT level the gateway
+    /// speaks for it).
+    pub mqttsn: bool,
+    /// A sleeping MQTT-SN client: its messages are kept until it wakes.
+    pub asleep: bool,
 }
 
 /// A connection's MQTT 5 topic aliases.
@@ -251,6 +257,11 @@ struct Conn {
     connect_expiry: u32,
     /// How it proved who it is, for a reload to check again (`access.rs`).
     credential: access::Credential,
+    /// Its transport is the MQTT-SN gateway, which translates its output into datagrams
+    /// (see `gateway.rs`).
+    gateway: bool,
+    /// An MQTT-SN client asleep: nothing is written into its output, its messages queue.
+    asleep: bool,
 }
 
 pub struct Broker {
@@ -307,6 +318,9 @@ pub struct Broker {
     next_store_id: u64,
     /// Bridges to upstream brokers, by their index in `cfg.bridges`.
     bridges: Vec<bridge::BridgeState>,
+    /// The MQTT-SN gateways' counters, when a listener speaks MQTT-SN (for `$SYS` and
+    /// `/metrics`).
+    mqttsn: Option<Box<crate::mqttsn::Stats>>,
 }
 
 impl Broker {
@@ -351,6 +365,7 @@ impl Broker {
             journal_discovery: None,
             next_store_id: 0,
             bridges: Vec::new(),
+            mqttsn: None,
         }
     }
 
@@ -409,6 +424,8 @@ impl Broker {
                 bridge: c.bridge != bridge::NO_BRIDGE,
                 queued: s.queue.len(),
                 inflight: s.inflight.len(),
+                mqttsn: c.gateway,
+                asleep: c.asleep,
             });
         }
     }
@@ -468,6 +485,8 @@ impl Broker {
             will_expiry: None,
             connect_expiry: 0,
             credential: access::Credential::Unchecked,
+            gateway: false,
+            asleep: false,
         });
         self.push_timer(now + self.cfg.connect_timeout, id, self.next_gen as u32);
         // Lists that hold each connection at most once per turn: sized when one opens, so a

@@ -253,7 +253,7 @@ fn accept(b: &mut Broker, id: ConnId, p: &Publish<'_>, topic: &str, now: Instant
             .properties
             .str(id::RESPONSE_TOPIC)
             .map(|t| (t, p.properties.binary(id::CORRELATION_DATA)));
-        super::devices::on_publish(b, topic, p.payload, now, id, reply);
+        super::devices::on_publish(b, topic, p.payload, now, Some(id), reply);
     }
     matched > 0 || observed == Observed::Command
 }
@@ -730,6 +730,7 @@ pub(super) fn deliver(
             return;
         }
         let can_send_now = !conn.closing
+            && !conn.asleep
             && s.queue.is_empty()
             && conn.out.len() < cfg.output_buffer_soft
             && (qos == 0 || s.inflight.len() < window(cfg, conn));
@@ -831,10 +832,11 @@ pub(super) fn deliver(
 
 /// Pause reading from publisher `p` until session `s` (`sid`) drains; false if not allowed.
 fn pause(conns: &mut [Option<Conn>], s: &mut Session, sid: SessionId, p: ConnId) -> bool {
+    // A sleeping MQTT-SN client drains only when it wakes: nobody waits on it.
     let target_paused = s
         .conn
         .and_then(|c| conns[c].as_ref())
-        .is_none_or(|c| c.paused_on.is_some());
+        .is_none_or(|c| c.paused_on.is_some() || c.asleep);
     if target_paused || s.conn == Some(p) {
         return false;
     }
@@ -918,6 +920,7 @@ pub(super) fn pump(b: &mut Broker, sid: SessionId) {
     let mut wrote = false;
     while let Some(q) = s.queue.front() {
         if conn.closing
+            || conn.asleep
             || conn.out.len() >= cfg.output_buffer_soft
             || (q.qos > 0 && s.inflight.len() >= window)
         {

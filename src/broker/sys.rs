@@ -60,6 +60,20 @@ const COUNT_TOPICS: [&str; 17] = [
     "$SYS/broker/retained messages/count",
 ];
 
+/// `$SYS/broker/mqttsn/...`, with an MQTT-SN listener: its clients and datagrams.
+const MQTTSN_TOPICS: [&str; 10] = [
+    "$SYS/broker/mqttsn/clients/connected",
+    "$SYS/broker/mqttsn/clients/asleep",
+    "$SYS/broker/mqttsn/clients/refused",
+    "$SYS/broker/mqttsn/clients/lost",
+    "$SYS/broker/mqttsn/datagrams/received",
+    "$SYS/broker/mqttsn/datagrams/sent",
+    "$SYS/broker/mqttsn/datagrams/malformed",
+    "$SYS/broker/mqttsn/datagrams/not_connected",
+    "$SYS/broker/mqttsn/retransmissions",
+    "$SYS/broker/mqttsn/publish/qos-1",
+];
+
 type Value = HString<48>;
 
 pub(super) struct SysState {
@@ -73,7 +87,7 @@ pub(super) struct SysState {
     last_counts: [u64; 6],
     /// Exponentially smoothed per-minute rates over 1, 5 and 15 minutes.
     load: [[f64; 3]; 6],
-    last_values: [Value; 17 + 18],
+    last_values: [Value; 17 + 18 + 10],
 }
 
 impl SysState {
@@ -164,6 +178,26 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
             let mut v = Value::new();
             let _ = write!(v, "{:.2}", b.sys.load[i][j]);
             update(b, COUNT_TOPICS.len() + i * 3 + j, topic, v);
+        }
+    }
+    if let Some(sn) = b.mqttsn.as_deref() {
+        let values = [
+            sn.clients_connected,
+            sn.clients_asleep,
+            sn.refused_limit,
+            sn.lost,
+            sn.datagrams_received,
+            sn.datagrams_sent,
+            sn.malformed,
+            sn.not_connected,
+            sn.retransmissions,
+            sn.qos_minus1,
+        ];
+        let base = COUNT_TOPICS.len() + LOAD_TOPICS.len() * 3;
+        for (i, (topic, value)) in MQTTSN_TOPICS.iter().zip(values).enumerate() {
+            let mut v = Value::new();
+            let _ = write!(v, "{value}");
+            update(b, base + i, topic, v);
         }
     }
     super::bridge::publish_sys(b);

@@ -14,7 +14,12 @@ pub(super) fn check(listeners: &[ListenerConfig], name: &str) -> Result<(), Conf
         let Some(addr) = resolve(l.address.as_deref(), l.port) else {
             continue;
         };
-        if let Some((other, first)) = seen.iter().find(|(s, _)| overlap(*s, addr)) {
+        // A UDP port (MQTT-SN) and a TCP port of the same number are different sockets.
+        let udp = l.mqttsn.is_some();
+        if let Some((other, first)) = seen
+            .iter()
+            .find(|(s, f)| f.mqttsn.is_some() == udp && overlap(*s, addr))
+        {
             return Err(ConfigError(format!(
                 "{}: this listener ({}) collides with the listener on {} ({}): the system cannot bind both",
                 place(l, name),

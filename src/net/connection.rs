@@ -160,11 +160,11 @@ impl Server {
     /// rest in its partial buffer, handled first when it resumes.
     pub(super) fn read(&mut self, id: ConnId, now: Instant) {
         let mut budget = READ_BUDGET;
-        if self.conns.get(id).is_some_and(|c| !c.partial.is_empty()) {
+        if self.conns.stream(id).is_some_and(|c| !c.partial.is_empty()) {
             self.process(id, 0, now);
         }
         loop {
-            let Some(conn) = self.conns.get_mut(id) else {
+            let Some(conn) = self.conns.stream_mut(id) else {
                 return;
             };
             if !self.broker.wants_read(id) || conn.ws_backlogged() {
@@ -216,14 +216,14 @@ impl Server {
     /// upgrade request); returns how many MQTT bytes they held, moved to the buffer's front.
     /// Answers (the upgrade, pongs) are sent with the turn's output.
     pub(super) fn websocket_input(&mut self, id: ConnId, n: usize) -> Result<usize, String> {
-        let Some(ws) = self.conns.get_mut(id).and_then(|c| c.ws.as_mut()) else {
+        let Some(ws) = self.conns.stream_mut(id).and_then(|c| c.ws.as_mut()) else {
             return Ok(n);
         };
         let result = ws.input(&mut self.scratch[..n]);
         let answer = !ws.out.is_empty();
         if let Err(end) = &result {
             // Last words (a 400, a close frame) go out before the close, if the socket takes them.
-            if let Some(conn) = self.conns.get_mut(id) {
+            if let Some(conn) = self.conns.stream_mut(id) {
                 let _ = conn.send_pending();
             }
             return Err(match end {
@@ -242,7 +242,7 @@ impl Server {
     /// on a listener that uses it as the username.
     #[cfg(feature = "tls")]
     pub(super) fn identify(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(conn) = self.conns.stream_mut(id) else {
             return;
         };
         if conn.identified {
@@ -264,7 +264,7 @@ impl Server {
             spare_buffers,
             ..
         } = self;
-        let Some(conn) = conns.get_mut(id) else {
+        let Some(conn) = conns.stream_mut(id) else {
             return;
         };
         let max = broker.config().max_packet_size;
@@ -293,6 +293,9 @@ impl Server {
 
     /// Write connection `id`'s output until it is empty or the socket is full.
     pub(super) fn flush(&mut self, id: ConnId, now: Instant) {
+        if let Some(&Slot::Datagram { listener }) = self.conns.get(id) {
+            return self.flush_datagram(listener, id, now);
+        }
         // Nothing leaves before the journal records made so far are written (persistence).
         if self.journal_waiting() {
             self.persist(false);
@@ -301,7 +304,7 @@ impl Server {
         // rest is flushed next turn, so one busy connection does not hold up the loop).
         let mut drained = false;
         for _ in 0..64 {
-            let Some(conn) = self.conns.get_mut(id) else {
+            let Some(conn) = self.conns.stream_mut(id) else {
                 return;
             };
             let out = self.broker.output(id);
@@ -335,7 +338,7 @@ impl Server {
             }
         }
         // What the last round put into a TLS session goes out now.
-        if let Some(conn) = self.conns.get_mut(id) {
+        if let Some(conn) = self.conns.stream_mut(id) {
             match conn.send_pending() {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -351,7 +354,7 @@ impl Server {
 
     /// Read connection `id` next turn if it has unread input and the broker wants it.
     pub(super) fn resume(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get(id) {
+        if let Some(conn) = self.conns.stream(id) {
             if conn.read_pending
                 && self.broker.wants_read(id)
                 && !conn.ws_backlogged()
@@ -364,7 +367,7 @@ impl Server {
 
     /// The socket failed or was closed by the peer.
     pub(super) fn lost(&mut self, id: ConnId, reason: &str, now: Instant) {
-        match self.conns.get(id).and_then(|c| c.bridge) {
+        match self.conns.stream(id).and_then(|c| c.bridge) {
             Some(b) => log::warn!("Bridge {}: {reason}", self.links[b as usize].cfg.name),
             None => log::debug!("connection {id}: {reason}"),
         }
@@ -376,8 +379,11 @@ impl Server {
     /// them (see `linger`); one with TLS records or WebSocket frames still waiting, or more
     /// output than lingering takes, closes at once.
     pub(super) fn end(&mut self, id: ConnId, now: Instant) {
+        if let Some(&Slot::Datagram { listener }) = self.conns.get(id) {
+            return self.close_datagram(listener, id, now);
+        }
         self.flush(id, now);
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(conn) = self.conns.stream_mut(id) else {
             return;
         };
         conn.close_notify();
@@ -385,7 +391,7 @@ impl Server {
         if self.journal_waiting() {
             self.persist(false);
         }
-        let Some(conn) = self.conns.get_mut(id) else {
+        let Some(conn) = self.conns.stream_mut(id) else {
             return;
         };
         let tail = self.broker.output(id);
@@ -406,12 +412,20 @@ impl Server {
     }
 
     pub(super) fn close(&mut self, id: ConnId, now: Instant) {
+        if let Some(&Slot::Datagram { listener }) = self.conns.get(id) {
+            return self.close_datagram(listener, id, now);
+        }
         self.remove(id, now);
     }
 
     /// Take connection `id` out of the loop and the broker; the caller has its socket.
     pub(super) fn remove(&mut self, id: ConnId, now: Instant) -> Option<Connection> {
-        let mut conn = self.conns.try_remove(id)?;
+        if !matches!(self.conns.get(id), Some(Slot::Stream(_))) {
+            return None;
+        }
+        let Some(Slot::Stream(mut conn)) = self.conns.try_remove(id) else {
+            return None;
+        };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Some(l) = self.listeners.get_mut(conn.listener as usize) {
             l.connections -= 1;
@@ -437,7 +451,7 @@ impl Server {
             Token(id),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        entry.insert(conn);
+        entry.insert(Slot::Stream(conn));
         self.room_for_connections();
         Ok(id)
     }

@@ -189,7 +189,8 @@ fn status_page(page: &PageConfig) -> Vec<u8> {
     PAGE.replacen("/*CONFIG*/null", &cfg, 1).into_bytes()
 }
 
-/// `[{"client_id":..,"address":..,"protocol":..,"bridge":..,"queued":..,"inflight":..}]`
+/// `[{"client_id":..,"address":..,"protocol":..,"bridge":..,"asleep":..,"queued":..,"inflight":..}]`
+/// (`protocol` is "5.0", "3.1.1", "3.1" or "MQTT-SN 1.2"; `asleep`: a sleeping MQTT-SN client)
 fn clients(b: &Broker) -> Vec<u8> {
     let mut out = b"[".to_vec();
     b.for_each_client(|c| {
@@ -204,14 +205,16 @@ fn clients(b: &Broker) -> Vec<u8> {
             None => out.extend_from_slice(b"null"),
         }
         let version = match c.protocol {
+            _ if c.mqttsn => "MQTT-SN 1.2",
             5 => "5.0",
             4 => "3.1.1",
             _ => "3.1",
         };
         let _ = write!(
             Bytes(&mut out),
-            ",\"protocol\":\"{version}\",\"bridge\":{},\"queued\":{},\"inflight\":{}}}",
+            ",\"protocol\":\"{version}\",\"bridge\":{},\"asleep\":{},\"queued\":{},\"inflight\":{}}}",
             c.bridge,
+            c.asleep,
             c.queued,
             c.inflight
         );
@@ -444,6 +447,93 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
         ("bridge_link_down", d.link_down),
     ] {
         let _ = writeln!(m, "gatemq_publish_dropped_total{{reason=\"{reason}\"}} {n}");
+    }
+    if let Some(sn) = b.mqttsn_stats() {
+        for (name, kind, help, v) in [
+            (
+                "mqttsn_clients_connected",
+                "gauge",
+                "MQTT-SN clients connected (active, asleep or awake).",
+                sn.clients_connected,
+            ),
+            (
+                "mqttsn_clients_asleep",
+                "gauge",
+                "MQTT-SN clients asleep (their messages are kept).",
+                sn.clients_asleep,
+            ),
+            (
+                "mqttsn_clients_refused_total",
+                "counter",
+                "MQTT-SN CONNECTs refused at the listener's or a source's client limit.",
+                sn.refused_limit,
+            ),
+            (
+                "mqttsn_clients_lost_total",
+                "counter",
+                "MQTT-SN clients lost after their retransmissions went unanswered.",
+                sn.lost,
+            ),
+            (
+                "mqttsn_datagrams_received_total",
+                "counter",
+                "MQTT-SN datagrams received.",
+                sn.datagrams_received,
+            ),
+            (
+                "mqttsn_datagrams_sent_total",
+                "counter",
+                "MQTT-SN datagrams sent.",
+                sn.datagrams_sent,
+            ),
+            (
+                "mqttsn_bytes_received_total",
+                "counter",
+                "MQTT-SN bytes received (UDP payloads).",
+                sn.bytes_received,
+            ),
+            (
+                "mqttsn_bytes_sent_total",
+                "counter",
+                "MQTT-SN bytes sent (UDP payloads).",
+                sn.bytes_sent,
+            ),
+            (
+                "mqttsn_retransmissions_total",
+                "counter",
+                "MQTT-SN messages, REGISTERs and will requests sent again for want of an acknowledgement.",
+                sn.retransmissions,
+            ),
+            (
+                "mqttsn_duplicates_total",
+                "counter",
+                "Resent MQTT-SN publishes and subscribes answered without handling them again.",
+                sn.duplicates,
+            ),
+            (
+                "mqttsn_publish_qos_minus1_total",
+                "counter",
+                "MQTT-SN QoS -1 publishes routed.",
+                sn.qos_minus1,
+            ),
+        ] {
+            let _ = writeln!(
+                m,
+                "# HELP gatemq_{name} {help}\n# TYPE gatemq_{name} {kind}\ngatemq_{name} {v}"
+            );
+        }
+        let _ = writeln!(m, "# HELP gatemq_mqttsn_dropped_total MQTT-SN datagrams and messages dropped, by reason.\n# TYPE gatemq_mqttsn_dropped_total counter");
+        for (reason, n) in [
+            ("malformed", sn.malformed),
+            ("not_connected", sn.not_connected),
+            ("unexpected", sn.unexpected),
+            ("paused", sn.paused),
+            ("send_failed", sn.send_failed),
+            ("qos_minus1_refused", sn.qos_minus1_dropped),
+            ("undeliverable", sn.dropped),
+        ] {
+            let _ = writeln!(m, "gatemq_mqttsn_dropped_total{{reason=\"{reason}\"}} {n}");
+        }
     }
     if let Some(ex) = b.devices() {
         let _ = writeln!(m, "# HELP gatemq_device_commands_total Device commands, by device and result (device \"_undeclared\": for devices not declared).\n# TYPE gatemq_device_commands_total counter");

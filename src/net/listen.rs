@@ -5,7 +5,7 @@ use super::*;
 
 /// One listening socket and what it needs to take a connection.
 pub(super) struct Listener {
-    pub(super) socket: TcpListener,
+    pub(super) socket: ListenSocket,
     /// Its own connection limit, and how many it holds.
     pub(super) max_connections: Option<usize>,
     pub(super) connections: usize,
@@ -16,6 +16,8 @@ pub(super) struct Listener {
     pub(super) identity: bool,
     /// `protocol websockets`.
     pub(super) websockets: bool,
+    /// `protocol mqttsn`: the gateway of its UDP socket's clients.
+    pub(super) gateway: Option<Box<crate::mqttsn::Gateway>>,
 }
 
 impl Listener {
@@ -26,6 +28,7 @@ impl Listener {
         #[cfg(not(feature = "tls"))]
         let tls_on = false;
         let kind = match (tls_on, self.websockets) {
+            _ if self.gateway.is_some() => " (MQTT-SN, UDP)",
             (false, false) => "",
             (true, false) => " (TLS)",
             (false, true) => " (WebSocket)",
@@ -43,7 +46,10 @@ impl Server {
             let Some(listener) = self.listeners.get_mut(index) else {
                 return;
             };
-            let (stream, peer) = match listener.socket.accept() {
+            let ListenSocket::Tcp(socket) = &listener.socket else {
+                return;
+            };
+            let (stream, peer) = match socket.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -143,6 +149,9 @@ pub(super) fn open_listener(
     l: &ListenerConfig,
     token: usize,
 ) -> Result<Listener, StartError> {
+    if l.mqttsn.is_some() {
+        return super::mqttsn::open_mqttsn_listener(poll, l, token - LISTENER_BASE, token);
+    }
     #[cfg(feature = "tls")]
     let tls = tls_setup(l)?;
     let host = l.address.as_deref().unwrap_or("0.0.0.0");
@@ -159,7 +168,7 @@ pub(super) fn open_listener(
         .register(&mut listener, Token(token), Interest::READABLE)
         .map_err(|e| StartError(format!("cannot watch listener {addr}: {e}")))?;
     Ok(Listener {
-        socket: listener,
+        socket: ListenSocket::Tcp(listener),
         max_connections: l.max_connections,
         connections: 0,
         #[cfg(feature = "tls")]
@@ -167,6 +176,7 @@ pub(super) fn open_listener(
         #[cfg(feature = "tls")]
         identity: l.tls.use_identity_as_username,
         websockets: l.websockets,
+        gateway: None,
     })
 }
 

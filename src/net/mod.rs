@@ -12,6 +12,7 @@ pub mod http;
 mod http_serve;
 mod linger;
 mod listen;
+mod mqttsn;
 mod persist;
 mod reload;
 mod systemd;
@@ -28,6 +29,7 @@ use http_serve::open_http;
 use listen::{open_listener, tls_setup, Listener, TlsSetup};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use mqttsn::{ListenSocket, Slot, Streams};
 use persist::open_store;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -57,7 +59,8 @@ const SPARE_READ_BUFFERS: usize = 64;
 pub struct Server {
     poll: Poll,
     listeners: Vec<Listener>,
-    conns: Slab<Connection>,
+    /// TCP connections, and the broker connections of MQTT-SN clients (one id space).
+    conns: Slab<Slot>,
     broker: Broker,
     signals: Signals,
     max_connections: Option<usize>,
@@ -65,6 +68,8 @@ pub struct Server {
     scratch: Box<[u8]>,
     spare_buffers: Vec<Vec<u8>>,
     pending_reads: Vec<ConnId>,
+    /// MQTT-SN listeners whose datagram budget ran out last turn.
+    pending_datagrams: Vec<usize>,
     /// Connections whose output was not all written in their last flush although their
     /// socket took everything offered (the round limit): no writable event will come for
     /// them, so they are flushed again next turn.
@@ -187,6 +192,11 @@ impl Server {
         for l in &listeners {
             l.announce();
         }
+        mqttsn_anonymous_warning(config);
+        if config.listeners.iter().any(|l| l.mqttsn.is_some()) {
+            // Its counters exist from the start: `$SYS` and `/metrics` show zeros, not nothing.
+            broker.mqttsn_stats_mut();
+        }
         if let Some(devices) = &config.devices {
             log::info!("{} devices declared", devices.devices.len());
         }
@@ -201,6 +211,7 @@ impl Server {
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             spare_buffers: Vec::new(),
             pending_reads: Vec::new(),
+            pending_datagrams: Vec::new(),
             pending_writes: Vec::new(),
             reading: Vec::new(),
             work: Vec::new(),
@@ -256,7 +267,10 @@ impl Server {
     /// One turn of the loop. Public so tests and the bench can drive a server in-process.
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
         let now = Instant::now();
-        let timeout = if self.pending_reads.is_empty() && self.pending_writes.is_empty() {
+        let timeout = if self.pending_reads.is_empty()
+            && self.pending_writes.is_empty()
+            && self.pending_datagrams.is_empty()
+        {
             let sync = self.store.as_ref().and_then(|s| s.next_deadline());
             let bridges = self.links.iter().filter_map(|l| l.deadline()).min();
             let http = self
@@ -271,6 +285,7 @@ impl Server {
                 bridges,
                 http,
                 self.linger.next_deadline(),
+                self.gateway_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -299,7 +314,13 @@ impl Server {
                 Token(t) if (HTTP_BASE..LISTENER_BASE).contains(&t) => {
                     self.http_ready(t - HTTP_BASE)
                 }
-                Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, now),
+                Token(t) if t >= LISTENER_BASE => {
+                    let i = t - LISTENER_BASE;
+                    match self.listeners.get(i).is_some_and(|l| l.gateway.is_some()) {
+                        true => self.datagrams(i, now),
+                        false => self.accept(i, now),
+                    }
+                }
                 Token(t) if self.linger.owns(t) => self.linger.ready(self.poll.registry(), t),
                 Token(id) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -320,10 +341,15 @@ impl Server {
         for i in 0..self.reading.len() {
             self.read(self.reading[i], now);
         }
+        for _ in 0..self.pending_datagrams.len() {
+            let i = self.pending_datagrams.remove(0);
+            self.datagrams(i, now);
+        }
         self.bridges_due(now);
         self.http_timeouts(now);
         self.linger.expire(self.poll.registry(), now);
         self.broker.handle_timeout(now);
+        self.gateway_timeouts(now);
         // Group commit: this turn's changes are in the journal before its acknowledgements
         // leave.
         self.persist(false);
@@ -379,19 +405,19 @@ impl Server {
     fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
         for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(&mut l.socket);
+            let _ = self.poll.registry().deregister(l.socket.source());
         }
         let now = Instant::now();
         self.broker.stopping();
         let ids: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for &id in &ids {
-            if let Some(conn) = self.conns.get(id) {
+            if let Some(conn) = self.conns.stream(id) {
                 let _ = conn.stream.set_nodelay(true);
             }
             self.flush(id, now);
         }
         for id in ids {
-            if let Some(conn) = self.conns.get_mut(id) {
+            if let Some(conn) = self.conns.stream_mut(id) {
                 conn.close_notify();
             }
             self.close(id, now);
@@ -399,6 +425,25 @@ impl Server {
         self.listeners.clear();
         self.persist(true);
         log::info!("gatemq stopped");
+    }
+}
+
+/// MQTT-SN 1.2 has no credentials: its clients are anonymous, and a listener that refuses
+/// anonymous clients refuses every one of them. Said once, at start (and at a reload).
+fn mqttsn_anonymous_warning(config: &Config) {
+    for (i, l) in config.listeners.iter().enumerate() {
+        let refused = config
+            .broker
+            .listeners
+            .get(i)
+            .is_some_and(|p| !p.allow_anonymous);
+        if l.mqttsn.is_some() && refused {
+            log::warn!(
+                "listener {}:{} (MQTT-SN): allow_anonymous is false, so every MQTT-SN client is refused: MQTT-SN 1.2 has no username or password. Set allow_anonymous true for it (with per_listener_settings true, in its own section, so MQTT listeners keep their passwords)",
+                l.address.as_deref().unwrap_or("0.0.0.0"),
+                l.port
+            );
+        }
     }
 }
 

@@ -19,7 +19,7 @@ impl Server {
         } = self;
         let mut check = |id: ConnId| -> CertCheck {
             #[cfg(feature = "tls")]
-            if let Some(conn) = conns.get(id).filter(|c| c.bridge.is_none()) {
+            if let Some(conn) = conns.stream(id).filter(|c| c.bridge.is_none()) {
                 if let Some(tls) = conn.tls.as_deref() {
                     let listener = listeners.get(conn.listener as usize);
                     return super::tls::recheck(listener.and_then(|l| l.tls.as_ref()), tls);
@@ -81,8 +81,12 @@ impl Server {
         let mut taken = vec![false; old.len()];
         let mut from: Vec<Option<usize>> = Vec::new();
         for l in &new.listeners {
-            let j = (0..old.len())
-                .find(|&j| !taken[j] && old[j].port == l.port && old[j].address == l.address);
+            let j = (0..old.len()).find(|&j| {
+                !taken[j]
+                    && old[j].port == l.port
+                    && old[j].address == l.address
+                    && old[j].mqttsn.is_some() == l.mqttsn.is_some()
+            });
             if let Some(j) = j {
                 taken[j] = true;
             }
@@ -105,7 +109,7 @@ impl Server {
                 Err(e) => {
                     for p in prepared {
                         if let Prepared::New(mut l) = p {
-                            let _ = self.poll.registry().deregister(&mut l.socket);
+                            let _ = self.poll.registry().deregister(l.socket.source());
                         }
                     }
                     log::error!("reload failed, the running configuration stays: {e}");
@@ -118,7 +122,10 @@ impl Server {
         let gone: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.bridge.is_none() && !taken[c.listener as usize])
+            .filter(|(_, c)| match c {
+                Slot::Stream(c) => c.bridge.is_none() && !taken[c.listener as usize],
+                Slot::Datagram { listener } => !taken[*listener as usize],
+            })
             .map(|(id, _)| id)
             .collect();
         for id in gone {
@@ -146,21 +153,29 @@ impl Server {
                     kept
                 }
             };
+            // An MQTT-SN gateway takes the section's new options and its listener's index.
+            if let (Some(gw), Some(o)) = (listener.gateway.as_mut(), &l.mqttsn) {
+                gw.reconfigure(o.clone(), i as u16, now);
+            }
             let _ = self.poll.registry().reregister(
-                &mut listener.socket,
+                listener.socket.source(),
                 Token(LISTENER_BASE + i),
                 Interest::READABLE,
             );
             self.listeners.push(listener);
         }
         for mut l in old_listeners.into_iter().flatten() {
-            let _ = self.poll.registry().deregister(&mut l.socket);
+            let _ = self.poll.registry().deregister(l.socket.source());
             if let Ok(a) = l.socket.local_addr() {
                 log::info!("no longer listening on {a}");
             }
         }
-        for (_, c) in self.conns.iter_mut().filter(|(_, c)| c.bridge.is_none()) {
-            c.listener = map[c.listener as usize];
+        for (_, slot) in self.conns.iter_mut() {
+            match slot {
+                Slot::Stream(c) if c.bridge.is_none() => c.listener = map[c.listener as usize],
+                Slot::Stream(_) => {}
+                Slot::Datagram { listener } => *listener = map[*listener as usize],
+            }
         }
         self.broker.reconfigure(new.broker.clone(), &map, now);
         let revoked = self.recheck_access(now);
@@ -176,6 +191,7 @@ impl Server {
         }
         self.max_connections = new.max_connections;
         self.nodelay = new.set_tcp_nodelay;
+        mqttsn_anonymous_warning(&new);
         if self.log_level_from_config {
             log::set_max_level(new.log_level);
         }

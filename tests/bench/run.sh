@@ -11,7 +11,8 @@
 # Per repetition each broker is started fresh three times, so the memory figures are not
 # skewed by earlier scenarios: (1) RSS at start, idle wake-ups, 1 000 idle connections;
 # (2) 10 000 idle connections; (3) fan-in QoS 0 and 1, fan-out, latency, device commands.
-# A full run takes about 5 minutes. Knobs (environment): REPS=3, LOAD_SECONDS=3 (each fan-in,
+# Then MQTT-SN through gatemq's gateway (tests/bench/mqttsn.sh: wire cost of one reading,
+# messages through the gateway; Mosquitto has none). A full run takes about 6 minutes. Knobs (environment): REPS=3, LOAD_SECONDS=3 (each fan-in,
 # fan-out and devices run), LATENCY_SECONDS=10, IDLE_SECONDS=10, BIG_CONNECTIONS=10000.
 #
 # Exit status: 0 when every run completed (targets met or not: see BENCHMARKS.md), 1 when a
@@ -236,6 +237,9 @@ rc=0
     --base gatemq --other mosquitto "${meta[@]}" || rc=$?
 [ "$rc" != 1 ] || exit 1
 sed -n '/## Targets/,/gatemq-bench:end/p' "$root/BENCHMARKS.md"
+# MQTT-SN, which Mosquitto does not have: gatemq alone, its own section of BENCHMARKS.md.
+step "MQTT-SN (tests/bench/mqttsn.sh)"
+REPS=$REPS LOAD_SECONDS=$LOAD_SECONDS VENV="${VENV:-$root/.venv}" ./tests/bench/mqttsn.sh
 step "done in $(($(date +%s) - started)) s (records: $work/records.tsv; broker logs in $work)"
 if grep -q "$(printf '\tFAIL\t')" "$records"; then
     echo "!!! some runs FAILED: see BENCHMARKS.md and the output above" >&2

@@ -88,7 +88,41 @@ broker = {
     + bytes([0x00, 12, 0x10, 20, 0x20, 0]),
 }
 
-for target, seeds in (("decode", decode), ("broker", broker)):
+
+
+def sn(kind, body=b""):
+    """One MQTT-SN message (1-byte length)."""
+    return bytes([len(body) + 2, kind]) + body
+
+
+def dg(src, data):
+    """A datagram from source `src` (0..7) in the mqttsn target's format."""
+    return bytes([src & 0x3F, len(data)]) + data
+
+
+WAIT = bytes([0x80 | 10, 0])  # time passes (10 x 200 ms)
+
+
+def mqtt_pub(qos, topic=1):
+    """The MQTT client publishes on a/b (topic 1) or x/y (topic 0)."""
+    return bytes([0xC0 | (4 if topic == 0 else 0) | qos, 2]) + b"hi"
+
+
+mqttsn = {
+    "session": dg(0, sn(0x04, b"\x04\x01\x00\x3c" + b"s1")) + dg(0, sn(0x0A, b"\x00\x00\x00\x01a/b"))
+    + dg(0, sn(0x0C, b"\x20\x00\x01\x00\x02hi")) + dg(0, sn(0x12, b"\x20\x00\x03x/#"))
+    + mqtt_pub(1, 0) + dg(0, sn(0x0B, b"\x00\x02\x00\x01\x00")) + WAIT + WAIT + WAIT,
+    "will_sleep": dg(2, sn(0x04, b"\x0c\x01\x00\x02" + b"w")) + dg(2, sn(0x07, b"\x20w/t"))
+    + dg(2, sn(0x09, b"bye")) + dg(2, sn(0x12, b"\x21\x00\x01\x00\x01")) + dg(2, sn(0x18, b"\x00\x01"))
+    + mqtt_pub(1) + mqtt_pub(0) + dg(2, sn(0x16, b"w")) + WAIT + dg(2, sn(0x0D, b"\x00\x01\x00\x01\x00"))
+    + WAIT + WAIT,
+    "qos_minus1": dg(4, sn(0x0C, b"\x61\x00\x01\x00\x00x")) + dg(4, sn(0x0C, b"\x62ab\x00\x00y"))
+    + dg(4, sn(0x01, b"\x00")),
+    "forwarder": dg(1, b"\x05\xfe\x00\x12\x34" + sn(0x04, b"\x04\x01\x00\x3c" + b"f"))
+    + dg(1, b"\x05\xfe\x00\x12\x34" + sn(0x16)),
+}
+
+for target, seeds in (("decode", decode), ("broker", broker), ("mqttsn", mqttsn)):
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
     for name, data in seeds.items():

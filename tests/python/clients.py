@@ -397,3 +397,174 @@ def mosquitto_pub(port, *args, timeout=TIMEOUT):
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"mosquitto_pub {args} failed ({r.returncode}): {r.stderr}"
     return r
+
+
+# --- MQTT-SN 1.2 over UDP ------------------------------------------------------------------
+
+class SN:
+    """MQTT-SN message types and return codes (spec 5.2.2, 5.3.10)."""
+    ADVERTISE, SEARCHGW, GWINFO = 0x00, 0x01, 0x02
+    CONNECT, CONNACK, WILLTOPICREQ, WILLTOPIC, WILLMSGREQ, WILLMSG = 0x04, 0x05, 0x06, 0x07, 0x08, 0x09
+    REGISTER, REGACK, PUBLISH, PUBACK, PUBCOMP, PUBREC, PUBREL = 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x10
+    SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 0x12, 0x13, 0x14, 0x15
+    PINGREQ, PINGRESP, DISCONNECT = 0x16, 0x17, 0x18
+    WILLTOPICUPD, WILLTOPICRESP, WILLMSGUPD, WILLMSGRESP = 0x1A, 0x1B, 0x1C, 0x1D
+    ENCAPSULATED = 0xFE
+    ACCEPTED, CONGESTION, INVALID_TOPIC_ID, NOT_SUPPORTED = 0, 1, 2, 3
+    NORMAL, PREDEFINED, SHORT = 0, 1, 2
+
+
+def sn_flags(qos=0, retain=False, dup=False, will=False, clean=False, topic_type=0) -> int:
+    q = {0: 0, 1: 1, 2: 2, -1: 3}[qos]
+    return (dup << 7) | (q << 5) | (retain << 4) | (will << 3) | (clean << 2) | topic_type
+
+
+def sn_msg(kind: int, body: bytes = b"") -> bytes:
+    """One MQTT-SN message with its length (1-byte form below 256 bytes, else 0x01 + 2)."""
+    if len(body) + 2 < 256:
+        return bytes([len(body) + 2, kind]) + body
+    return b"\x01" + struct.pack(">H", len(body) + 4) + bytes([kind]) + body
+
+
+@dataclass
+class SnMsg:
+    kind: int
+    body: bytes
+    node_id: bytes | None = None
+
+    def u16(self, at):
+        return struct.unpack(">H", self.body[at:at + 2])[0]
+
+    # PUBLISH: flags, topic id, msg id, data
+    @property
+    def flags(self):
+        return self.body[0]
+
+    @property
+    def qos(self):
+        return {0: 0, 1: 1, 2: 2, 3: -1}[(self.body[0] >> 5) & 3]
+
+    @property
+    def dup(self):
+        return bool(self.body[0] & 0x80)
+
+    @property
+    def retain(self):
+        return bool(self.body[0] & 0x10)
+
+    @property
+    def topic_type(self):
+        return self.body[0] & 3
+
+
+def sn_parse(d: bytes) -> SnMsg:
+    node = None
+    if len(d) > 1 and d[1] == SN.ENCAPSULATED:
+        n = d[0]
+        node = d[3:n]
+        d = d[n:]
+    if d[0] == 1:
+        return SnMsg(d[3], d[4:], node)
+    return SnMsg(d[1], d[2:d[0]], node)
+
+
+class SnClient:
+    """A raw MQTT-SN client on its own UDP socket, for what mqtt-sn-12 does not do: QoS -1,
+    sleeping, the will dialogue, forwarder encapsulation, duplicates, not acknowledging."""
+
+    def __init__(self, port, node_id: bytes | None = None):
+        self.addr = (HOST, port)
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.s.bind((HOST, 0))
+        self.node_id = node_id
+        self.mid = 0
+
+    def next_mid(self):
+        self.mid = self.mid % 65535 + 1
+        return self.mid
+
+    def send_raw(self, data: bytes):
+        self.s.sendto(data, self.addr)
+
+    def send(self, kind, body=b""):
+        m = sn_msg(kind, body)
+        if self.node_id is not None:
+            m = bytes([3 + len(self.node_id), SN.ENCAPSULATED, 0]) + self.node_id + m
+        self.send_raw(m)
+
+    def recv(self, timeout=TIMEOUT) -> SnMsg:
+        self.s.settimeout(timeout)
+        d, _ = self.s.recvfrom(65535)
+        return sn_parse(d)
+
+    def expect(self, kind, timeout=TIMEOUT) -> SnMsg:
+        """The next message, which must be of `kind` (REGISTERs are acknowledged on the way
+        only when `auto_regack` says so)."""
+        m = self.recv(timeout)
+        assert m.kind == kind, f"expected {kind:#x}, got {m.kind:#x} {m.body!r}"
+        return m
+
+    def nothing(self, timeout=0.5):
+        try:
+            m = self.recv(timeout)
+        except socket.timeout:
+            return
+        raise AssertionError(f"unexpected message {m.kind:#x} {m.body!r}")
+
+    def connect(self, client_id, clean=True, duration=60, will=False, rc=0):
+        self.send(SN.CONNECT, bytes([sn_flags(clean=clean, will=will), 1])
+                  + struct.pack(">H", duration) + client_id.encode())
+        if will:
+            return
+        m = self.expect(SN.CONNACK)
+        assert m.body[0] == rc, m.body
+        return m
+
+    def register(self, topic) -> int:
+        mid = self.next_mid()
+        self.send(SN.REGISTER, struct.pack(">HH", 0, mid) + topic.encode())
+        m = self.expect(SN.REGACK)
+        assert m.u16(2) == mid and m.body[4] == SN.ACCEPTED, m.body
+        return m.u16(0)
+
+    def publish(self, topic_id, data: bytes, qos=0, topic_type=SN.NORMAL, retain=False, mid=None,
+                dup=False):
+        if mid is None:
+            mid = self.next_mid() if qos > 0 else 0
+        self.send(SN.PUBLISH, bytes([sn_flags(qos, retain, dup, topic_type=topic_type)])
+                  + struct.pack(">HH", topic_id, mid) + data)
+        return mid
+
+    def subscribe(self, topic, qos=0, topic_type=SN.NORMAL) -> SnMsg:
+        mid = self.next_mid()
+        t = struct.pack(">H", topic) if isinstance(topic, int) else topic.encode()
+        self.send(SN.SUBSCRIBE, bytes([sn_flags(qos, topic_type=topic_type)]) + struct.pack(">H", mid) + t)
+        m = self.expect(SN.SUBACK)
+        assert m.u16(3) == mid, m.body
+        return m
+
+    def ack(self, m: SnMsg):
+        """Acknowledge a received QoS 1 PUBLISH (PUBACK) or REGISTER (REGACK)."""
+        if m.kind == SN.REGISTER:
+            self.send(SN.REGACK, struct.pack(">HH", m.u16(0), m.u16(2)) + b"\x00")
+        else:
+            self.send(SN.PUBACK, struct.pack(">HH", m.u16(1), m.u16(3)) + b"\x00")
+
+    def get_publish(self, timeout=TIMEOUT, ack=True) -> SnMsg:
+        """The next PUBLISH, acknowledging REGISTERs before it (and it, at QoS 1)."""
+        while True:
+            m = self.recv(timeout)
+            if m.kind == SN.REGISTER:
+                self.ack(m)
+                continue
+            assert m.kind == SN.PUBLISH, f"expected PUBLISH, got {m.kind:#x}"
+            if ack and m.qos == 1:
+                self.ack(m)
+            return m
+
+    def disconnect(self, duration=None):
+        self.send(SN.DISCONNECT, b"" if duration is None else struct.pack(">H", duration))
+        self.expect(SN.DISCONNECT)
+
+    def close(self):
+        self.s.close()

@@ -95,6 +95,19 @@ def make_broker(tmp_path):
 
 
 @pytest.fixture
+def sn_broker(make_broker):
+    """Factory: sn_broker(section=[...], config_lines=[...]) -> Broker with an MQTT listener
+    (`port`) and an MQTT-SN listener after it (`sn_port`, UDP), both on loopback."""
+
+    def make(section=(), config_lines=()):
+        b = make_broker([*config_lines, "listener 0 127.0.0.1", "protocol mqttsn", *section])
+        b.sn_port = b.ports[1]
+        return b
+
+    return make
+
+
+@pytest.fixture
 def broker(make_broker):
     """A broker with default options (and $SYS every second for the $SYS tests)."""
     return make_broker(["sys_interval 1"])

@@ -48,15 +48,15 @@ impl Ctx {
 }
 
 /// Broker and bench CPU over a run.
-struct Meter {
-    t0: Instant,
+pub struct Meter {
+    pub t0: Instant,
     broker0: Option<f64>,
     self0: f64,
     system0: f64,
 }
 
-struct Measured {
-    wall: f64,
+pub struct Measured {
+    pub wall: f64,
     broker_cpu: Option<f64>,
     bench_cpu: f64,
     /// CPU used by everything else on the machine: interference.
@@ -64,7 +64,7 @@ struct Measured {
 }
 
 impl Meter {
-    fn start(ctx: &Ctx) -> Res<Meter> {
+    pub fn start(ctx: &Ctx) -> Res<Meter> {
         Ok(Meter {
             broker0: ctx.pid.as_deref().map(procfs::cpu_seconds).transpose()?,
             self0: procfs::cpu_seconds("self")?,
@@ -73,7 +73,7 @@ impl Meter {
         })
     }
 
-    fn stop(&self, ctx: &Ctx) -> Res<Measured> {
+    pub fn stop(&self, ctx: &Ctx) -> Res<Measured> {
         let wall = self.t0.elapsed().as_secs_f64();
         let broker1 = ctx.pid.as_deref().map(procfs::cpu_seconds).transpose()?;
         let broker_cpu = broker1.zip(self.broker0).map(|(b, a)| b - a);
@@ -89,7 +89,7 @@ impl Meter {
 
     /// Records `<prefix>_cpu_per_m` (broker CPU-s per million `units`), the broker's and the
     /// bench's share of their cores, and the bench's CPU-s per million.
-    fn record(&self, ctx: &Ctx, m: &Measured, prefix: &str, units: f64) -> Res<()> {
+    pub fn record(&self, ctx: &Ctx, m: &Measured, prefix: &str, units: f64) -> Res<()> {
         let millions = units / 1e6;
         if let Some(b) = m.broker_cpu {
             ctx.put(&format!("{prefix}_cpu_per_m"), b / millions)?;

@@ -1,0 +1,534 @@
+"""MQTT-SN 1.2 with raw UDP datagrams, for what the mqtt-sn-12 client does not do: QoS -1,
+sleeping clients, the will dialogue, forwarder encapsulation, malformed and duplicate
+datagrams, loss and retransmission, REGISTER both ways, short and predefined topics,
+persistence, the ACL, limits. Against the real binary on loopback, beside MQTT clients."""
+import re
+import signal
+import socket
+import struct
+import time
+import urllib.request
+
+import pytest
+
+from clients import SN, Client, SnClient, connected, mosquitto_pub, sn_flags, sn_msg, sn_parse
+
+SECTION = ["mqttsn_topic 1 sensors/hall/motion", "mqttsn_topic 2 devices/lamp/power/set",
+           "mqttsn_retry_interval 1", "mqttsn_retry_count 2"]
+HTTP_RE = re.compile(r"HTTP \(status page, /metrics\) on 127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture
+def sn(sn_broker):
+    """A broker with an MQTT-SN listener (SECTION) and $SYS every second."""
+    return sn_broker(SECTION, ["sys_interval 1"])
+
+
+@pytest.fixture
+def sn_clients():
+    made = []
+
+    def make(port, **kw):
+        c = SnClient(port, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def sys_value(port, topic, timeout=5):
+    c = connected(port)
+    c.subscribe(topic, 0)
+    m = c.get(timeout=timeout)
+    c.disconnect()
+    return m.payload.decode()
+
+
+def wait_for(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def metrics(b):
+    port = int(HTTP_RE.search(b.log()).group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_qos_minus_one_publishes_without_connecting(sn, sn_clients):
+    sub = connected(sn.port)
+    sub.subscribe("#", 0)
+    c = sn_clients(sn.sn_port)
+    c.publish(1, b"motion", qos=-1, topic_type=SN.PREDEFINED)
+    c.publish(int.from_bytes(b"pt", "big"), b"short", qos=-1, topic_type=SN.SHORT)
+    # A normal topic id means nothing without a connection: dropped, counted.
+    c.publish(1, b"lost", qos=-1, topic_type=SN.NORMAL)
+    got = [(m.topic, m.payload) for m in sub.get_n(2)]
+    assert got == [("sensors/hall/motion", b"motion"), ("pt", b"short")]
+    sub.assert_no_message(0.3)
+    c.nothing()
+    assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/publish/qos-1") == "2")
+
+
+def test_register_both_ways_short_predefined_and_wildcards(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-reg")
+    # REGISTER from the client: the same name gets the same id.
+    tid = c.register("sensors/kitchen/temp")
+    assert c.register("sensors/kitchen/temp") == tid
+    sub = connected(sn.port)
+    sub.subscribe("sensors/#", 1)
+    c.publish(tid, b"21.5", qos=1)
+    ack = c.expect(SN.PUBACK)
+    assert (ack.u16(0), ack.body[4]) == (tid, SN.ACCEPTED)
+    assert sub.get().payload == b"21.5"
+    # Subscriptions: a wildcard, a predefined id, a short name.
+    assert c.subscribe("alerts/#", qos=1).body[5] == SN.ACCEPTED
+    m = c.subscribe(2, topic_type=SN.PREDEFINED)
+    assert (m.u16(1), m.body[5]) == (2, SN.ACCEPTED)
+    assert c.subscribe(int.from_bytes(b"xy", "big"), topic_type=SN.SHORT).body[5] == SN.ACCEPTED
+    # An unknown predefined id is refused.
+    bad = c.subscribe(99, topic_type=SN.PREDEFINED)
+    assert bad.body[5] == SN.INVALID_TOPIC_ID
+    # REGISTER from the gateway for a topic the client has no id for, before its PUBLISH.
+    mosquitto_pub(sn.port, "-t", "alerts/smoke/kitchen", "-m", "SMOKE", "-q", "1")
+    reg = c.expect(SN.REGISTER)
+    assert reg.body[4:] == b"alerts/smoke/kitchen"
+    c.nothing(0.3)  # nothing more until REGACK
+    c.ack(reg)
+    p = c.expect(SN.PUBLISH)
+    assert (p.u16(1), p.topic_type, p.qos, p.body[5:]) == (reg.u16(0), SN.NORMAL, 1, b"SMOKE")
+    c.ack(p)
+    mosquitto_pub(sn.port, "-t", "devices/lamp/power/set", "-m", "ON")
+    p = c.expect(SN.PUBLISH)
+    assert (p.topic_type, p.u16(1), p.body[5:]) == (SN.PREDEFINED, 2, b"ON")
+    mosquitto_pub(sn.port, "-t", "xy", "-m", "s")
+    p = c.expect(SN.PUBLISH)
+    assert (p.topic_type, p.body[1:3], p.body[5:]) == (SN.SHORT, b"xy", b"s")
+    # Unsubscribed: no more.
+    c.send(SN.UNSUBSCRIBE, bytes([sn_flags(topic_type=SN.SHORT)]) + struct.pack(">H", 9) + b"xy")
+    assert c.expect(SN.UNSUBACK).u16(0) == 9
+    mosquitto_pub(sn.port, "-t", "xy", "-m", "s")
+    c.nothing()
+
+
+def test_retained_both_ways(sn, sn_clients):
+    mosquitto_pub(sn.port, "-t", "config/s9/interval", "-m", "60", "-r")
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-ret")
+    tid = c.subscribe("config/s9/interval").u16(1)
+    p = c.expect(SN.PUBLISH)
+    assert (p.retain, p.u16(1), p.body[5:]) == (True, tid, b"60")
+    t2 = c.register("status/s9")
+    c.publish(t2, b"online", qos=1, retain=True)
+    c.expect(SN.PUBACK)
+    late = connected(sn.port)
+    late.subscribe("status/#", 1)
+    m = late.get()
+    assert (m.topic, m.payload, m.retain) == ("status/s9", b"online", True)
+
+
+def test_sleeping_client_gets_what_was_kept_on_pingreq(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-sleepy", duration=30)
+    c.subscribe("cmd/sleepy/#", qos=1)
+    c.disconnect(duration=60)
+    assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/clients/asleep") == "1")
+    for i, qos in enumerate((0, 1, 1)):
+        mosquitto_pub(sn.port, "-t", "cmd/sleepy/led", "-m", f"m{i}", "-q", str(qos))
+    c.nothing(1.0)  # asleep: kept, not sent
+    c.send(SN.PINGREQ, b"sn-sleepy")
+    got = []
+    while len(got) < 3:
+        got.append(c.get_publish().body[5:])
+    assert got == [b"m0", b"m1", b"m2"]
+    c.expect(SN.PINGRESP)
+    # Back asleep: a message now waits for the next wake-up.
+    mosquitto_pub(sn.port, "-t", "cmd/sleepy/led", "-m", "later", "-q", "1")
+    c.nothing(0.5)
+    c.send(SN.PINGREQ, b"sn-sleepy")
+    assert c.get_publish().body[5:] == b"later"
+    c.expect(SN.PINGRESP)
+    # CONNECT makes it active again: messages flow at once.
+    c.connect("sn-sleepy", clean=False)
+    mosquitto_pub(sn.port, "-t", "cmd/sleepy/led", "-m", "awake", "-q", "1")
+    assert c.get_publish().body[5:] == b"awake"
+
+
+def test_will_dialogue_updates_and_lost_sleeper(sn, sn_clients):
+    watch = connected(sn.port)
+    watch.subscribe("wills/#", 1)
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-willing", will=True)
+    c.expect(SN.WILLTOPICREQ)
+    # The WILLTOPICREQ "lost": asked again after mqttsn_retry_interval.
+    c.expect(SN.WILLTOPICREQ, timeout=3)
+    c.send(SN.WILLTOPIC, bytes([sn_flags(qos=1, retain=True)]) + b"wills/sn-willing")
+    c.expect(SN.WILLMSGREQ)
+    c.send(SN.WILLMSG, b"first")
+    assert c.expect(SN.CONNACK).body[0] == SN.ACCEPTED
+    # WILLTOPICUPD and WILLMSGUPD change it while connected.
+    c.send(SN.WILLTOPICUPD, bytes([sn_flags(qos=1)]) + b"wills/sn-willing/v2")
+    assert c.expect(SN.WILLTOPICRESP).body[0] == SN.ACCEPTED
+    c.send(SN.WILLMSGUPD, b"gone")
+    assert c.expect(SN.WILLMSGRESP).body[0] == SN.ACCEPTED
+    # Asleep for 1 s; it never wakes: lost after 1.5 s, its will published.
+    c.disconnect(duration=1)
+    m = watch.get(timeout=5)
+    assert (m.topic, m.payload, m.retain) == ("wills/sn-willing/v2", b"gone", False)
+    assert "Client sn-willing has exceeded its keep-alive timeout" in sn.log()
+    # A clean DISCONNECT publishes no will.
+    c2 = sn_clients(sn.sn_port)
+    c2.connect("sn-polite", will=True)
+    c2.expect(SN.WILLTOPICREQ)
+    c2.send(SN.WILLTOPIC, bytes([0]) + b"wills/sn-polite")
+    c2.expect(SN.WILLMSGREQ)
+    c2.send(SN.WILLMSG, b"never")
+    c2.expect(SN.CONNACK)
+    c2.disconnect()
+    watch.assert_no_message(2.0)
+
+
+def test_forwarder_encapsulation(sn, sn_clients):
+    sub = connected(sn.port)
+    sub.subscribe("radio/#", 0)
+    a = sn_clients(sn.sn_port, node_id=b"\x00\x12\x4b\x00\x01\x02\x03\x04")
+    a.connect("radio-node-1")
+    # Two nodes behind the same forwarder (one UDP address) are two clients.
+    b2 = SnClient(sn.sn_port)
+    b2.s.close()
+    b2.s = a.s
+    b2.node_id = b"\x00\x12\x4b\x00\x01\x02\x03\x05"
+    b2.connect("radio-node-2")
+    t = a.register("radio/node1")
+    a.publish(t, b"1", qos=1)
+    ack = a.expect(SN.PUBACK)
+    assert ack.node_id == a.node_id
+    assert sub.get().topic == "radio/node1"
+    # What goes to node 2 carries node 2's id (its REGISTER, acknowledged through the
+    # forwarder, then the PUBLISH).
+    b2.subscribe("radio/#")
+    a.publish(t, b"2")
+    p = b2.get_publish()
+    assert (p.node_id, p.body[5:]) == (b2.node_id, b"2")
+    assert "radio-node-1 connected from 127.0.0.1" in sn.log() and "(forwarded)" in sn.log()
+
+
+def test_malformed_and_duplicate_datagrams(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    for bad in [b"", b"\x00", b"\x01\x00", b"\x05\x0c\x00", b"\xff" * 40, b"\x03\x99\x00",
+                b"\x02\x05\x07", b"\x01\x00\x10\x0c" + b"x" * 3]:
+        c.send_raw(bad)
+    c.nothing(0.3)
+    # The broker serves on, MQTT and MQTT-SN alike.
+    c.connect("sn-dups")
+    sub = connected(sn.port)
+    sub.subscribe("d/#", 2)
+    t = c.register("d/x")
+    mid = c.publish(t, b"once", qos=1)
+    c.expect(SN.PUBACK)
+    # Our PUBACK "lost": the client sends it again with DUP. Answered, not delivered twice.
+    c.publish(t, b"once", qos=1, mid=mid, dup=True)
+    c.expect(SN.PUBACK)
+    # QoS 2, PUBLISH sent twice before PUBREL: delivered once.
+    mid2 = c.publish(t, b"exactly", qos=2)
+    assert c.expect(SN.PUBREC).u16(0) == mid2
+    c.publish(t, b"exactly", qos=2, mid=mid2, dup=True)
+    c.expect(SN.PUBREC)
+    c.send(SN.PUBREL, struct.pack(">H", mid2))
+    assert c.expect(SN.PUBCOMP).u16(0) == mid2
+    got = sub.drain(quiet=0.7)
+    assert [(m.payload) for m in got] == [b"once", b"exactly"]
+    assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/datagrams/malformed") == "8")
+    # Logged at each doubling of the count, not once per datagram.
+    counts = re.findall(r"MQTT-SN: malformed datagram from \S+ dropped \(.*\); (\d+) so far", sn.log())
+    assert counts == ["1", "2", "4", "8"]
+
+
+def test_unacknowledged_publish_is_sent_again_with_dup_then_the_client_is_lost(sn, sn_clients):
+    watch = connected(sn.port)
+    watch.subscribe("wills/#", 1)
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-deaf", will=True)
+    c.expect(SN.WILLTOPICREQ)
+    c.send(SN.WILLTOPIC, bytes([sn_flags(qos=1)]) + b"wills/sn-deaf")
+    c.expect(SN.WILLMSGREQ)
+    c.send(SN.WILLMSG, b"deaf")
+    c.expect(SN.CONNACK)
+    c.subscribe(int.from_bytes(b"zz", "big"), qos=1, topic_type=SN.SHORT)
+    mosquitto_pub(sn.port, "-t", "zz", "-m", "hello", "-q", "1")
+    first = c.expect(SN.PUBLISH)
+    assert not first.dup
+    t0 = time.monotonic()
+    # mqttsn_retry_interval 1, mqttsn_retry_count 2: two resends with DUP, same message id.
+    for _ in range(2):
+        again = c.expect(SN.PUBLISH, timeout=3)
+        assert again.dup and again.u16(3) == first.u16(3) and again.body[5:] == b"hello"
+    assert 1.5 < time.monotonic() - t0 < 4
+    # Then it is lost: told so, and its will is published.
+    c.expect(SN.DISCONNECT, timeout=3)
+    m = watch.get(timeout=3)
+    assert (m.topic, m.payload) == ("wills/sn-deaf", b"deaf")
+    assert "MQTT-SN client sn-deaf lost: no answer after 2 retransmissions" in sn.log()
+
+
+def test_a_late_acknowledgement_stops_the_retransmission(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-slow")
+    c.subscribe(int.from_bytes(b"zq", "big"), qos=1, topic_type=SN.SHORT)
+    mosquitto_pub(sn.port, "-t", "zq", "-m", "a", "-q", "1")
+    mosquitto_pub(sn.port, "-t", "zq", "-m", "b", "-q", "1")
+    first = c.expect(SN.PUBLISH)
+    again = c.expect(SN.PUBLISH, timeout=3)  # lost ack: resent
+    assert again.dup and again.body[5:] == b"a"
+    c.ack(again)
+    nxt = c.expect(SN.PUBLISH)
+    assert (nxt.dup, nxt.body[5:]) == (False, b"b")
+    c.ack(nxt)
+    c.nothing(2.5)
+    assert first.u16(3) != nxt.u16(3)
+
+
+def test_clean_session_0_across_reconnect_and_restart(sn_broker, sn_clients, tmp_path):
+    b = sn_broker(SECTION, ["persistence true", f"persistence_location {tmp_path}"])
+    c = sn_clients(b.sn_port)
+    c.connect("sn-keeper", clean=False)
+    c.subscribe("keep/#", qos=1)
+    c.disconnect()
+    # Offline: QoS 1 messages are kept for its session.
+    mosquitto_pub(b.port, "-t", "keep/a", "-m", "while away", "-q", "1")
+    c2 = sn_clients(b.sn_port)  # another address, same client id
+    c2.connect("sn-keeper", clean=False)
+    assert c2.get_publish().body[5:] == b"while away"
+    c2.disconnect()
+    mosquitto_pub(b.port, "-t", "keep/b", "-m", "across a restart", "-q", "1")
+    # The broker restarts; the session and its message come back from the journal.
+    assert b.stop() == 0
+    b.start()
+    sn_port = b.ports[1]
+    c3 = sn_clients(sn_port)
+    c3.connect("sn-keeper", clean=False)
+    p = c3.get_publish()
+    assert p.body[5:] == b"across a restart"
+    # Its subscription too: a new message reaches it.
+    mosquitto_pub(b.port, "-t", "keep/c", "-m", "new", "-q", "1")
+    assert c3.get_publish().body[5:] == b"new"
+    # clean session 1 ends it.
+    c3.disconnect()
+    c3.connect("sn-keeper", clean=True)
+    mosquitto_pub(b.port, "-t", "keep/d", "-m", "gone", "-q", "1")
+    c3.nothing()
+
+
+def test_acl_by_client_id(sn_broker, sn_clients, tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\npattern write sensors/%c/#\n")
+    b = sn_broker(SECTION, [f"acl_file {acl}"])
+    sub = connected(b.port)
+    sub.subscribe("sensors/#", 1)
+    c = sn_clients(b.sn_port)
+    c.connect("dev1")
+    own = c.register("sensors/dev1/temp")
+    other = c.register("sensors/dev2/temp")
+    c.publish(own, b"mine", qos=1)
+    c.expect(SN.PUBACK)
+    c.publish(other, b"not mine", qos=1)
+    c.expect(SN.PUBACK)  # acknowledged, dropped (3.1.1 semantics)
+    # QoS -1 has no client id: a %c pattern gives it nothing.
+    c.publish(1, b"anon", qos=-1, topic_type=SN.PREDEFINED)
+    assert [m.payload for m in sub.drain(quiet=0.7)] == [b"mine"]
+
+
+def test_anonymous_refused_is_said_at_start_and_to_each_client(sn_broker, sn_clients):
+    b = sn_broker(SECTION + ["allow_anonymous false"], ["per_listener_settings true"])
+    assert "(MQTT-SN): allow_anonymous is false, so every MQTT-SN client is refused" in b.log()
+    c = sn_clients(b.sn_port)
+    c.connect("sn-nobody", rc=SN.NOT_SUPPORTED)
+    c.publish(1, b"x", qos=-1, topic_type=SN.PREDEFINED)
+    c.nothing()
+    # The MQTT listener keeps its own rule (anonymous allowed in the test config).
+    connected(b.port).disconnect()
+
+
+def test_flood_limits_searchgw_and_unknown_sources(sn_broker, sn_clients):
+    b = sn_broker(SECTION + ["max_connections 6", "mqttsn_max_clients_per_source 4"],
+                  ["http_listener 0 127.0.0.1", "sys_interval 1"])
+    codes = []
+    for i in range(8):
+        c = sn_clients(b.sn_port)
+        c.send(SN.CONNECT, bytes([sn_flags(clean=True), 1]) + struct.pack(">H", 60)
+               + f"flood-{i}".encode())
+        codes.append(c.expect(SN.CONNACK).body[0])
+    assert codes == [SN.ACCEPTED] * 4 + [SN.CONGESTION] * 4  # one source: 4 at most
+    text = metrics(b)
+    assert "gatemq_mqttsn_clients_connected 4" in text
+    assert "gatemq_mqttsn_clients_refused_total 4" in text
+    assert wait_for(lambda: sys_value(b.port, "$SYS/broker/mqttsn/clients/refused") == "4")
+    # A source that is not a client is told so; SEARCHGW is answered to it alone.
+    x = sn_clients(b.sn_port)
+    x.send(SN.PINGREQ)
+    x.expect(SN.DISCONNECT)
+    x.send(SN.SEARCHGW, b"\x00")
+    gw = x.expect(SN.GWINFO)
+    assert gw.body == b"\x01"
+    assert re.search(r'gatemq_mqttsn_dropped_total\{reason="not_connected"\} 1', metrics(b))
+    # The clients are listed beside the MQTT ones.
+    port = int(HTTP_RE.search(b.log()).group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/clients", timeout=5) as r:
+        listed = r.read().decode()
+    assert listed.count('"protocol":"MQTT-SN 1.2"') == 4
+
+
+def test_advertise_goes_only_to_the_named_address(sn_broker):
+    listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listen.bind(("127.0.0.1", 0))
+    port = listen.getsockname()[1]
+    b = sn_broker(SECTION + ["mqttsn_advertise_interval 1", f"mqttsn_advertise_address 127.0.0.1:{port}",
+                             "mqttsn_gateway_id 7"])
+    listen.settimeout(3)
+    d1, _ = listen.recvfrom(100)
+    d2, _ = listen.recvfrom(100)
+    assert d1 == d2 == bytes([5, SN.ADVERTISE, 7]) + struct.pack(">H", 1)
+    listen.close()
+
+
+def test_mqtt_sn_clients_stay_across_a_reload(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-reload")
+    c.subscribe(int.from_bytes(b"rl", "big"), topic_type=SN.SHORT)
+    sn.conf.write_text(sn.conf.read_text() + "mqttsn_topic 3 added/at/reload\n")
+    sn.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "configuration reloaded" in sn.log())
+    mosquitto_pub(sn.port, "-t", "rl", "-m", "still here")
+    assert c.expect(SN.PUBLISH).body[5:] == b"still here"
+    sub = connected(sn.port)
+    sub.subscribe("added/#", 0)
+    c.publish(3, b"new id", qos=-1, topic_type=SN.PREDEFINED)
+    assert sub.get().payload == b"new id"
+
+
+def api_clients(b):
+    port = int(HTTP_RE.search(b.log()).group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/clients", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_takeover_between_mqtt_and_mqtt_sn_with_the_same_client_id(sn_broker, sn_clients):
+    """An MQTT-SN client and a TCP client are slots of one connection slab: a takeover either
+    way ends the other kind of connection (its socket, or its datagrams) and hands the session
+    over, and nothing of the old one is left behind in the gateway, the status page or $SYS."""
+    b = sn_broker(SECTION, ["http_listener 0 127.0.0.1", "sys_interval 1"])
+    # TCP first; an MQTT-SN client takes its session over.
+    tcp = connected(b.port, client_id="dual", clean_session=False)
+    tcp.subscribe("to/dual/#", 1)
+    sn = sn_clients(b.sn_port)
+    sn.connect("dual", clean=False)
+    assert tcp.disconnected.wait(5), "the TCP connection was not ended by the takeover"
+    mosquitto_pub(b.port, "-t", "to/dual/a", "-m", "to sn", "-q", "1")
+    assert sn.get_publish().body[5:] == b"to sn"
+    listed = api_clients(b)
+    assert listed.count('"client_id":"dual"') == 1 and '"protocol":"MQTT-SN 1.2"' in listed
+    # And back: a TCP client with that id takes the session from the MQTT-SN client, which
+    # is told with DISCONNECT and is then unknown to the gateway.
+    tcp2 = connected(b.port, client_id="dual", clean_session=False)
+    sn.expect(SN.DISCONNECT)
+    mosquitto_pub(b.port, "-t", "to/dual/b", "-m", "to tcp", "-q", "1")
+    assert tcp2.get().payload == b"to tcp"
+    sn.send(SN.PINGREQ)
+    sn.expect(SN.DISCONNECT)
+    listed = api_clients(b)
+    assert listed.count('"client_id":"dual"') == 1 and '"protocol":"3.1.1"' in listed
+    assert "gatemq_mqttsn_clients_connected 0" in metrics(b)
+    # The MQTT-SN client takes it once more, from the same address it had.
+    sn.connect("dual", clean=False)
+    assert tcp2.disconnected.wait(5)
+    mosquitto_pub(b.port, "-t", "to/dual/c", "-m", "to sn again", "-q", "1")
+    assert sn.get_publish().body[5:] == b"to sn again"
+    assert "gatemq_mqttsn_clients_connected 1" in metrics(b)
+    assert wait_for(lambda: sys_value(b.port, "$SYS/broker/mqttsn/clients/connected") == "1")
+
+
+def test_a_sleeper_waking_from_a_new_port_gets_its_messages(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-new-port", duration=30)
+    c.subscribe("cmd/new-port/#", qos=1)
+    c.disconnect(duration=60)
+    mosquitto_pub(sn.port, "-t", "cmd/new-port/led", "-m", "kept", "-q", "1")
+    # Its radio slept; it comes back on another UDP port and names itself in PINGREQ.
+    again = sn_clients(sn.sn_port)
+    again.send(SN.PINGREQ, b"sn-new-port")
+    assert again.get_publish().body[5:] == b"kept"
+    again.expect(SN.PINGRESP)
+    c.nothing()
+    assert wait_for(lambda: sys_value(sn.port, "$SYS/broker/mqttsn/clients/asleep") == "1")
+
+
+def test_a_reload_that_refuses_anonymous_clients_disconnects_mqtt_sn_clients(sn_broker,
+                                                                             sn_clients):
+    b = sn_broker(SECTION + ["allow_anonymous true"], ["per_listener_settings true"])
+    c = sn_clients(b.sn_port)
+    c.connect("sn-revoked")
+    b.conf.write_text(b.conf.read_text().replace("mqttsn_retry_count 2\nallow_anonymous true",
+                                                 "mqttsn_retry_count 2\nallow_anonymous false"))
+    b.proc.send_signal(signal.SIGHUP)
+    # The re-check of access at a reload covers the gateway's clients: told, then unknown.
+    c.expect(SN.DISCONNECT)
+    assert wait_for(lambda: "configuration reloaded" in b.log())
+    assert "(MQTT-SN): allow_anonymous is false, so every MQTT-SN client is refused" in b.log()
+    c.connect("sn-revoked", rc=SN.NOT_SUPPORTED)
+    # The MQTT listener keeps its own rule.
+    connected(b.port).disconnect()
+
+
+def test_qos_2_to_an_mqtt_sn_subscriber_with_a_lost_pubcomp(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-qos2")
+    assert c.subscribe(int.from_bytes(b"q2", "big"), qos=2, topic_type=SN.SHORT).flags >> 5 & 3 == 2
+    mosquitto_pub(sn.port, "-t", "q2", "-m", "once", "-q", "2")
+    mosquitto_pub(sn.port, "-t", "q2", "-m", "twice", "-q", "2")
+    p = c.expect(SN.PUBLISH)
+    assert (p.qos, p.body[5:]) == (2, b"once")
+    mid = p.u16(3)
+    c.send(SN.PUBREC, struct.pack(">H", mid))
+    assert c.expect(SN.PUBREL).u16(0) == mid
+    # Our PUBCOMP "lost": the PUBREL comes again after mqttsn_retry_interval, and nothing
+    # else meanwhile (one message in flight).
+    assert c.expect(SN.PUBREL, timeout=3).u16(0) == mid
+    c.send(SN.PUBCOMP, struct.pack(">H", mid))
+    p2 = c.expect(SN.PUBLISH)
+    assert (p2.qos, p2.dup, p2.body[5:]) == (2, False, b"twice")
+    c.send(SN.PUBREC, struct.pack(">H", p2.u16(3)))
+    c.expect(SN.PUBREL)
+    c.send(SN.PUBCOMP, struct.pack(">H", p2.u16(3)))
+    c.nothing(1.5)
+
+
+def test_client_ids_longer_than_64_bytes_are_refused(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("s" * 65, rc=SN.NOT_SUPPORTED)
+    c.connect("s" * 64)
+
+
+def test_messages_of_256_bytes_and_more_use_the_long_length_form(sn, sn_clients):
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-long")
+    sub = connected(sn.port)
+    sub.subscribe("long/#", 1)
+    tid = c.register("long/in")
+    big = bytes(range(256)) * 4
+    c.publish(tid, big, qos=1)  # sn_msg: 0x01 and a 2-byte length from 256 bytes on
+    c.expect(SN.PUBACK)
+    assert sub.get().payload == big
+    c.subscribe("long/out", qos=1)
+    mosquitto_pub(sn.port, "-t", "long/out", "-m", "y" * 1000, "-q", "1")
+    c.s.settimeout(5)
+    d, _ = c.s.recvfrom(65535)
+    assert d[0] == 0x01 and struct.unpack(">H", d[1:3])[0] == len(d) == 3 + 1 + 5 + 1000
+    p = sn_parse(d)
+    assert (p.kind, p.body[5:]) == (SN.PUBLISH, b"y" * 1000)

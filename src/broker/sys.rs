@@ -61,11 +61,12 @@ const COUNT_TOPICS: [&str; 17] = [
 ];
 
 /// `$SYS/broker/mqttsn/...`, with an MQTT-SN listener: its clients and datagrams.
-const MQTTSN_TOPICS: [&str; 10] = [
+const MQTTSN_TOPICS: [&str; 11] = [
     "$SYS/broker/mqttsn/clients/connected",
     "$SYS/broker/mqttsn/clients/asleep",
     "$SYS/broker/mqttsn/clients/refused",
     "$SYS/broker/mqttsn/clients/lost",
+    "$SYS/broker/mqttsn/clients/evicted",
     "$SYS/broker/mqttsn/datagrams/received",
     "$SYS/broker/mqttsn/datagrams/sent",
     "$SYS/broker/mqttsn/datagrams/malformed",
@@ -87,7 +88,7 @@ pub(super) struct SysState {
     last_counts: [u64; 6],
     /// Exponentially smoothed per-minute rates over 1, 5 and 15 minutes.
     load: [[f64; 3]; 6],
-    last_values: [Value; 17 + 18 + 10],
+    last_values: [Value; 17 + 18 + MQTTSN_TOPICS.len()],
 }
 
 impl SysState {
@@ -186,6 +187,7 @@ pub(super) fn publish(b: &mut Broker, now: Instant) {
             sn.clients_asleep,
             sn.refused_limit,
             sn.lost,
+            sn.evicted_idle,
             sn.datagrams_received,
             sn.datagrams_sent,
             sn.malformed,

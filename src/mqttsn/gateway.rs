@@ -150,6 +150,8 @@ struct Client {
     clean: bool,
     /// Keep-alive from CONNECT.
     duration: u16,
+    /// When a datagram of its own came last (for `idle_evict`).
+    heard: Instant,
     topics: Topics,
     will: Option<Will>,
     /// The will being given in the dialogue: WILLTOPIC's part.
@@ -179,15 +181,16 @@ struct Client {
 }
 
 impl Client {
-    fn new(peer: Peer, ctrl: u8, client_id: &str) -> Client {
+    fn new(peer: Peer, client_id: &str, now: Instant) -> Client {
         Client {
             peer,
-            ctrl,
+            ctrl: 0,
             client_id: client_id.into(),
             state: State::Disconnected,
             conn: None,
             clean: true,
             duration: 0,
+            heard: now,
             topics: Topics::default(),
             will: None,
             will_topic: None,
@@ -332,6 +335,7 @@ impl Gateway {
         t.qos_minus1_dropped += s.qos_minus1_dropped;
         t.retransmissions += s.retransmissions;
         t.lost += s.lost;
+        t.evicted_idle += s.evicted_idle;
         t.duplicates += s.duplicates;
         t.dropped += s.dropped;
     }
@@ -433,6 +437,7 @@ impl Gateway {
             {
                 Some(idx) => {
                     self.clients[idx].ctrl = ctrl;
+                    self.clients[idx].heard = now;
                     self.client_message(b, host, idx, m, now)
                 }
                 None => {
@@ -608,29 +613,112 @@ impl Gateway {
         }
     }
 
-    /// A new client record, if the limits allow (the oldest kept record makes room).
-    fn new_client(&mut self, peer: Peer, ctrl: u8, client_id: &str) -> Option<usize> {
+    /// A new client record, if the limits allow. Room is made at a full table (the source's,
+    /// then the listener's) by the oldest record kept for a `clean session 0` reconnect, else
+    /// by evicting the client silent the longest of those that nothing else would ever end
+    /// (see [`Gateway::idle_victim`]). `except` is not evicted (the record of the same client
+    /// id, which the broker takes over).
+    fn new_client<H: Host>(
+        &mut self,
+        b: &mut Broker,
+        host: &mut H,
+        peer: Peer,
+        client_id: &str,
+        except: Option<usize>,
+        now: Instant,
+    ) -> Option<usize> {
         let ip = peer.addr.ip();
-        if self.per_source.get(&ip).copied().unwrap_or(0) >= self.opts.max_clients_per_source {
-            return None;
+        while self.per_source.get(&ip).copied().unwrap_or(0) >= self.opts.max_clients_per_source {
+            let kept = self.kept.iter().copied().find(|&k| {
+                self.clients
+                    .get(k)
+                    .is_some_and(|c| c.peer.addr.ip() == ip && c.conn.is_none())
+            });
+            match kept {
+                Some(k) => self.remove(k),
+                None => {
+                    let victim = self.idle_victim(b, Some(ip), except, now)?;
+                    self.evict(b, host, victim, now);
+                }
+            }
         }
         while self.clients.len() >= self.opts.max_clients {
-            let idx = self.kept.pop_front()?;
-            if self
-                .clients
-                .get(idx)
-                .is_some_and(|c| c.state == State::Disconnected && c.conn.is_none())
-            {
-                self.remove(idx);
+            match self.kept.pop_front() {
+                Some(k) => {
+                    if self
+                        .clients
+                        .get(k)
+                        .is_some_and(|c| c.state == State::Disconnected && c.conn.is_none())
+                    {
+                        self.remove(k);
+                    }
+                }
+                None => {
+                    let victim = self.idle_victim(b, None, except, now)?;
+                    self.evict(b, host, victim, now);
+                }
             }
         }
         self.next_gen += 1;
-        let mut c = Client::new(peer, ctrl, client_id);
+        // Its forwarder's Ctrl byte is set by the caller, as for a record reused.
+        let mut c = Client::new(peer, client_id, now);
         c.timer_gen = self.next_gen;
         let idx = self.clients.insert(c);
         self.by_peer.insert(peer, idx);
         *self.per_source.entry(ip).or_default() += 1;
         Some(idx)
+    }
+
+    /// The client to evict for a new one: connected with keep-alive 0 and not asleep (no
+    /// keep-alive or sleep timer will ever end it: UDP has no TCP keepalive to notice a
+    /// sensor that lost power), nothing in flight to it (retransmission would find it lost),
+    /// silent for at least `idle_evict`; of those, the one silent the longest. From source
+    /// `ip` only, if given. A linear scan, at a full table only: at most `max_connections`
+    /// records, without allocating.
+    fn idle_victim(
+        &self,
+        b: &Broker,
+        ip: Option<IpAddr>,
+        except: Option<usize>,
+        now: Instant,
+    ) -> Option<usize> {
+        let min = self.opts.idle_evict;
+        if min.is_zero() {
+            return None;
+        }
+        self.clients
+            .iter()
+            .filter(|&(i, c)| {
+                Some(i) != except
+                    && c.state == State::Active
+                    && c.duration == 0
+                    && c.register.is_none()
+                    && c.inflight.is_none()
+                    && c.conn.is_some_and(|conn| b.held_for(conn).1 == 0)
+                    && ip.is_none_or(|ip| c.peer.addr.ip() == ip)
+                    && now.saturating_duration_since(c.heard) >= min
+            })
+            .min_by_key(|(_, c)| c.heard)
+            .map(|(i, _)| i)
+    }
+
+    /// End client `idx` to make room: it is told with DISCONNECT, and taken as lost (the
+    /// broker publishes its will, as for a client that stopped answering).
+    fn evict<H: Host>(&mut self, b: &mut Broker, host: &mut H, idx: usize, now: Instant) {
+        let c = &self.clients[idx];
+        log::info!(
+            "MQTT-SN client {} evicted to make room for a new client: keep-alive 0 and silent for {} s",
+            c.client_id,
+            now.saturating_duration_since(c.heard).as_secs()
+        );
+        self.stats.evicted_idle += 1;
+        let conn = c.conn;
+        self.send_client(host, idx, &Message::Disconnect { duration: None });
+        self.detach(idx);
+        if let Some(conn) = conn {
+            b.end(conn, "evicted: keep-alive 0 and silent", true, now);
+        }
+        self.remove(idx);
     }
 
     /// Move a kept record to a new address.

@@ -40,6 +40,11 @@ pub struct Options {
     /// Of those, from one IP address (`mqttsn_max_clients_per_source`; a radio forwarder
     /// brings all of its nodes from one address).
     pub max_clients_per_source: usize,
+    /// A CONNECT that finds the client table (the listener's or the source's) full evicts the
+    /// client silent the longest among those nothing else would ever end (keep-alive 0,
+    /// awake, nothing in flight to it), if it has been silent this long
+    /// (`mqttsn_idle_evict`; zero: never).
+    pub idle_evict: Duration,
 }
 
 /// Clients an MQTT-SN listener keeps without a `max_connections` of its own.
@@ -56,6 +61,7 @@ impl Default for Options {
             advertise: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             max_clients_per_source: 64,
+            idle_evict: Duration::from_secs(60),
         }
     }
 }
@@ -92,6 +98,9 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Clients taken as lost after `retry_count` retransmissions.
     pub lost: u64,
+    /// Clients with keep-alive 0 evicted after `idle_evict` of silence to make room for a new
+    /// client (taken as lost: their will is published).
+    pub evicted_idle: u64,
     /// Resent publishes and subscribes from clients, answered without handling them again.
     pub duplicates: u64,
     /// Messages for a client the gateway could not send it (too large for a datagram, a

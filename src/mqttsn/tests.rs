@@ -1127,3 +1127,71 @@ fn a_topic_too_long_for_a_register_datagram_is_not_sent_and_does_not_stall() {
     r.advance(60);
     assert_eq!(r.stats().lost, 0);
 }
+
+fn connect_msg(id: &[u8], duration: u16) -> Message<'_> {
+    Message::Connect {
+        flags: Flags(0x04),
+        protocol_id: wire::PROTOCOL_ID,
+        duration,
+        client_id: id,
+    }
+}
+
+#[test]
+fn keep_alive_0_clients_make_room_after_idle_evict_and_never_with_0() {
+    // The default: 60 s of silence.
+    assert_eq!(Options::default().idle_evict, Duration::from_secs(60));
+    let o = Options {
+        idle_evict: Options::default().idle_evict,
+        ..opts()
+    };
+    let mut r = Rig::with(o, BrokerConfig::default());
+    for (i, port) in (6100..6104u16).enumerate() {
+        r.send(port, connect_msg(format!("k{i}").as_bytes(), 0));
+        r.recv(port);
+        r.advance(1);
+    }
+    // k0 was silent 59 s: not yet.
+    r.advance(55);
+    r.send(6110, connect_msg(b"n0", 0));
+    assert_eq!(
+        msgs(&r.recv(6110)),
+        vec![Message::ConnAck { rc: rc::CONGESTION }]
+    );
+    // k0 reconnects from another port: it is not evicted for itself (the broker takes its
+    // session over); k1, silent the longest of the others, goes.
+    r.advance(3);
+    r.send(6111, connect_msg(b"k0", 0));
+    assert_eq!(
+        msgs(&r.recv(6111)),
+        vec![Message::ConnAck { rc: rc::ACCEPTED }]
+    );
+    assert_eq!(
+        msgs(&r.recv(6101)),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert_eq!(
+        msgs(&r.recv(6100)),
+        vec![Message::Disconnect { duration: None }]
+    );
+    // k0's old record went with the takeover: k0, k2, k3.
+    assert_eq!(r.gw.client_count(), 3);
+    let s = r.stats();
+    assert_eq!((s.evicted_idle, s.clients_connected), (1, 3));
+    // mqttsn_idle_evict 0: never.
+    let o = Options {
+        idle_evict: Duration::ZERO,
+        ..opts()
+    };
+    let mut r = Rig::with(o, BrokerConfig::default());
+    for port in 6200..6204u16 {
+        r.send(port, connect_msg(format!("z{port}").as_bytes(), 0));
+    }
+    r.advance(3600);
+    r.send(6210, connect_msg(b"late", 0));
+    assert_eq!(
+        msgs(&r.recv(6210)),
+        vec![Message::ConnAck { rc: rc::CONGESTION }]
+    );
+    assert_eq!(r.stats().evicted_idle, 0);
+}

@@ -475,6 +475,12 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
                 sn.lost,
             ),
             (
+                "mqttsn_clients_evicted_total",
+                "counter",
+                "MQTT-SN clients with keep-alive 0 evicted, after mqttsn_idle_evict seconds of silence, to make room for a new one.",
+                sn.evicted_idle,
+            ),
+            (
                 "mqttsn_datagrams_received_total",
                 "counter",
                 "MQTT-SN datagrams received.",

@@ -472,10 +472,11 @@ class SnClient:
     """A raw MQTT-SN client on its own UDP socket, for what mqtt-sn-12 does not do: QoS -1,
     sleeping, the will dialogue, forwarder encapsulation, duplicates, not acknowledging."""
 
-    def __init__(self, port, node_id: bytes | None = None):
+    def __init__(self, port, node_id: bytes | None = None, source: str = HOST):
+        """`source`: the loopback address to send from (127.0.0.2, ...: another source)."""
         self.addr = (HOST, port)
         self.s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.s.bind((HOST, 0))
+        self.s.bind((source, 0))
         self.node_id = node_id
         self.mid = 0
 

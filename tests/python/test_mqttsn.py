@@ -532,3 +532,85 @@ def test_messages_of_256_bytes_and_more_use_the_long_length_form(sn, sn_clients)
     assert d[0] == 0x01 and struct.unpack(">H", d[1:3])[0] == len(d) == 3 + 1 + 5 + 1000
     p = sn_parse(d)
     assert (p.kind, p.body[5:]) == (SN.PUBLISH, b"y" * 1000)
+
+
+def will_connect(c, client_id, topic, msg, duration=0):
+    """CONNECT with a will (QoS 1): the whole dialogue."""
+    c.connect(client_id, duration=duration, will=True)
+    c.expect(SN.WILLTOPICREQ)
+    c.send(SN.WILLTOPIC, bytes([sn_flags(qos=1)]) + topic.encode())
+    c.expect(SN.WILLMSGREQ)
+    c.send(SN.WILLMSG, msg)
+    assert c.expect(SN.CONNACK).body[0] == SN.ACCEPTED
+
+
+def test_a_full_source_evicts_its_longest_silent_client_with_keep_alive_0(sn_broker, sn_clients):
+    """Keep-alive 0 over UDP: nothing would ever end such a client (no TCP keepalive), so a
+    sensor that lost its power kept its place for ever. A CONNECT that finds the table full
+    evicts the one silent the longest, if silent for mqttsn_idle_evict, as a lost client."""
+    b = sn_broker(["mqttsn_retry_interval 30", "mqttsn_max_clients_per_source 5",
+                   "mqttsn_idle_evict 2"], ["http_listener 0 127.0.0.1", "sys_interval 1"])
+    watch = connected(b.port)
+    watch.subscribe("wills/#", 1)
+    # Silent longer than any, but each with something that ends it in time: asleep with a
+    # duration, a keep-alive, a QoS 1 message in flight (retransmitted, then lost).
+    sleeper = sn_clients(b.sn_port)
+    sleeper.connect("sleeper", duration=0)
+    sleeper.disconnect(duration=600)
+    keeper = sn_clients(b.sn_port)
+    keeper.connect("keeper", duration=600)
+    busy = sn_clients(b.sn_port)
+    busy.connect("busy", duration=0)
+    busy.subscribe(int.from_bytes(b"bz", "big"), qos=1, topic_type=SN.SHORT)
+    mosquitto_pub(b.port, "-t", "bz", "-m", "unacknowledged", "-q", "1")
+    assert busy.expect(SN.PUBLISH).qos == 1
+    # Keep-alive 0, nothing in flight: the oldest silence goes first.
+    old = sn_clients(b.sn_port)
+    will_connect(old, "idle-old", "wills/idle-old", b"gone")
+    newer = sn_clients(b.sn_port)
+    newer.connect("idle-newer", duration=0)
+    # Full, and nobody silent for 2 s yet: CONGESTION, as before.
+    fresh = sn_clients(b.sn_port)
+    fresh.connect("fresh", rc=SN.CONGESTION)
+    time.sleep(2.3)
+    fresh.connect("fresh")
+    old.expect(SN.DISCONNECT)
+    m = watch.get(timeout=3)
+    assert (m.topic, m.payload) == ("wills/idle-old", b"gone")
+    old.send(SN.PINGREQ)
+    old.expect(SN.DISCONNECT)  # unknown now
+    assert "MQTT-SN client idle-old evicted to make room for a new client: keep-alive 0 and silent for 2 s" in b.log()
+    # The others are untouched: the sleeper is asleep, the keeper and idle-newer answer.
+    for c in (keeper, newer):
+        c.send(SN.PINGREQ)
+        c.expect(SN.PINGRESP)
+    busy.nothing(0.2)
+    sleeper.send(SN.PINGREQ, b"sleeper")
+    sleeper.expect(SN.PINGRESP)
+    # idle-newer was just heard from: no one can go, the next CONNECT is refused.
+    sn_clients(b.sn_port).connect("another", rc=SN.CONGESTION)
+    text = metrics(b)
+    assert "gatemq_mqttsn_clients_evicted_total 1" in text
+    assert "gatemq_mqttsn_clients_connected 5" in text
+    assert wait_for(lambda: sys_value(b.port, "$SYS/broker/mqttsn/clients/evicted") == "1")
+    watch.assert_no_message(0.3)
+
+
+def test_a_full_listener_evicts_across_sources_and_0_never_evicts(sn_broker, sn_clients):
+    b = sn_broker(["max_connections 2", "mqttsn_idle_evict 1"])
+    a = sn_clients(b.sn_port, source="127.0.0.2")
+    a.connect("from-2", duration=0)
+    c = sn_clients(b.sn_port, source="127.0.0.3")
+    c.connect("from-3", duration=0)
+    time.sleep(1.2)
+    c.send(SN.PINGREQ)  # heard from: stays
+    c.expect(SN.PINGRESP)
+    sn_clients(b.sn_port, source="127.0.0.4").connect("from-4")
+    a.expect(SN.DISCONNECT)
+    c.send(SN.PINGREQ)
+    c.expect(SN.PINGRESP)
+    # mqttsn_idle_evict 0: never, the full table refuses as it did.
+    b2 = sn_broker(["max_connections 1", "mqttsn_idle_evict 0"])
+    sn_clients(b2.sn_port).connect("first", duration=0)
+    time.sleep(1.2)
+    sn_clients(b2.sn_port).connect("second", rc=SN.CONGESTION)

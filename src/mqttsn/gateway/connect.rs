@@ -69,7 +69,8 @@ impl Gateway {
                         o
                     }
                     _ => {
-                        let Some(idx) = self.new_client(peer, ctrl, client_id) else {
+                        let Some(idx) = self.new_client(b, host, peer, client_id, elsewhere, now)
+                        else {
                             self.stats.refused_limit += 1;
                             let n = b.mqttsn_stats().map_or(0, |s| s.refused_limit)
                                 + self.stats.refused_limit;
@@ -98,6 +99,7 @@ impl Gateway {
         self.unkeep(idx);
         let c = &mut self.clients[idx];
         c.ctrl = ctrl;
+        c.heard = now;
         c.clean = flags.clean_session();
         c.duration = duration;
         c.waking = false;

@@ -51,6 +51,7 @@ impl Gateway {
     ) {
         let c = &mut self.clients[idx];
         c.duration = duration;
+        c.heard = now;
         if flags.will() {
             c.waking = true;
             return self.will_dialogue(host, idx, now);

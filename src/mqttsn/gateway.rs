@@ -158,8 +158,17 @@ struct Client {
     will_topic: Option<(Box<str>, u8, bool)>,
     /// Connected once already (a dialogue that only changes the will of a waking client).
     waking: bool,
-    /// Our REGISTER waiting for REGACK (output stops behind it).
+    /// Our REGISTER waiting for REGACK (output stops behind it): (topic id, message id).
     register: Option<(u16, u16)>,
+    /// The client answered that REGISTER with CONGESTION: it goes again, with a new message
+    /// id, when the retransmission timer fires (spec 6.13's T_wait, here T_retry).
+    congested: bool,
+    /// CONGESTION answers to the REGISTER of this topic so far: past `retry_count`, the
+    /// message waiting for it is dropped (the client is not taken as lost for being busy).
+    busy: u32,
+    /// The topic id whose REGISTER was given up: the PUBLISH waiting for it, at the head of
+    /// the client's output, is dropped when it is next translated.
+    give_up: Option<u16>,
     /// Our PUBLISH QoS 1/2 or PUBREL waiting for its acknowledgement.
     inflight: Option<u16>,
     /// Sends so far of what `register`, `inflight` or the will dialogue waits on.
@@ -196,6 +205,9 @@ impl Client {
             will_topic: None,
             waking: false,
             register: None,
+            congested: false,
+            busy: 0,
+            give_up: None,
             inflight: None,
             tries: 0,
             retry_at: None,
@@ -211,6 +223,16 @@ impl Client {
 
     fn connected(&self) -> bool {
         matches!(self.state, State::Active | State::Asleep | State::Awake)
+    }
+
+    /// Nothing waits for an acknowledgement any more (a new connection, or none).
+    fn clear_pending(&mut self) {
+        self.register = None;
+        self.congested = false;
+        self.busy = 0;
+        self.give_up = None;
+        self.inflight = None;
+        self.retry_at = None;
     }
 
     fn msg_id(&mut self) -> u16 {
@@ -335,6 +357,7 @@ impl Gateway {
         t.qos_minus1_dropped += s.qos_minus1_dropped;
         t.retransmissions += s.retransmissions;
         t.lost += s.lost;
+        t.register_congestion += s.register_congestion;
         t.evicted_idle += s.evicted_idle;
         t.duplicates += s.duplicates;
         t.dropped += s.dropped;
@@ -546,10 +569,8 @@ impl Gateway {
             } => self.unsubscribe(b, host, idx, conn, msg_id, t, now),
             Message::Register { msg_id, topic, .. } => self.register(b, host, idx, msg_id, topic),
             Message::RegAck {
-                topic_id,
-                msg_id,
-                rc: code,
-            } => self.regack(b, idx, conn, topic_id, msg_id, code),
+                msg_id, rc: code, ..
+            } => self.regack(b, idx, conn, msg_id, code, now),
             Message::PingReq { .. } => self.pingreq(b, host, idx, conn, now),
             Message::Disconnect { duration } => self.disconnect(b, host, idx, conn, duration, now),
             Message::WillTopicUpd { flags, topic } => {
@@ -582,9 +603,7 @@ impl Gateway {
         self.set_state(idx, State::Disconnected);
         let c = &mut self.clients[idx];
         c.conn = None;
-        c.register = None;
-        c.inflight = None;
-        c.retry_at = None;
+        c.clear_pending();
         // A `clean session 0` client's topic ids and will are kept for its reconnect (unless
         // its client id connected elsewhere since, which took them).
         let current = self.by_client_id.get(&*c.client_id) == Some(&idx);
@@ -753,9 +772,7 @@ impl Gateway {
         if let Some(conn) = c.conn.take() {
             self.by_conn.remove(&conn);
         }
-        c.register = None;
-        c.inflight = None;
-        c.retry_at = None;
+        c.clear_pending();
     }
 
     /// Drop a record that never got a connection (a dialogue given up, no slot).

@@ -29,7 +29,8 @@ pub struct Options {
     /// is sent again (`mqttsn_retry_interval`, seconds).
     pub retry_interval: Duration,
     /// N_retry: how often it is sent again before the client is taken as lost
-    /// (`mqttsn_retry_count`).
+    /// (`mqttsn_retry_count`); and how often a REGISTER the client answers with CONGESTION
+    /// is sent again before the message waiting for it is dropped.
     pub retry_count: u32,
     /// ADVERTISE every so often (`mqttsn_advertise_interval`), to this address only
     /// (`mqttsn_advertise_address`): never a broadcast nobody asked for.
@@ -106,6 +107,9 @@ pub struct Stats {
     /// Messages for a client the gateway could not send it (too large for a datagram, a
     /// topic it refused to register, too many topics).
     pub dropped: u64,
+    /// Messages for a client dropped because it answered the REGISTER of their topic with
+    /// CONGESTION more than `retry_count` times.
+    pub register_congestion: u64,
 }
 
 #[cfg(test)]

@@ -537,6 +537,7 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
             ("send_failed", sn.send_failed),
             ("qos_minus1_refused", sn.qos_minus1_dropped),
             ("undeliverable", sn.dropped),
+            ("register_congestion", sn.register_congestion),
         ] {
             let _ = writeln!(m, "gatemq_mqttsn_dropped_total{{reason=\"{reason}\"}} {n}");
         }

@@ -614,3 +614,63 @@ def test_a_full_listener_evicts_across_sources_and_0_never_evicts(sn_broker, sn_
     sn_clients(b2.sn_port).connect("first", duration=0)
     time.sleep(1.2)
     sn_clients(b2.sn_port).connect("second", rc=SN.CONGESTION)
+
+
+def regack(c, reg, code):
+    c.send(SN.REGACK, struct.pack(">HH", reg.u16(0), reg.u16(2)) + bytes([code]))
+
+
+def test_a_register_answered_with_congestion_is_sent_again_later(sn_broker, sn_clients):
+    """REGACK CONGESTION means busy, try later (spec 6.13): the REGISTER goes again after
+    mqttsn_retry_interval, up to mqttsn_retry_count times; then that one message is dropped
+    for that client, which stays connected. Other refusals stand for the session."""
+    b = sn_broker(SECTION, ["http_listener 0 127.0.0.1"])  # retry: 1 s, 2 times
+    c = sn_clients(b.sn_port)
+    c.connect("sn-busy")
+    c.subscribe("busy/#", qos=1)
+    mosquitto_pub(b.port, "-t", "busy/a", "-m", "first", "-q", "1")
+    reg = c.expect(SN.REGISTER)
+    t0 = time.monotonic()
+    regack(c, reg, SN.CONGESTION)
+    c.nothing(0.6)  # not at once: it waits
+    again = c.expect(SN.REGISTER, timeout=3)
+    assert 0.8 < time.monotonic() - t0 < 2.5
+    # The same topic id and name, as a new message (a new message id).
+    assert (again.u16(0), again.body[4:]) == (reg.u16(0), b"busy/a")
+    assert again.u16(2) != reg.u16(2)
+    c.ack(again)
+    p = c.expect(SN.PUBLISH)
+    assert (p.u16(1), p.body[5:]) == (reg.u16(0), b"first")
+    c.ack(p)
+    # Busy three times (more than mqttsn_retry_count 2): that message is dropped, the client
+    # is not lost, and the next message on the topic registers it again.
+    mosquitto_pub(b.port, "-t", "busy/b", "-m", "dropped", "-q", "1")
+    mosquitto_pub(b.port, "-t", "busy/b", "-m", "second", "-q", "1")
+    ids = set()
+    for _ in range(3):
+        reg = c.expect(SN.REGISTER, timeout=3)
+        assert reg.body[4:] == b"busy/b"
+        ids.add(reg.u16(2))
+        regack(c, reg, SN.CONGESTION)
+    assert len(ids) == 3
+    reg = c.expect(SN.REGISTER, timeout=3)
+    c.ack(reg)
+    p = c.expect(SN.PUBLISH)
+    assert p.body[5:] == b"second"
+    c.ack(p)
+    c.nothing(1.5)
+    c.send(SN.PINGREQ)
+    c.expect(SN.PINGRESP)
+    text = metrics(b)
+    assert re.search(r'gatemq_mqttsn_dropped_total\{reason="register_congestion"\} 1\b', text)
+    assert "gatemq_mqttsn_retransmissions_total 3" in text
+    assert "gatemq_mqttsn_clients_lost_total 0" in text
+    # "Not supported" stands: no REGISTER again, and messages on it are not sent to it.
+    mosquitto_pub(b.port, "-t", "busy/c", "-m", "refused", "-q", "1")
+    regack(c, c.expect(SN.REGISTER), SN.NOT_SUPPORTED)
+    mosquitto_pub(b.port, "-t", "busy/c", "-m", "refused too", "-q", "1")
+    mosquitto_pub(b.port, "-t", "busy/a", "-m", "flows", "-q", "1")
+    p = c.expect(SN.PUBLISH)
+    assert p.body[5:] == b"flows"
+    c.ack(p)
+    c.nothing(1.5)

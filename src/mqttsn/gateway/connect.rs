@@ -103,9 +103,7 @@ impl Gateway {
         c.clean = flags.clean_session();
         c.duration = duration;
         c.waking = false;
-        c.register = None;
-        c.inflight = None;
-        c.retry_at = None;
+        c.clear_pending();
         c.last_suback = None;
         if c.clean {
             // Spec 6.3: a clean session deletes the subscriptions, the topic ids and the will.

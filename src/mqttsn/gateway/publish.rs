@@ -133,7 +133,14 @@ impl Gateway {
             .topics
             .id(name)
             .and_then(|id| Some((id, c.topics.get(id)?.1)));
+        // Only the PUBLISH at the head of the output, the one that waited for it, goes with a
+        // REGISTER given up.
+        let give_up = c.give_up.take();
         let (kind_of, topic_id) = match registered {
+            Some((id, Reg::Sent)) if give_up == Some(id) && c.register.is_none() => {
+                self.stats.register_congestion += 1;
+                return drop_out(p);
+            }
             Some((id, Reg::Known)) => (topic_type::NORMAL, id),
             Some((_, Reg::Sent)) if c.register.is_some() => return Out::Stall,
             Some((_, Reg::Refused)) => return self.undeliverable(p),
@@ -161,6 +168,7 @@ impl Gateway {
                     let msg_id = c.msg_id();
                     c.register = Some((id, msg_id));
                     c.tries = 1;
+                    c.busy = 0;
                     let m = Message::Register {
                         topic_id: id,
                         msg_id,
@@ -198,10 +206,7 @@ impl Gateway {
 
     pub(super) fn undeliverable(&mut self, p: &mqtt::Publish<'_>) -> Out {
         self.stats.dropped += 1;
-        match p.qos {
-            0 => Out::Done,
-            q => Out::DropAck(q, p.packet_id),
-        }
+        drop_out(p)
     }
 
     /// PUBACK from the client for our PUBLISH (QoS 1).
@@ -280,5 +285,14 @@ impl Gateway {
             b.mark_writable(conn);
         }
         ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBCOMP, msg_id, now);
+    }
+}
+
+/// A PUBLISH not sent to the client: gone from its output (QoS 0), or acknowledged to the
+/// broker in its place (QoS 1/2).
+fn drop_out(p: &mqtt::Publish<'_>) -> Out {
+    match p.qos {
+        0 => Out::Done,
+        q => Out::DropAck(q, p.packet_id),
     }
 }

@@ -53,6 +53,13 @@ impl Gateway {
     ) {
         let c = &mut self.clients[idx];
         c.retry_at = None;
+        if c.congested && matches!(c.state, State::Active | State::Awake) {
+            // T_wait after a CONGESTION answer is over: a new REGISTER, whose own loss counts
+            // from here (a client that then stops answering is lost as any other).
+            self.stats.retransmissions += 1;
+            self.register_anew(host, idx);
+            return self.arm(idx, now);
+        }
         if c.tries > self.opts.retry_count {
             return self.give_up(b, host, idx, now);
         }
@@ -129,6 +136,31 @@ impl Gateway {
             topic: name.as_bytes(),
         };
         send(dgram, stats, host, &c.peer, c.ctrl, &m);
+    }
+
+    /// Send client `idx`'s pending REGISTER again as a new message (a new message id: the
+    /// client answered the last one, with CONGESTION).
+    pub(super) fn register_anew<H: Host>(&mut self, host: &mut H, idx: usize) {
+        let c = &mut self.clients[idx];
+        let Some((topic_id, _)) = c.register else {
+            return;
+        };
+        let msg_id = c.msg_id();
+        c.register = Some((topic_id, msg_id));
+        c.congested = false;
+        c.tries = 1;
+        self.register_again(host, idx);
+    }
+
+    /// One of the things client `idx` waits on was acknowledged: its timer stays for what
+    /// still waits (a REGISTER and a PUBLISH can be out at once), or stops.
+    pub(super) fn settle(&mut self, idx: usize, now: Instant) {
+        let c = &mut self.clients[idx];
+        if c.register.is_some() || c.inflight.is_some() {
+            self.arm(idx, now);
+        } else {
+            c.retry_at = None;
+        }
     }
 
     /// Arm client `idx`'s retransmission timer for one interval from now.

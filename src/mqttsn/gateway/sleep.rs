@@ -91,7 +91,11 @@ impl Gateway {
     ) {
         let c = &self.clients[idx];
         if c.register.is_some() {
-            self.register_again(host, idx);
+            if c.congested {
+                self.register_anew(host, idx);
+            } else {
+                self.register_again(host, idx);
+            }
             self.arm(idx, now);
         } else if c.inflight.is_some() {
             b.retransmit(conn, now);

@@ -107,28 +107,55 @@ impl Gateway {
         self.send_client(host, idx, &m);
     }
 
-    /// REGACK from the client for our REGISTER: what waited behind it goes on.
+    /// REGACK from the client for our REGISTER: what waited behind it goes on. CONGESTION
+    /// means "busy, try later" (spec 6.13): the topic stays unregistered and the REGISTER
+    /// goes again after `retry_interval`, up to `retry_count` times; then the message that
+    /// waited for it is dropped (and counted), not the client. Any other refusal (invalid
+    /// topic id, not supported) stands for the session: its messages are not sent to it.
     pub(super) fn regack(
         &mut self,
         b: &mut Broker,
         idx: usize,
         conn: ConnId,
-        topic_id: u16,
         msg_id: u16,
         code: u8,
+        now: Instant,
     ) {
+        let retry_count = self.opts.retry_count;
         let c = &mut self.clients[idx];
-        if c.register.is_some_and(|(_, m)| m == msg_id) {
-            c.register = None;
-            c.retry_at = None;
-            let reg = if code == rc::ACCEPTED {
-                Reg::Known
-            } else {
-                Reg::Refused
-            };
-            c.topics.set(topic_id, reg);
-            b.mark_writable(conn);
+        let Some((topic_id, _)) = c.register.filter(|&(_, m)| m == msg_id && !c.congested) else {
+            // Not for the REGISTER we wait on (or a copy of its CONGESTION answer).
+            return;
+        };
+        match code {
+            rc::ACCEPTED => {
+                c.register = None;
+                c.busy = 0;
+                c.topics.set(topic_id, Reg::Known);
+            }
+            rc::CONGESTION if c.busy < retry_count => {
+                c.busy += 1;
+                c.congested = true;
+                return self.arm(idx, now);
+            }
+            rc::CONGESTION => {
+                log::debug!(
+                    "MQTT-SN client {} busy: REGISTER of topic id {topic_id} answered CONGESTION {} times; its message is dropped",
+                    c.client_id,
+                    c.busy + 1
+                );
+                c.register = None;
+                c.busy = 0;
+                c.give_up = Some(topic_id);
+            }
+            _ => {
+                c.register = None;
+                c.busy = 0;
+                c.topics.set(topic_id, Reg::Refused);
+            }
         }
+        self.settle(idx, now);
+        b.mark_writable(conn);
     }
 }
 

@@ -674,3 +674,21 @@ def test_a_register_answered_with_congestion_is_sent_again_later(sn_broker, sn_c
     assert p.body[5:] == b"flows"
     c.ack(p)
     c.nothing(1.5)
+
+
+def test_a_lost_register_is_sent_again_after_a_puback_for_another_message(sn, sn_clients):
+    """A REGISTER and a QoS 1 PUBLISH can be out at once (one timer per client): the PUBACK
+    of the one must not stop the retransmission of the other."""
+    c = sn_clients(sn.sn_port)
+    c.connect("sn-two-out")
+    c.subscribe(int.from_bytes(b"zz", "big"), qos=1, topic_type=SN.SHORT)
+    c.subscribe("w/#", qos=0)
+    mosquitto_pub(sn.port, "-t", "zz", "-m", "in flight", "-q", "1")
+    p = c.expect(SN.PUBLISH)
+    mosquitto_pub(sn.port, "-t", "w/x", "-m", "needs an id")
+    reg = c.expect(SN.REGISTER)  # "lost": not answered
+    c.ack(p)
+    again = c.expect(SN.REGISTER, timeout=3)
+    assert (again.u16(0), again.u16(2), again.body[4:]) == (reg.u16(0), reg.u16(2), b"w/x")
+    c.ack(again)
+    assert c.expect(SN.PUBLISH).body[5:] == b"needs an id"

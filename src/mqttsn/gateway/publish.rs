@@ -226,9 +226,9 @@ impl Gateway {
             rc::ACCEPTED => {
                 if c.inflight == Some(msg_id) {
                     c.inflight = None;
-                    c.retry_at = None;
+                    self.settle(idx, now);
                 }
-                if c.state == State::Awake {
+                if self.clients[idx].state == State::Awake {
                     // Maybe the last thing it was woken for: PINGRESP follows.
                     b.mark_writable(conn);
                 }
@@ -237,6 +237,7 @@ impl Gateway {
             rc::INVALID_TOPIC_ID => {
                 // It does not know the id (its registration was lost): forget it, so the
                 // message sent again registers it first (within the retries).
+                let c = &mut self.clients[idx];
                 forget_topic(&mut c.topics, topic_id);
                 if c.inflight == Some(msg_id) {
                     c.inflight = None;
@@ -262,7 +263,7 @@ impl Gateway {
         if c.inflight == Some(msg_id) {
             // The PUBREL the broker answers with is the next thing in flight.
             c.inflight = None;
-            c.retry_at = None;
+            self.settle(idx, now);
         }
         ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBREC, msg_id, now);
     }
@@ -279,9 +280,9 @@ impl Gateway {
         let c = &mut self.clients[idx];
         if c.inflight == Some(msg_id) {
             c.inflight = None;
-            c.retry_at = None;
+            self.settle(idx, now);
         }
-        if c.state == State::Awake {
+        if self.clients[idx].state == State::Awake {
             b.mark_writable(conn);
         }
         ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBCOMP, msg_id, now);

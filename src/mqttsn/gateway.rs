@@ -443,12 +443,22 @@ impl Gateway {
                 client_id,
                 now,
             ),
+            // QoS -1 from a source that is no connected client: anonymous. From a connected
+            // client's address (or forwarder node) it is that client's QoS 0 publish, under
+            // its client id's ACL rules (the arm for known clients below).
             Message::Publish {
                 flags,
                 topic_id,
                 data,
                 ..
-            } if flags.qos() == -1 => self.publish_minus1(b, flags, topic_id, data, now),
+            } if flags.qos() == -1
+                && !self
+                    .by_peer
+                    .get(&peer)
+                    .is_some_and(|&i| self.clients[i].connected()) =>
+            {
+                self.publish_minus1(b, flags, topic_id, data, now)
+            }
             Message::Advertise { .. } | Message::GwInfo { .. } => {
                 // Another gateway's, or a client answering SEARCHGW for one: not for us.
             }

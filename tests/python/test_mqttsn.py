@@ -329,7 +329,8 @@ def test_clean_session_0_across_reconnect_and_restart(sn_broker, sn_clients, tmp
 def test_acl_by_client_id(sn_broker, sn_clients, tmp_path):
     acl = tmp_path / "acl"
     acl.write_text("topic read #\npattern write sensors/%c/#\n")
-    b = sn_broker(SECTION, [f"acl_file {acl}"])
+    b = sn_broker(SECTION + ["mqttsn_topic 7 sensors/dev1/temp", "mqttsn_topic 8 sensors/node9/temp"],
+                  [f"acl_file {acl}", "http_listener 0 127.0.0.1"])
     sub = connected(b.port)
     sub.subscribe("sensors/#", 1)
     c = sn_clients(b.sn_port)
@@ -340,9 +341,40 @@ def test_acl_by_client_id(sn_broker, sn_clients, tmp_path):
     c.expect(SN.PUBACK)
     c.publish(other, b"not mine", qos=1)
     c.expect(SN.PUBACK)  # acknowledged, dropped (3.1.1 semantics)
-    # QoS -1 has no client id: a %c pattern gives it nothing.
-    c.publish(1, b"anon", qos=-1, topic_type=SN.PREDEFINED)
     assert [m.payload for m in sub.drain(quiet=0.7)] == [b"mine"]
+    # QoS -1 from a connected client's address is that client's QoS 0 publish: its %c rule
+    # applies (predefined, short, or its own registered id), and it is not answered.
+    c.publish(7, b"mine at qos -1", qos=-1, topic_type=SN.PREDEFINED)
+    c.publish(own, b"registered id at qos -1", qos=-1, dup=True)
+    c.publish(1, b"not mine at qos -1", qos=-1, topic_type=SN.PREDEFINED)
+    c.publish(99, b"unknown id", qos=-1, topic_type=SN.PREDEFINED)
+    got = sub.drain(quiet=0.7)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        ("sensors/dev1/temp", b"mine at qos -1", 0), ("sensors/dev1/temp", b"registered id at qos -1", 0)]
+    c.nothing(0.1)
+    # Another connected client: its own client id, which the rule does not give id 7.
+    dev2 = sn_clients(b.sn_port)
+    dev2.connect("dev2")
+    dev2.publish(7, b"dev2 as dev1", qos=-1, topic_type=SN.PREDEFINED)
+    # A node behind a forwarder is known by its node id: its own publish. The forwarder's
+    # address without encapsulation is no client: anonymous, and %c gives that nothing.
+    node = sn_clients(b.sn_port, node_id=b"\x00\x09")
+    node.connect("node9")
+    node.publish(8, b"node9", qos=-1, topic_type=SN.PREDEFINED)
+    bare = SnClient(b.sn_port)
+    bare.s.close()
+    bare.s = node.s
+    bare.publish(8, b"forwarder itself", qos=-1, topic_type=SN.PREDEFINED)
+    # A source that is no client: anonymous, as before.
+    stranger = sn_clients(b.sn_port)
+    stranger.publish(7, b"anonymous", qos=-1, topic_type=SN.PREDEFINED)
+    got = sub.drain(quiet=0.7)
+    assert [(m.topic, m.payload) for m in got] == [("sensors/node9/temp", b"node9")]
+    # The anonymous path counts its own; the clients' publishes are theirs (the unknown
+    # predefined id from dev1 is dropped and counted with the refused QoS -1 ones).
+    text = metrics(b)
+    assert "gatemq_mqttsn_publish_qos_minus1_total 0" in text
+    assert re.search(r'gatemq_mqttsn_dropped_total\{reason="qos_minus1_refused"\} 3\b', text)
 
 
 def test_anonymous_refused_is_said_at_start_and_to_each_client(sn_broker, sn_clients):

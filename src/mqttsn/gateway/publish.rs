@@ -6,7 +6,8 @@ use super::output::Out;
 use super::*;
 
 impl Gateway {
-    /// QoS -1: a PUBLISH from anyone, connected or not, to a predefined or short topic.
+    /// QoS -1 from a source that is not a connected client: to a predefined or short topic,
+    /// under the listener's anonymous rules.
     pub(super) fn publish_minus1(
         &mut self,
         b: &mut Broker,
@@ -49,6 +50,8 @@ impl Gateway {
         }
     }
 
+    /// A PUBLISH from a connected client: QoS 0, 1, 2, or -1 (taken as its QoS 0 publish:
+    /// its client id, its ACL rules, its keep-alive).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn publish<H: Host>(
         &mut self,
@@ -97,6 +100,11 @@ impl Gateway {
             _ => None,
         };
         let Some(name) = name else {
+            if flags.qos() == -1 {
+                // QoS -1 gets no answer, whoever sends it.
+                stats.qos_minus1_dropped += 1;
+                return;
+            }
             let m = Message::PubAck {
                 topic_id,
                 msg_id,
@@ -110,7 +118,9 @@ impl Gateway {
             name.as_bytes(),
             qos,
             flags.retain(),
-            flags.dup(),
+            // MQTT has no DUP at QoS 0 (a QoS -1 or 0 datagram with it set is taken as sent
+            // once, not as a malformed packet that ends the connection).
+            flags.dup() && qos > 0,
             msg_id,
             data.len(),
         );

@@ -734,6 +734,10 @@ fn mqttsn_option(
         "mqttsn_max_clients_per_source" => {
             o.max_clients_per_source = at.parse_num(at.one(args)?, 1, 1 << 20)? as usize
         }
+        "mqttsn_max_topic_bytes" => {
+            o.max_topic_bytes = at.parse_num(at.one(args)?, 1, 1 << 24)? as usize
+        }
+        "mqttsn_max_will_size" => o.max_will_size = at.parse_num(at.one(args)?, 0, 65535)? as usize,
         "mqttsn_idle_evict" => {
             o.idle_evict = Duration::from_secs(at.parse_num(at.one(args)?, 0, 1 << 32)?)
         }
@@ -793,6 +797,8 @@ const LISTENER_OPTIONS: &[&str] = &[
     "mqttsn_retry_count",
     "mqttsn_max_clients_per_source",
     "mqttsn_idle_evict",
+    "mqttsn_max_topic_bytes",
+    "mqttsn_max_will_size",
     "mqttsn_advertise_interval",
     "mqttsn_advertise_address",
     "certfile",
@@ -1372,7 +1378,7 @@ use_username_as_clientid true
     #[test]
     fn mqttsn_listener_section() {
         let c = Config::parse(
-            "listener 1883\nlistener 1883\nprotocol mqttsn\nmqttsn_topic 1 a/b\nmqttsn_topic 2 c\nmqttsn_retry_interval 5\nmqttsn_retry_count 4\nmqttsn_advertise_interval 900\nmqttsn_advertise_address 192.168.1.255:1884\nmqttsn_gateway_id 9\nmax_connections 50\nmqttsn_max_clients_per_source 8\nmqttsn_idle_evict 0\n",
+            "listener 1883\nlistener 1883\nprotocol mqttsn\nmqttsn_topic 1 a/b\nmqttsn_topic 2 c\nmqttsn_retry_interval 5\nmqttsn_retry_count 4\nmqttsn_advertise_interval 900\nmqttsn_advertise_address 192.168.1.255:1884\nmqttsn_gateway_id 9\nmax_connections 50\nmqttsn_max_clients_per_source 8\nmqttsn_idle_evict 0\nmqttsn_max_topic_bytes 2048\nmqttsn_max_will_size 100\n",
             "g.conf",
         )
         .unwrap();
@@ -1384,6 +1390,7 @@ use_username_as_clientid true
         assert_eq!((o.retry_count, o.gateway_id), (4, 9));
         assert_eq!((o.max_clients, o.max_clients_per_source), (50, 8));
         assert_eq!(o.idle_evict, std::time::Duration::ZERO);
+        assert_eq!((o.max_topic_bytes, o.max_will_size), (2048, 100));
         assert_eq!(
             o.advertise,
             Some((

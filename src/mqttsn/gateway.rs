@@ -44,11 +44,10 @@ pub trait Host {
 
 /// Longest forwarder node id kept (ZigBee's 8-byte addresses fit four times over).
 const MAX_NODE_ID: usize = 32;
-/// Topic ids one client may have registered (both ways), and the bytes of their names: a
-/// REGISTER beyond gets CONGESTION, a message on a topic beyond is not sent to the client (and
-/// counted). With `max_connections` clients, this bounds what topic tables can hold.
+/// Topic ids one client may have registered (both ways), within `mqttsn_max_topic_bytes` of
+/// names: a REGISTER beyond gets CONGESTION, a message on a topic beyond is not sent to the
+/// client (and counted). With `max_connections` clients, this bounds what topic tables hold.
 pub const MAX_TOPICS_PER_CLIENT: usize = 1024;
-pub const MAX_TOPIC_BYTES_PER_CLIENT: usize = 64 * 1024;
 /// Longest client id accepted (the specification says 23; longer ones are common enough).
 const MAX_CLIENT_ID: usize = 64;
 /// A datagram's largest UDP payload (IPv4).
@@ -358,6 +357,7 @@ impl Gateway {
         t.retransmissions += s.retransmissions;
         t.lost += s.lost;
         t.register_congestion += s.register_congestion;
+        t.will_too_large += s.will_too_large;
         t.evicted_idle += s.evicted_idle;
         t.duplicates += s.duplicates;
         t.dropped += s.dropped;

@@ -46,6 +46,11 @@ pub struct Options {
     /// awake, nothing in flight to it), if it has been silent this long
     /// (`mqttsn_idle_evict`; zero: never).
     pub idle_evict: Duration,
+    /// Bytes of topic names one client's topic ids may hold (`mqttsn_max_topic_bytes`).
+    pub max_topic_bytes: usize,
+    /// Longest will topic, and longest will message, a client may give
+    /// (`mqttsn_max_will_size`).
+    pub max_will_size: usize,
 }
 
 /// Clients an MQTT-SN listener keeps without a `max_connections` of its own.
@@ -63,6 +68,8 @@ impl Default for Options {
             max_clients: DEFAULT_MAX_CLIENTS,
             max_clients_per_source: 64,
             idle_evict: Duration::from_secs(60),
+            max_topic_bytes: 8 * 1024,
+            max_will_size: 1024,
         }
     }
 }
@@ -110,6 +117,8 @@ pub struct Stats {
     /// Messages for a client dropped because it answered the REGISTER of their topic with
     /// CONGESTION more than `retry_count` times.
     pub register_congestion: u64,
+    /// Will topics and messages refused for being over `max_will_size`.
+    pub will_too_large: u64,
 }
 
 #[cfg(test)]

@@ -538,6 +538,7 @@ pub fn metrics(b: &Broker, extra: &Extra) -> String {
             ("qos_minus1_refused", sn.qos_minus1_dropped),
             ("undeliverable", sn.dropped),
             ("register_congestion", sn.register_congestion),
+            ("will_too_large", sn.will_too_large),
         ] {
             let _ = writeln!(m, "gatemq_mqttsn_dropped_total{{reason=\"{reason}\"}} {n}");
         }

@@ -724,3 +724,110 @@ def test_a_lost_register_is_sent_again_after_a_puback_for_another_message(sn, sn
     assert (again.u16(0), again.u16(2), again.body[4:]) == (reg.u16(0), reg.u16(2), b"w/x")
     c.ack(again)
     assert c.expect(SN.PUBLISH).body[5:] == b"needs an id"
+
+
+def register_code(c, topic):
+    mid = c.next_mid()
+    c.send(SN.REGISTER, struct.pack(">HH", 0, mid) + topic.encode())
+    m = c.expect(SN.REGACK)
+    assert m.u16(2) == mid
+    return m.body[4]
+
+
+def will_dialogue(c, client_id, topic: bytes, msg: bytes, duration=60):
+    """CONNECT with a will; the CONNACK's return code (or None if WILLMSG was not asked)."""
+    c.connect(client_id, duration=duration, will=True)
+    c.expect(SN.WILLTOPICREQ)
+    c.send(SN.WILLTOPIC, bytes([sn_flags(qos=1)]) + topic)
+    m = c.recv()
+    if m.kind == SN.CONNACK:
+        return m.body[0]
+    assert m.kind == SN.WILLMSGREQ, m.kind
+    c.send(SN.WILLMSG, msg)
+    return c.expect(SN.CONNACK).body[0]
+
+
+def test_topic_names_and_wills_per_client_are_bounded(sn_broker, sn_clients):
+    """The defaults a 512 MB Pi can afford at 1024 clients: 8 KiB of topic names and 1024
+    ids per client, a will topic and a will message of at most 1024 bytes each."""
+    b = sn_broker(SECTION, ["http_listener 0 127.0.0.1"])
+    watch = connected(b.port)
+    watch.subscribe("wills/#", 1)
+    c = sn_clients(b.sn_port)
+    c.connect("sn-names")
+    codes = [register_code(c, f"names/{i}/" + "x" * 990) for i in range(9)]  # 1000 bytes each
+    assert codes == [SN.ACCEPTED] * 8 + [SN.CONGESTION]
+    # A name that still fits goes in; a message on a topic beyond is not sent, and counted.
+    assert register_code(c, "short/one") == SN.ACCEPTED
+    c.subscribe("far/#")
+    mosquitto_pub(b.port, "-t", "far/" + "y" * 300, "-m", "beyond")
+    c.nothing(0.5)
+    assert re.search(r'gatemq_mqttsn_dropped_total\{reason="undeliverable"\} 1\b', metrics(b))
+    # Wills: 1024 bytes is the most for a topic and for a message.
+    w = sn_clients(b.sn_port)
+    assert will_dialogue(w, "sn-big-will", b"wills/" + b"t" * 1019, b"m" * 1025) == SN.NOT_SUPPORTED
+    w.send(SN.PINGREQ)
+    w.expect(SN.DISCONNECT)  # not connected
+    assert will_dialogue(w, "sn-big-will", b"wills/" + b"t" * 1020, b"m") == SN.NOT_SUPPORTED
+    big_topic, big_msg = b"wills/" + b"t" * 1018, b"m" * 1024
+    assert will_dialogue(w, "sn-big-will", big_topic, big_msg, duration=30) == SN.ACCEPTED
+    w.send(SN.WILLMSGUPD, b"u" * 1025)
+    assert w.expect(SN.WILLMSGRESP).body[0] == SN.NOT_SUPPORTED
+    w.send(SN.WILLTOPICUPD, bytes([sn_flags(qos=1)]) + b"wills/" + b"v" * 1019)
+    assert w.expect(SN.WILLTOPICRESP).body[0] == SN.NOT_SUPPORTED
+    # Refused updates leave the will as it was: lost while asleep, it is published whole.
+    w.disconnect(duration=1)
+    m = watch.get(timeout=5)
+    assert (m.topic.encode(), m.payload) == (big_topic, big_msg)
+    assert re.search(r'gatemq_mqttsn_dropped_total\{reason="will_too_large"\} 4\b', metrics(b))
+    # A sleeper that wakes with a CONNECT asking to give a will too large keeps its session
+    # and its old will.
+    s = sn_clients(b.sn_port)
+    assert will_dialogue(s, "sn-sleeper-will", b"wills/sleeper", b"old", duration=30) == SN.ACCEPTED
+    s.subscribe("to/sleeper", qos=1)
+    s.disconnect(duration=60)
+    mosquitto_pub(b.port, "-t", "to/sleeper", "-m", "kept", "-q", "1")
+    assert will_dialogue(s, "sn-sleeper-will", b"wills/sleeper", b"n" * 1025) == SN.NOT_SUPPORTED
+    s.send(SN.PINGREQ, b"sn-sleeper-will")
+    assert s.get_publish().body[5:] == b"kept"
+    s.expect(SN.PINGRESP)
+
+
+def test_topic_and_will_limits_are_options(sn_broker, sn_clients):
+    b = sn_broker(SECTION + ["mqttsn_max_topic_bytes 100", "mqttsn_max_will_size 16"])
+    c = sn_clients(b.sn_port)
+    c.connect("sn-small")
+    assert [register_code(c, f"t/{i}/" + "x" * 36) for i in range(3)] == [SN.ACCEPTED] * 2 + [SN.CONGESTION]
+    w = sn_clients(b.sn_port)
+    assert will_dialogue(w, "sn-small-will", b"wills/w", b"m" * 17) == SN.NOT_SUPPORTED
+    assert will_dialogue(w, "sn-small-will", b"wills/w", b"m" * 16) == SN.ACCEPTED
+
+
+def vm_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_the_worst_case_per_client_is_what_the_readme_says(sn_broker, sn_clients):
+    """Clients that fill everything the gateway keeps for them: 1024 topic ids whose names
+    fill the 8 KiB, and a will of 1024 + 1024 bytes. The README states about 28 KiB each
+    (so 28 MiB at 1024 clients); the broker's resident memory grows by no more than 40."""
+    n = 32
+    b = sn_broker(SECTION + ["mqttsn_max_clients_per_source 100"])
+    clients = []
+    for i in range(n):
+        c = sn_clients(b.sn_port)
+        c.connect(f"sn-full-{i}")
+        clients.append(c)
+    time.sleep(0.2)
+    before = vm_rss_kib(b.proc.pid)
+    for i, c in enumerate(clients):
+        assert will_dialogue(c, f"sn-full-{i}", f"wills/{i:04d}/".encode() + b"t" * 1013,
+                             b"m" * 1024) == SN.ACCEPTED
+        for k in range(0, 1024, 128):
+            for j in range(k, k + 128):
+                c.send(SN.REGISTER, struct.pack(">HH", 0, 1) + f"{j:08d}".encode())
+            assert all(c.expect(SN.REGACK).body[4] == SN.ACCEPTED for _ in range(128))
+        assert register_code(c, "one/more") == SN.CONGESTION
+    per_client = (vm_rss_kib(b.proc.pid) - before) / n
+    assert per_client < 40, f"{per_client:.1f} KiB per client"

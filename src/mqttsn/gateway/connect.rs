@@ -208,15 +208,8 @@ impl Gateway {
             self.clients[idx].will = None;
             return self.dialogue_done(b, host, idx, now);
         }
-        let Some(t) = std::str::from_utf8(topic)
-            .ok()
-            .filter(|t| topic::valid_name(t))
-        else {
-            let m = Message::ConnAck {
-                rc: rc::NOT_SUPPORTED,
-            };
-            self.send_client(host, idx, &m);
-            return self.forget(idx);
+        let Some(t) = self.will_topic_name(topic) else {
+            return self.refuse_will(host, idx);
         };
         let qos = flags.qos().clamp(0, 2) as u8;
         let c = &mut self.clients[idx];
@@ -245,15 +238,43 @@ impl Gateway {
             }
             return self.activate(b, host, idx, now);
         }
-        if let Some(t) = std::str::from_utf8(topic)
+        let Some(t) = self.will_topic_name(topic) else {
+            return self.refuse_will(host, idx);
+        };
+        let qos = flags.qos().clamp(0, 2) as u8;
+        self.clients[idx].will_topic = Some((t.into(), qos, flags.retain()));
+        self.clients[idx].tries = 1;
+        self.send_client(host, idx, &Message::WillMsgReq);
+        self.arm(idx, now);
+    }
+
+    /// A will topic the gateway keeps: a topic name within `mqttsn_max_will_size` (a longer
+    /// one is counted).
+    fn will_topic_name<'t>(&mut self, topic: &'t [u8]) -> Option<&'t str> {
+        if topic.len() > self.opts.max_will_size {
+            self.stats.will_too_large += 1;
+            return None;
+        }
+        std::str::from_utf8(topic)
             .ok()
             .filter(|t| topic::valid_name(t))
-        {
-            let qos = flags.qos().clamp(0, 2) as u8;
-            self.clients[idx].will_topic = Some((t.into(), qos, flags.retain()));
-            self.clients[idx].tries = 1;
-            self.send_client(host, idx, &Message::WillMsgReq);
-            self.arm(idx, now);
+    }
+
+    /// A will the dialogue cannot take (not a topic name, or over `mqttsn_max_will_size`):
+    /// CONNACK "rejected: not supported". No connection is made; a sleeping client that woke
+    /// with a CONNECT asking to give its will keeps its session and its old will, asleep.
+    fn refuse_will<H: Host>(&mut self, host: &mut H, idx: usize) {
+        let m = Message::ConnAck {
+            rc: rc::NOT_SUPPORTED,
+        };
+        self.send_client(host, idx, &m);
+        let c = &mut self.clients[idx];
+        if c.waking {
+            c.waking = false;
+            c.will_topic = None;
+            c.retry_at = None;
+        } else {
+            self.forget(idx);
         }
     }
 
@@ -266,6 +287,10 @@ impl Gateway {
         msg: &[u8],
         now: Instant,
     ) {
+        if msg.len() > self.opts.max_will_size {
+            self.stats.will_too_large += 1;
+            return self.refuse_will(host, idx);
+        }
         let c = &mut self.clients[idx];
         if let Some((topic, qos, retain)) = c.will_topic.take() {
             c.will = Some(Will {
@@ -293,6 +318,9 @@ impl Gateway {
             self.clients[idx].will = None;
             b.set_will(conn, None);
             rc::ACCEPTED
+        } else if topic.len() > self.opts.max_will_size {
+            self.stats.will_too_large += 1;
+            rc::NOT_SUPPORTED
         } else {
             match std::str::from_utf8(topic) {
                 Ok(t) => {
@@ -326,15 +354,23 @@ impl Gateway {
         conn: ConnId,
         msg: &[u8],
     ) {
+        if msg.len() > self.opts.max_will_size {
+            self.stats.will_too_large += 1;
+            let m = Message::WillMsgResp {
+                rc: rc::NOT_SUPPORTED,
+            };
+            return self.send_client(host, idx, &m);
+        }
         let c = &mut self.clients[idx];
         let code = match c.will.as_mut() {
-            Some(w) => {
-                w.msg = msg.into();
-                match b.set_will(conn, Some((&w.topic, &w.msg, w.qos, w.retain))) {
-                    true => rc::ACCEPTED,
-                    false => rc::NOT_SUPPORTED,
+            // The broker takes it first: a refused one leaves both with the old message.
+            Some(w) => match b.set_will(conn, Some((&w.topic, msg, w.qos, w.retain))) {
+                true => {
+                    w.msg = msg.into();
+                    rc::ACCEPTED
                 }
-            }
+                false => rc::NOT_SUPPORTED,
+            },
             None => rc::NOT_SUPPORTED,
         };
         self.send_client(host, idx, &Message::WillMsgResp { rc: code });

@@ -171,7 +171,7 @@ impl Gateway {
                     if name.len() + register > MAX_DATAGRAM {
                         return self.undeliverable(p);
                     }
-                    let Some(id) = c.topics.add(name, Reg::Sent) else {
+                    let Some(id) = c.topics.add(name, Reg::Sent, self.opts.max_topic_bytes) else {
                         return self.undeliverable(p);
                     };
                     c.topics.set(id, Reg::Sent);

@@ -35,7 +35,10 @@ impl Gateway {
                 // A name without wildcards gets its topic id now: the SUBACK tells it, and
                 // PUBLISHes on it need no REGISTER.
                 Ok(f) if !f.contains(['+', '#']) && topic::valid_name(f) => {
-                    let id = self.clients[idx].topics.add(f, Reg::Known).unwrap_or(0);
+                    let id = self.clients[idx]
+                        .topics
+                        .add(f, Reg::Known, self.opts.max_topic_bytes)
+                        .unwrap_or(0);
                     if id != 0 {
                         self.clients[idx].topics.set(id, Reg::Known);
                     }

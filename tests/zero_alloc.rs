@@ -70,8 +70,8 @@ static A: Counting = Counting;
 /// A broker on its own thread. `measure(true)` starts counting from its next loop turn.
 struct InProcess {
     addr: SocketAddr,
-    /// A second listener's address, when the test configures one (WebSocket).
-    ws_addr: Option<SocketAddr>,
+    /// A second listener's address, when the test configures one (WebSocket or MQTT-SN).
+    second_addr: Option<SocketAddr>,
     /// Connected before anything is measured; its PINGREQ wakes the loop.
     waker: std::sync::Mutex<Option<Client>>,
     measuring: Arc<AtomicBool>,
@@ -107,7 +107,7 @@ impl InProcess {
         let waker = std::sync::Mutex::new(Some(Client::connect(addr, "waker", true)));
         InProcess {
             addr,
-            ws_addr: addrs.get(1).copied(),
+            second_addr: addrs.get(1).copied(),
             waker,
             measuring,
             stop,
@@ -412,7 +412,7 @@ fn qos1_fan_in_over_websocket() {
         ws.websockets = true;
         c.listeners.push(ws);
     });
-    let addr = broker.ws_addr.expect("the WebSocket listener");
+    let addr = broker.second_addr.expect("the WebSocket listener");
     let mut sub = Client::connect_ws(addr, "sub");
     sub.subscribe("bench/#", 1);
     let mut pubs: Vec<Client> = (0..4)
@@ -636,14 +636,19 @@ struct SnClient {
 }
 
 impl SnClient {
-    fn connect(to: SocketAddr, id: &str) -> SnClient {
+    /// A source that never connects (QoS -1 publishes only).
+    fn unconnected(to: SocketAddr) -> SnClient {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = SnClient {
+        SnClient {
             s,
             to,
             buf: Vec::new(),
-        };
+        }
+    }
+
+    fn connect(to: SocketAddr, id: &str) -> SnClient {
+        let mut c = SnClient::unconnected(to);
         let mut body = vec![0x04, 1, 0, 60];
         body.extend_from_slice(id.as_bytes());
         c.send(0x04, &body);
@@ -680,8 +685,9 @@ impl SnClient {
 }
 
 /// MQTT-SN publishes (QoS 1 with a registered topic id, QoS 0, and QoS -1 to a predefined
-/// id) reach an MQTT subscriber: datagram decoded, topic id resolved, MQTT PUBLISH built into a
-/// reused buffer, PUBACK translated back.
+/// id, from the connected sensor, which makes it its own QoS 0 publish, and from a source
+/// that never connected, which is anonymous) reach an MQTT subscriber: datagram decoded,
+/// topic id resolved, MQTT PUBLISH built into a reused buffer, PUBACK translated back.
 #[test]
 fn mqttsn_publishes_to_an_mqtt_subscriber() {
     let broker = InProcess::start(|c| {
@@ -693,19 +699,20 @@ fn mqttsn_publishes_to_an_mqtt_subscriber() {
         c.listeners.push(sn);
         c.broker.max_queued_messages = 10_000;
     });
-    let sn_addr = broker.ws_addr.expect("the MQTT-SN listener");
+    let sn_addr = broker.second_addr.expect("the MQTT-SN listener");
     let mut sub = Client::connect(broker.addr, "sub", true);
     sub.subscribe("bench/#", 1);
     let mut sensor = SnClient::connect(sn_addr, "sensor");
     let tid = sensor.register("bench/sn");
+    let mut anonymous = SnClient::unconnected(sn_addr);
     let payload = [0x55u8; 32];
-    // 3 000 messages: each QoS 1 one waits for its PUBACK (one in flight, as MQTT-SN has it),
+    // 4 000 messages: each QoS 1 one waits for its PUBACK (one in flight, as MQTT-SN has it),
     // and the QoS 0 and QoS -1 ones sent before it are handled before it.
     assert_no_alloc(broker, |lag| {
         thread::scope(|s| {
             s.spawn(|| {
                 thread::sleep(lag);
-                sub.receive(3_000)
+                sub.receive(4_000)
             });
             let mut body = Vec::new();
             for i in 0..1_000u16 {
@@ -715,6 +722,9 @@ fn mqttsn_publishes_to_an_mqtt_subscriber() {
                     body.extend_from_slice(&topic.to_be_bytes());
                     body.extend_from_slice(&(i + 1).to_be_bytes());
                     body.extend_from_slice(&payload);
+                    if flags == 0x61 {
+                        anonymous.send(0x0C, &body);
+                    }
                     sensor.send(0x0C, &body);
                 }
                 let (kind, b) = sensor.recv();
@@ -738,7 +748,7 @@ fn mqtt_publishes_to_an_mqttsn_subscriber() {
         });
         c.listeners.push(sn);
     });
-    let sn_addr = broker.ws_addr.expect("the MQTT-SN listener");
+    let sn_addr = broker.second_addr.expect("the MQTT-SN listener");
     let mut node = SnClient::connect(sn_addr, "node");
     let mut body = vec![0x20, 0, 1];
     body.extend_from_slice(b"cmd/#");

@@ -100,6 +100,16 @@ def dg(src, data):
     return bytes([src & 0x3F, len(data)]) + data
 
 
+def dg_wide(src, data):
+    """A datagram of up to 65535 bytes (two length bytes, op bit 0x20)."""
+    return bytes([0x20 | (src & 0x1F)]) + len(data).to_bytes(2, "big") + data
+
+
+def sn_long(kind, body=b""):
+    """An MQTT-SN message in the 3-byte length form."""
+    return bytes([1]) + (len(body) + 4).to_bytes(2, "big") + bytes([kind]) + body
+
+
 WAIT = bytes([0x80 | 10, 0])  # time passes (10 x 200 ms)
 
 
@@ -118,6 +128,10 @@ mqttsn = {
     + WAIT + WAIT,
     "qos_minus1": dg(4, sn(0x0C, b"\x61\x00\x01\x00\x00x")) + dg(4, sn(0x0C, b"\x62ab\x00\x00y"))
     + dg(4, sn(0x01, b"\x00")),
+    "long_form": dg(3, sn(0x04, b"\x04\x01\x00\x00" + b"L")) + dg_wide(3, sn_long(0x0A, b"\x00\x00\x00\x01" + b"l/" + b"x" * 300))
+    + dg_wide(3, sn_long(0x0C, b"\x61\x00\x01\x00\x00" + b"p" * 400)) + dg(3, sn(0x12, b"\x20\x00\x02a/#"))
+    + bytes([0xE1]) + (300).to_bytes(2, "big") + b"q" * 300 + dg(3, sn(0x0B, b"\x00\x01\x00\x01\x01")) + WAIT
+    + dg(5, sn(0x04, b"\x0c\x01\x00\x00" + b"W")) + dg(5, sn(0x07, b"\x20w/t")) + dg_wide(5, sn_long(0x09, b"m" * 256)),
     "forwarder": dg(1, b"\x05\xfe\x00\x12\x34" + sn(0x04, b"\x04\x01\x00\x3c" + b"f"))
     + dg(1, b"\x05\xfe\x00\x12\x34" + sn(0x16)),
 }

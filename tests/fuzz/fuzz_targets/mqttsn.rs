@@ -1,4 +1,5 @@
-//! MQTT-SN: arbitrary datagrams, decoded (and, when they decode, encoded again and decoded to
+//! MQTT-SN: arbitrary datagrams (up to 255 bytes, or with op bit 0x20 up to 65535: the 3-byte
+//! length form too), decoded (and, when they decode, encoded again and decoded to
 //! the same message), then handed to a gateway on a broker core from a few source addresses,
 //! interleaved with time jumps (retransmissions, sleep, keep-alive), with the broker's output
 //! translated and its ended connections closed as the event loop does. An MQTT subscriber
@@ -51,6 +52,10 @@ fuzz_target!(|data: &[u8]| {
         retry_count: 2,
         max_clients: 6,
         max_clients_per_source: 3,
+        // Small enough for the fuzzer to reach: evictions, full topic tables, wills refused.
+        idle_evict: Duration::from_secs(1),
+        max_topic_bytes: 64,
+        max_will_size: 16,
         ..Options::default()
     };
     let mut gw = Gateway::new(opts, 0, now);
@@ -66,9 +71,18 @@ fuzz_target!(|data: &[u8]| {
     let mut work = Vec::new();
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
-        let len = tail.first().map_or(0, |&l| l as usize).min(tail.len().saturating_sub(1));
-        let body = tail.get(1..1 + len).unwrap_or(&[]);
-        rest = tail.get(1 + len..).unwrap_or(&[]);
+        // The body's length: one byte, or two (big-endian) with bit 0x20 of a datagram or an
+        // MQTT publish, so datagrams past 255 bytes (MQTT-SN's 3-byte length form) come too.
+        let wide = op >> 6 != 2 && op & 0x20 != 0;
+        let (len, skip) = match (wide, tail) {
+            (true, [hi, lo, ..]) => (u16::from_be_bytes([*hi, *lo]) as usize, 2),
+            (true, _) => (0, tail.len()),
+            (false, [l, ..]) => (*l as usize, 1),
+            (false, []) => (0, 0),
+        };
+        let len = len.min(tail.len().saturating_sub(skip));
+        let body = tail.get(skip..skip + len).unwrap_or(&[]);
+        rest = tail.get(skip + len..).unwrap_or(&[]);
         match op >> 6 {
             0 | 1 => {
                 if let Ok(d) = decode(body) {

@@ -510,11 +510,8 @@ impl Gateway {
         }
         let waking = self.clients[idx].waking;
         match (m, state) {
-            (Message::WillTopic { flags, topic }, State::WillTopic) => {
+            (Message::WillTopic { flags, topic }, _) if state == State::WillTopic || waking => {
                 self.will_topic(b, host, idx, flags, topic, now)
-            }
-            (Message::WillTopic { flags, topic }, _) if waking => {
-                self.will_topic_waking(b, host, idx, flags, topic, now)
             }
             (Message::WillTopic { .. }, State::WillMsg) => {
                 // Sent again: our WILLMSGREQ was lost.

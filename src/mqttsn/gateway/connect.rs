@@ -195,6 +195,8 @@ impl Gateway {
     }
 
     /// WILLTOPIC in the CONNECT dialogue: WILLMSGREQ next (an empty one: no will after all).
+    /// A sleeping client that woke with a CONNECT asking to give its will again stays
+    /// connected meanwhile, so only a new connection's state moves on to the will message.
     pub(super) fn will_topic<H: Host>(
         &mut self,
         b: &mut Broker,
@@ -214,36 +216,10 @@ impl Gateway {
         let qos = flags.qos().clamp(0, 2) as u8;
         let c = &mut self.clients[idx];
         c.will_topic = Some((t.into(), qos, flags.retain()));
-        c.state = State::WillMsg;
-        c.tries = 1;
-        self.send_client(host, idx, &Message::WillMsgReq);
-        self.arm(idx, now);
-    }
-
-    /// WILLTOPIC from a sleeping client that woke with a CONNECT asking to give its will
-    /// again (it stays connected meanwhile).
-    pub(super) fn will_topic_waking<H: Host>(
-        &mut self,
-        b: &mut Broker,
-        host: &mut H,
-        idx: usize,
-        flags: Flags,
-        topic: &[u8],
-        now: Instant,
-    ) {
-        if topic.is_empty() {
-            self.clients[idx].will = None;
-            if let Some(conn) = self.clients[idx].conn {
-                b.set_will(conn, None);
-            }
-            return self.activate(b, host, idx, now);
+        if !c.waking {
+            c.state = State::WillMsg;
         }
-        let Some(t) = self.will_topic_name(topic) else {
-            return self.refuse_will(host, idx);
-        };
-        let qos = flags.qos().clamp(0, 2) as u8;
-        self.clients[idx].will_topic = Some((t.into(), qos, flags.retain()));
-        self.clients[idx].tries = 1;
+        c.tries = 1;
         self.send_client(host, idx, &Message::WillMsgReq);
         self.arm(idx, now);
     }

@@ -195,6 +195,26 @@ def test_will_dialogue_updates_and_lost_sleeper(sn, sn_clients):
     watch.assert_no_message(2.0)
 
 
+def test_a_sleeper_that_wakes_with_a_new_will_keeps_its_session_and_the_new_will(sn, sn_clients):
+    """A sleeping client's CONNECT with the will flag runs the will dialogue again while it
+    stays the same client: its kept messages still come, and the will it gave now is the one
+    published when it is lost."""
+    watch = connected(sn.port)
+    watch.subscribe("wills/#", 1)
+    c = sn_clients(sn.sn_port)
+    assert will_dialogue(c, "sn-rewill", b"wills/old", b"old", duration=60) == SN.ACCEPTED
+    c.subscribe("to/rewill", qos=1)
+    c.disconnect(duration=60)
+    mosquitto_pub(sn.port, "-t", "to/rewill", "-m", "kept", "-q", "1")
+    # Woken by CONNECT with a new will; then asleep for 1 s and never heard from again.
+    assert will_dialogue(c, "sn-rewill", b"wills/new", b"new", duration=1) == SN.ACCEPTED
+    assert c.get_publish().body[5:] == b"kept"
+    c.disconnect(duration=1)
+    m = watch.get(timeout=5)
+    assert (m.topic, m.payload) == ("wills/new", b"new")
+    watch.assert_no_message(1.0)
+
+
 def test_forwarder_encapsulation(sn, sn_clients):
     sub = connected(sn.port)
     sub.subscribe("radio/#", 0)

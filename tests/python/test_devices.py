@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from clients import RawClient, publish_packet
 from conftest import ROOT, free_port
 
 HOST = "127.0.0.1"
@@ -1105,6 +1106,24 @@ def test_a_device_reports_its_own_availability(dev_broker, clients, tmp_path):
     p.pub("tele/plug1/LWT", "Offline", retain=True)
     _, (_, v, _) = w.until("devices/plug/availability")
     assert v == b"offline"
+
+
+def test_a_devices_last_will_is_its_availability(dev_broker, clients):
+    """Tasmota's LWT is a last will: when the plug's connection dies, the broker publishes
+    `Offline` for it, and the executor takes that like any report."""
+    b = dev_broker(AVAILABILITY)
+    w = clients(b.port, "w")
+    w.sub("devices/plug/availability")
+    plug = RawClient(b.port)
+    plug.connect(client_id="plug1", will={"topic": "tele/plug1/LWT", "payload": b"Offline",
+                                          "qos": 1, "retain": True})
+    plug.send(publish_packet("tele/plug1/LWT", b"Online", retain=True))
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"online"
+    plug.close()  # no DISCONNECT: the will goes out
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"offline"
+    assert retained(b.port, "devices/plug/availability") == "offline"
 
 
 def config_error(tmp_path, toml):

@@ -991,6 +991,43 @@ def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broke
     assert got[-1] == ("homeassistant/device/gone/config", b"")
 
 
+@pytest.mark.parametrize("made_at", ["reload", "start"])
+def test_removals_survive_kill_9_until_home_assistant_is_back(dev_broker, clients, made_at):
+    """The removals Home Assistant may not have seen are kept in the devices store: a device
+    and a command removed (at a reload, or at a start, of a file edited while gatemq was
+    stopped) while no HA listens, then gatemq killed with -9 and started again before HA's
+    birth: HA's birth still gets the old configs again (not retained), then the clears."""
+    toml = LAMP + '\n[gone]\ncommands.power = { type = "bool", initial = "ON" }\n'
+    less = LAMP.replace("commands.label", "#commands.label")
+    ha = ["homeassistant_discovery true"]
+    b = dev_broker(toml, ha)
+    before = ha_config(b.port, "gone")
+    if made_at == "reload":
+        (b.tmp / "devices.toml").write_text(less)
+        b.proc.send_signal(signal.SIGHUP)
+    else:
+        b.stop()
+        b = dev_broker(less, ha)
+    wait_for("the clear", lambda: retained(b.port, "homeassistant/device/gone/config") is None)
+    b.stop(sig=signal.SIGKILL)
+    b2 = dev_broker(less, ha)
+    assert retained(b2.port, "homeassistant/device/gone/config") is None
+    c = clients(b2.port, "ha")
+    c.sub("homeassistant/#")
+    c.pub("homeassistant/status", "online")
+    got = [(t, p, r) for t, p, r in c.sync() if t != "homeassistant/status"]
+    gone = [(p, r) for t, p, r in got if t == "homeassistant/device/gone/config"]
+    assert len(gone) == 2, got
+    assert json.loads(gone[0][0]) == before and gone[0][1] is False
+    assert gone[1] == (b"", False) and got[-1][0] == "homeassistant/device/gone/config"
+    lamp = [json.loads(p) for t, p, _ in got if t == "homeassistant/device/lamp/config"]
+    assert [sorted(c["cmps"]) for c in lamp] == [
+        ["brightness", "colour", "command_result", "identify", "label", "level", "power", "temp"],
+        ["label"],
+        ["brightness", "colour", "command_result", "identify", "level", "power", "temp"]]
+    assert retained(b2.port, "homeassistant/device/gone/config") is None
+
+
 def test_a_devices_own_topics_under_the_prefix_are_not_cleared_at_start(dev_broker, clients,
                                                                       tmp_path):
     """A device may report on topics under the devices prefix (its LWT, a state topic, the

@@ -991,15 +991,18 @@ def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broke
     assert got[-1] == ("homeassistant/device/gone/config", b"")
 
 
+@pytest.mark.parametrize("persistence", ["false", "true"])
 @pytest.mark.parametrize("made_at", ["reload", "start"])
-def test_removals_survive_kill_9_until_home_assistant_is_back(dev_broker, clients, made_at):
-    """The removals Home Assistant may not have seen are kept in the devices store: a device
-    and a command removed (at a reload, or at a start, of a file edited while gatemq was
-    stopped) while no HA listens, then gatemq killed with -9 and started again before HA's
-    birth: HA's birth still gets the old configs again (not retained), then the clears."""
+def test_removals_survive_kill_9_until_home_assistant_is_back(dev_broker, clients, made_at,
+                                                              persistence):
+    """The removals Home Assistant may not have seen are kept in the store (the devices store,
+    or the journal with persistence): a device and a command removed (at a reload, or at a
+    start, of a file edited while gatemq was stopped) while no HA listens, then gatemq killed
+    with -9 and started again before HA's birth: HA's birth still gets the old configs again
+    (not retained), then the clears."""
     toml = LAMP + '\n[gone]\ncommands.power = { type = "bool", initial = "ON" }\n'
     less = LAMP.replace("commands.label", "#commands.label")
-    ha = ["homeassistant_discovery true"]
+    ha = ["homeassistant_discovery true", f"persistence {persistence}"]
     b = dev_broker(toml, ha)
     before = ha_config(b.port, "gone")
     if made_at == "reload":

@@ -357,7 +357,7 @@ impl Executor {
         &self.removals
     }
 
-    pub fn removals_mut(&mut self) -> &mut Removals {
+    pub(crate) fn removals_mut(&mut self) -> &mut Removals {
         &mut self.removals
     }
 

@@ -29,9 +29,11 @@ impl Broker {
             found
         });
         match self.devices.take() {
-            Some(old) => ex.take_over(*old, &mut self.device_out),
+            Some(old) => ex.take_over(*old, self.now, &mut self.device_out),
             None => {
-                // At start: what gatemq announced before it stopped (the store kept it).
+                // At start: the removals HA may not have seen, and what gatemq announced
+                // before it stopped (the store kept both).
+                ex.adopt_removals(std::mem::take(&mut self.parked_removals));
                 let mut before = Vec::new();
                 let mut filters = vec![format!("{prefix}/#")];
                 filters.push(format!("{}/#", ex.options().discovery_prefix));
@@ -41,7 +43,7 @@ impl Broker {
                         before.push((m.topic_str().to_string(), m.payload().to_vec()));
                     });
                 }
-                ex.adopt_announced(&before, &mut self.device_out);
+                ex.adopt_announced(&before, self.now, &mut self.device_out);
             }
         }
         ex.start(&mut self.device_out);
@@ -53,7 +55,10 @@ impl Broker {
     /// are ordinary messages from now on.
     pub fn clear_devices(&mut self) {
         self.stopping();
-        self.devices = None;
+        // The removals stay kept (and in the store) for devices declared again.
+        if let Some(mut ex) = self.devices.take() {
+            self.parked_removals = std::mem::take(ex.removals_mut());
+        }
     }
 
     /// The broker is shutting down: devices are announced `offline`.
@@ -124,6 +129,7 @@ pub(super) fn on_timeout(b: &mut Broker, now: Instant) {
 /// Route what the executor published. Its buffers are taken for the duration and put back
 /// with their capacity, so this allocates nothing once warm.
 fn flush(b: &mut Broker, from: Option<ConnId>) {
+    b.journal_removals();
     if b.device_out.is_empty() {
         return;
     }

@@ -302,6 +302,10 @@ pub struct Broker {
     /// The device command executor, when a devices file is configured.
     devices: Option<Box<crate::devices::Executor>>,
     device_out: crate::devices::Outbox,
+    /// The discovery removals Home Assistant may not have seen, while no executor holds them:
+    /// read from the store at start (until the devices are set), or kept from an executor a
+    /// reload ended.
+    parked_removals: crate::devices::Removals,
     rng: u64,
     /// TLS client certificate identities of connections that have not sent CONNECT yet, on
     /// listeners that use them as usernames (kept here, not in every `Conn`).
@@ -358,6 +362,7 @@ impl Broker {
             sys,
             devices: None,
             device_out: Default::default(),
+            parked_removals: Default::default(),
             rng: seed | 1,
             identities: FxHashMap::default(),
             journal: None,
@@ -440,6 +445,13 @@ impl Broker {
     /// The device executor, when devices are declared.
     pub fn devices(&self) -> Option<&crate::devices::Executor> {
         self.devices.as_deref()
+    }
+
+    /// The discovery removals Home Assistant may not have seen, kept for its next birth.
+    pub fn discovery_removals(&self) -> &crate::devices::Removals {
+        self.devices
+            .as_deref()
+            .map_or(&self.parked_removals, |ex| ex.removals())
     }
 
     /// Each bridge: (name, link up, messages held for upstream, dropped).

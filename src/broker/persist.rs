@@ -6,13 +6,16 @@
 //! outlive their connections, with their subscriptions (a session's record is written whole
 //! when it changes: replay is "last record wins"); the QoS 1/2 messages those sessions hold,
 //! queued or in flight, by store id, and each step of their acknowledgement; and the QoS 2
-//! packet ids received from them and not yet released.
+//! packet ids received from them and not yet released. With devices declared (in the devices
+//! store with `persistence false` too): the Home Assistant discovery removals HA may not have
+//! seen (`devices/removals.rs`).
 
 use super::message::{MessagePool, MsgId};
 use super::session::{Awaiting, Inflight, Queued, Session, SubIds};
 use super::subs::SubEntry;
 use super::subscribe::split_shared;
 use super::{Broker, ConnId, SessionId};
+use crate::devices::removals::Change;
 use crate::store::record::{self, Frame, Msg, Record};
 use crate::wire::SubOptions;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -179,6 +182,21 @@ impl Broker {
         }
     }
 
+    /// The discovery removals the executor kept or dropped since the last call, as records.
+    /// Not on the message path: nothing to do unless a reload, a start or Home Assistant
+    /// changed them.
+    pub(super) fn journal_removals(&mut self) {
+        let Some(ex) = self.devices.as_deref_mut() else {
+            return;
+        };
+        let journal = &mut self.journal;
+        ex.removals_mut().take_changes(|c| {
+            if let Some(j) = journal {
+                record::encode(j, &removal_record(c));
+            }
+        });
+    }
+
     /// A step of an acknowledgement flow of session `sid` (if its state is kept).
     pub(super) fn journal_ack(&mut self, sid: SessionId, rec: AckStep) {
         let (Some(j), Some(s)) = (&mut self.journal, self.sessions.get(sid)) else {
@@ -219,6 +237,8 @@ impl Broker {
                 write_retained(out, msg, now);
             }
         });
+        self.discovery_removals()
+            .for_each(|c| record::encode(out, &removal_record(c)));
         if self.journal_only.is_some() {
             return;
         }
@@ -492,6 +512,13 @@ impl Broker {
                         }
                     }
                 }
+                // Read before any executor exists: it takes them when the devices are set.
+                Record::DiscoveryRemoval { id, topic, config } => self
+                    .parked_removals
+                    .restore(Change::Kept { id, topic, config }),
+                Record::DiscoveryRemovalDone { id } => {
+                    self.parked_removals.restore(Change::Done { id })
+                }
             }
         }
         for (_, m) in messages {
@@ -667,6 +694,13 @@ fn write_session(out: &mut Vec<u8>, s: &Session) {
             .iter()
             .map(|x| (&*x.filter, x.options, x.sub_id)),
     );
+}
+
+fn removal_record(c: Change<'_>) -> Record<'_> {
+    match c {
+        Change::Kept { id, topic, config } => Record::DiscoveryRemoval { id, topic, config },
+        Change::Done { id } => Record::DiscoveryRemovalDone { id },
+    }
 }
 
 fn write_retained(out: &mut Vec<u8>, m: &super::message::Message, now: Instant) {

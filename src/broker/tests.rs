@@ -517,3 +517,110 @@ fn reload_closes_who_is_no_longer_allowed_and_only_them() {
     assert_eq!(closed, [2, 4]);
     assert_eq!(h.b.stats().clients_connected, 0);
 }
+
+/// The discovery removals Home Assistant may not have seen go to the journal when made, come
+/// back from it (and from the snapshot written from that) after a restart, go out again at
+/// HA's birth, and are dropped once HA stayed online long enough after getting them (a
+/// removal made while it listens too); HA's last will in between keeps them.
+#[test]
+fn discovery_removals_survive_restarts_until_home_assistant_had_them() {
+    use crate::devices::{decl::Devices, removals::HEARD_AFTER, Executor, Options};
+    use crate::store::record::{self, Frame, Record};
+    let ex = |toml: &str| {
+        let d = Devices::parse(toml, "d.toml", std::path::Path::new("/")).unwrap();
+        let opts = Options {
+            discovery: true,
+            ..Options::default()
+        };
+        Executor::new(d, opts)
+    };
+    let removals = |records: &[u8]| {
+        let mut rest = records;
+        let mut v = Vec::new();
+        while let Frame::Record(r, n) = record::decode(rest) {
+            match r {
+                Record::DiscoveryRemoval { topic, config, .. } => {
+                    v.push((topic.to_string(), !config.is_empty()))
+                }
+                Record::DiscoveryRemovalDone { .. } => v.push(("done".into(), false)),
+                _ => {}
+            }
+            rest = &rest[n..];
+        }
+        v
+    };
+    let restart = |records: &[u8]| {
+        let mut h = Harness::new(BrokerConfig::default());
+        h.b.enable_device_journal("devices", Some("homeassistant"));
+        h.b.restore(records, h.now);
+        h
+    };
+    let lamp = "[lamp]\ncommands.power = { type = \"bool\" }\n";
+    let mut h = restart(&[]);
+    h.b.set_devices(ex(&format!(
+        "{lamp}[gone]\ncommands.power = {{ type = \"bool\" }}\n"
+    )));
+    // A reload while no Home Assistant listens: `gone` is removed.
+    h.b.set_devices(ex(lamp));
+    let mut journal = Vec::new();
+    h.b.take_journal(&mut journal);
+    let gone = "homeassistant/device/gone/config";
+    assert_eq!(removals(&journal), [(gone.to_string(), true)]);
+    // kill -9, then a restart from what the first one read (a snapshot).
+    let mut snapshot = Vec::new();
+    restart(&journal).b.snapshot(&mut snapshot);
+    assert_eq!(removals(&snapshot), [(gone.to_string(), true)]);
+    let mut h = restart(&snapshot);
+    h.b.set_devices(ex(lamp));
+    assert_eq!(h.b.discovery_removals().len(), 1);
+    let ha = |h: &mut Harness, id: ConnId| {
+        h.open(id);
+        let will = Some(("homeassistant/status", &b"offline"[..], 0, false));
+        // No keep-alive: its timeout would end it (with its will) while time jumps here.
+        h.send(id, &connect("ha", true, 0, will));
+        h.send(id, &subscribe(1, &[("homeassistant/device/#", 0)]));
+        h.recv(id);
+        h.send(
+            id,
+            &publish("homeassistant/status", b"online", 0, false, false, 0),
+        );
+        h.recv(id)
+            .iter()
+            .filter(|p| p.0 >> 4 == 3)
+            .map(parse_publish)
+            .map(|p| (p.3, p.5.is_empty()))
+            .collect::<Vec<(String, bool)>>()
+    };
+    let lamp_config = "homeassistant/device/lamp/config";
+    let again = [(gone, false), (lamp_config, false), (gone, true)].map(|(t, e)| (t.into(), e));
+    assert_eq!(ha(&mut h, 1), again);
+    // HA dies (its will) before its registry is surely written: the removal stays.
+    h.now += Duration::from_secs(5);
+    h.b.release(1, h.now);
+    h.now += HEARD_AFTER;
+    h.b.handle_timeout(h.now);
+    assert_eq!(h.b.discovery_removals().len(), 1);
+    // HA back, and it stays: dropped after the wait, and the store forgets it too.
+    assert_eq!(ha(&mut h, 2), again);
+    let due = h.b.devices().and_then(|ex| ex.next_deadline());
+    assert_eq!(
+        due,
+        Some(h.now + HEARD_AFTER),
+        "an idle broker wakes for it"
+    );
+    h.now += HEARD_AFTER - Duration::from_millis(1);
+    h.b.handle_timeout(h.now);
+    assert_eq!(h.b.discovery_removals().len(), 1);
+    h.now += Duration::from_millis(1);
+    h.b.handle_timeout(h.now);
+    assert!(h.b.discovery_removals().is_empty());
+    journal.clear();
+    h.b.take_journal(&mut journal);
+    assert_eq!(removals(&journal), [("done".to_string(), false)]);
+    // A removal made while HA listens reaches it at once: no birth needed to drop it.
+    h.b.set_devices(ex("[other]\ncommands.power = { type = \"bool\" }\n"));
+    assert_eq!(h.b.discovery_removals().len(), 1);
+    h.now += HEARD_AFTER;
+    h.b.handle_timeout(h.now);
+    assert!(h.b.discovery_removals().is_empty());
+}

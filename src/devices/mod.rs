@@ -20,10 +20,12 @@ mod discovery;
 pub(crate) mod json;
 mod reading;
 mod reload;
+pub mod removals;
 pub mod value;
 
 use crate::broker::fxhash::FxHashMap;
 use decl::{Action, Command, Device, Devices, Kind, ReadingKind};
+pub use removals::Removals;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -220,9 +222,9 @@ pub struct Executor {
     state_topics: FxHashMap<Box<str>, Vec<(usize, Option<usize>)>>,
     /// Devices' own availability topics (`availability.rs`).
     availability_topics: FxHashMap<Box<str>, Vec<usize>>,
-    /// Removals, as what the discovery topic said before and the removal itself
-    /// (`reload.rs`): sent again, in order, when Home Assistant (re)starts.
-    removed: VecDeque<(Box<str>, Box<[u8]>)>,
+    /// Removals Home Assistant may not have seen, as what the discovery topic said before and
+    /// the removal itself (`removals.rs`): sent again, in order, when HA (re)starts.
+    removals: Removals,
     /// Single-component discovery topics of an older gatemq, cleared once the device config
     /// that replaces them is out (`reload.rs`).
     migrated: Vec<String>,
@@ -332,7 +334,7 @@ impl Executor {
             by_id,
             state_topics,
             availability_topics,
-            removed: VecDeque::new(),
+            removals: Removals::default(),
             migrated: Vec::new(),
             reader: reading::Reader::new(),
             value: String::with_capacity(256),
@@ -348,6 +350,20 @@ impl Executor {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// The discovery removals Home Assistant may not have seen (the store keeps them).
+    pub fn removals(&self) -> &Removals {
+        &self.removals
+    }
+
+    pub(crate) fn removals_mut(&mut self) -> &mut Removals {
+        &mut self.removals
+    }
+
+    /// At start, before [`Executor::adopt_announced`]: the removals the store kept.
+    pub fn adopt_removals(&mut self, removals: Removals) {
+        self.removals = removals;
     }
 
     /// Take each command's last known value from `last(device, command)`: the retained status
@@ -522,8 +538,9 @@ impl Executor {
             Observed::Command => self.on_command(topic, payload, now, out),
             Observed::State => self.on_state_report(topic, payload, out),
             Observed::Availability => self.on_availability(topic, payload, out),
-            Observed::HomeAssistantStatus if payload == b"online" => self.resend_removals(out),
-            Observed::HomeAssistantStatus => {}
+            Observed::HomeAssistantStatus if payload == b"online" => self.resend_removals(now, out),
+            // Its last will (`offline`), or anything but its birth.
+            Observed::HomeAssistantStatus => self.removals.ha_offline(),
             Observed::No => {}
         }
         self.has_reply = false;
@@ -885,19 +902,22 @@ impl Executor {
         (self.has_reply, self.reply) = saved;
     }
 
-    /// When the executor next needs [`Executor::on_timeout`]: an exec deadline, a reading, or
-    /// a poll.
+    /// When the executor next needs [`Executor::on_timeout`]: an exec deadline, a reading, a
+    /// poll, or removals Home Assistant has had.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.devices
             .iter()
             .filter_map(|d| d.running.as_ref().map(|r| r.deadline))
             .chain(self.next_poll)
             .chain(self.readings_deadline())
+            .chain(self.removals.deadline())
             .min()
     }
 
-    /// Kill exec runs past their timeout; reap any that ended; take the readings that are due.
+    /// Kill exec runs past their timeout; reap any that ended; take the readings that are due;
+    /// drop the removals Home Assistant has had.
     pub fn on_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        self.removals.drop_heard(now);
         self.readings_due(now, out);
         for d in 0..self.devices.len() {
             let Some(r) = self.devices[d].running.as_mut() else {

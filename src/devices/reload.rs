@@ -18,23 +18,25 @@
 //! are migrated to the device config (`{"migrate_discovery": true}`, then cleared).
 //!
 //! Home Assistant acts on a removal only while connected, and only for what it discovered
-//! since its own start: each removal is remembered with what the topic said before, and when
-//! HA says it (re)started (its birth message), the old configs and the removals go out again,
-//! then the current device configs, then the clears.
+//! since its own start: each removal is remembered with what the topic said before (kept in
+//! the store until HA has surely had it, `removals.rs`), and when HA says it (re)started (its
+//! birth message), the old configs and the removals go out again, then the current device
+//! configs, then the clears.
 
 use super::decl::{Action, Device};
 use super::discovery::{self, Component};
 use super::{Executor, Options, Outbox};
+use std::time::Instant;
 
 impl Executor {
     /// Take over from `old`, the executor running until this reload. What goes away is
     /// announced into `out` now; what is new is announced by [`Executor::start`] next.
-    pub fn take_over(&mut self, mut old: Executor, out: &mut Outbox) {
+    pub fn take_over(&mut self, mut old: Executor, now: Instant, out: &mut Outbox) {
         // Other topics (a new prefix, discovery switched): every device is announced anew.
         let same_topics = old.opts.prefix == self.opts.prefix
             && old.opts.discovery == self.opts.discovery
             && old.opts.discovery_prefix == self.opts.discovery_prefix;
-        self.removed = std::mem::take(&mut old.removed);
+        self.removals = std::mem::take(&mut old.removals);
         // File reads in flight (of readings kept) answer on the old channel.
         let waker = self.reader.waker.take();
         std::mem::swap(&mut self.reader, &mut old.reader);
@@ -59,22 +61,22 @@ impl Executor {
                     }
                 }
                 _ => {
-                    let now = i
+                    let declared = i
                         .filter(|_| same_topics)
                         .map(|i| self.devices[i].decl.clone());
-                    clear_status(&old.opts, &kept.decl, now.as_ref(), out);
+                    clear_status(&old.opts, &kept.decl, declared.as_ref(), out);
                     if old.opts.discovery {
                         let mut said = Outbox::default();
                         discovery::announce(&old.opts, &kept.decl, true, &mut said);
                         let (topic, config, _, _) = said.iter().next().expect("announced");
                         let before = discovery::components(&kept.decl);
-                        match now {
+                        match declared {
                             Some(dev) if self.opts.discovery => {
-                                self.lose(&dev, before, topic, config, out)
+                                self.lose(&dev, before, topic, config, now, out)
                             }
                             _ => {
                                 clear(out, topic);
-                                self.remember_removed(topic, config);
+                                self.removals.remember(topic, config, now);
                             }
                         }
                     }
@@ -105,26 +107,32 @@ impl Executor {
         mut before: Vec<Component>,
         topic: &str,
         config: &[u8],
+        now: Instant,
         out: &mut Outbox,
     ) {
-        let now = discovery::components(dev);
-        before.retain(|c| !now.contains(c));
+        let has = discovery::components(dev);
+        before.retain(|c| !has.contains(c));
         if before.is_empty() {
             return;
         }
         let start = out.msgs.len();
         discovery::announce_removals(&self.opts, dev, &before, out);
         let removal = out.iter().nth(start).map(|(_, p, _, _)| p.to_vec());
-        self.remember_removed(topic, config);
+        self.removals.remember(topic, config, now);
         if let Some(removal) = removal {
-            self.remember_removed(topic, &removal);
+            self.removals.remember(topic, &removal, now);
         }
     }
 
     /// At start, before [`Executor::start`]: the retained topics under the devices prefix and
     /// gatemq's discovery configs, as the retained store holds them from before. What is not
     /// declared any more is cleared into `out`.
-    pub fn adopt_announced(&mut self, retained: &[(String, Vec<u8>)], out: &mut Outbox) {
+    pub fn adopt_announced(
+        &mut self,
+        retained: &[(String, Vec<u8>)],
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         let pre = format!("{}/", self.opts.prefix);
         // Devices gatemq announced and that are not declared any more: each had its
         // availability (`online`/`offline`, as gatemq writes it) and its JSON state. Other
@@ -161,7 +169,7 @@ impl Executor {
                         .into_iter()
                         .filter_map(|(key, platform)| component_of(&key, &platform))
                         .collect();
-                    self.lose(&dev, before, topic, payload, out);
+                    self.lose(&dev, before, topic, payload, now, out);
                 }
                 (Some((platform, key)), Some(dev))
                     if discovery::components(&dev)
@@ -173,12 +181,12 @@ impl Executor {
                     let p = out.bytes.len();
                     out.bytes.extend_from_slice(MIGRATE);
                     out.end(t, p, false);
-                    self.remember_removed(topic, MIGRATE);
+                    self.removals.remember(topic, MIGRATE, now);
                     self.migrated.push(topic.clone());
                 }
                 _ => {
                     clear(out, topic);
-                    self.remember_removed(topic, payload);
+                    self.removals.remember(topic, payload, now);
                 }
             }
         }
@@ -246,33 +254,17 @@ fn clear(out: &mut Outbox, topic: &str) {
     out.end(t, p, true);
 }
 
-/// Removals kept for Home Assistant's next start: at most this many.
-const REMOVED_KEPT: usize = 256;
-
 impl Executor {
-    fn remember_removed(&mut self, topic: &str, config: &[u8]) {
-        if self
-            .removed
-            .iter()
-            .any(|(t, c)| &**t == topic && **c == *config)
-        {
-            return;
-        }
-        if self.removed.len() == REMOVED_KEPT {
-            self.removed.pop_front();
-        }
-        self.removed.push_back((topic.into(), config.into()));
-    }
-
     /// Home Assistant says `online` (it started): it drops an entity only on a removal it gets
     /// while connected, and only for one it discovered since its start. So each removed
     /// config goes out again (not retained), then every device config as it is now, then the
     /// clears of the topics no device config is on.
-    pub(super) fn resend_removals(&self, out: &mut Outbox) {
-        if self.removed.is_empty() || !self.opts.discovery {
+    pub(super) fn resend_removals(&mut self, now: Instant, out: &mut Outbox) {
+        self.removals.ha_online(now);
+        if self.removals.is_empty() || !self.opts.discovery {
             return;
         }
-        for (topic, config) in &self.removed {
+        for (topic, config) in self.removals.iter() {
             let t = out.topic(&[topic]);
             let p = out.bytes.len();
             out.bytes.extend_from_slice(config);
@@ -286,9 +278,9 @@ impl Executor {
                 &self.devices[d].decl.id,
             ));
         }
-        for (i, (topic, _)) in self.removed.iter().enumerate() {
-            let again = self.removed.iter().take(i).any(|(t, _)| t == topic);
-            if !again && !current.iter().any(|c| **c == **topic) {
+        for (i, (topic, _)) in self.removals.iter().enumerate() {
+            let again = self.removals.iter().take(i).any(|(t, _)| t == topic);
+            if !again && !current.iter().any(|c| **c == *topic) {
                 clear(out, topic);
             }
         }

@@ -22,6 +22,8 @@ const QOS2_IN: u8 = 10;
 const QOS2_IN_DONE: u8 = 11;
 const WILL: u8 = 12;
 const WILL_GONE: u8 = 13;
+const DISCOVERY_REMOVAL: u8 = 14;
+const DISCOVERY_REMOVAL_DONE: u8 = 15;
 
 /// One record, borrowing from the bytes it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,16 @@ pub enum Record<'a> {
     },
     /// The delayed will of `client_id` was published or cancelled.
     WillGone { client_id: &'a str },
+    /// A Home Assistant discovery removal HA may not have seen (`devices/removals.rs`), kept
+    /// under `id`: `config` is what `topic` said before (or the removal announced on it), sent
+    /// again before the clear when HA's birth message comes.
+    DiscoveryRemoval {
+        id: u64,
+        topic: &'a str,
+        config: &'a [u8],
+    },
+    /// Discovery removal `id` is not kept any more (HA has had it, or newer ones pushed it out).
+    DiscoveryRemovalDone { id: u64 },
 }
 
 /// Up to four Subscription Identifiers of a held message.
@@ -248,6 +260,16 @@ pub fn encode(out: &mut Vec<u8>, rec: &Record<'_>) {
         Record::WillGone { client_id } => {
             out.push(WILL_GONE);
             put_str(out, client_id);
+        }
+        Record::DiscoveryRemoval { id, topic, config } => {
+            out.push(DISCOVERY_REMOVAL);
+            out.extend_from_slice(&id.to_le_bytes());
+            put_str(out, topic);
+            put_bytes(out, config);
+        }
+        Record::DiscoveryRemovalDone { id } => {
+            out.push(DISCOVERY_REMOVAL_DONE);
+            out.extend_from_slice(&id.to_le_bytes());
         }
         Record::Released {
             client_id,
@@ -510,6 +532,12 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
         WILL_GONE => Record::WillGone {
             client_id: r.str()?,
         },
+        DISCOVERY_REMOVAL => Record::DiscoveryRemoval {
+            id: r.u64()?,
+            topic: r.str()?,
+            config: r.bytes()?,
+        },
+        DISCOVERY_REMOVAL_DONE => Record::DiscoveryRemovalDone { id: r.u64()? },
         _ => return None,
     };
     // Nothing may be left over.
@@ -665,6 +693,12 @@ mod tests {
                 },
             },
             Record::WillGone { client_id: "c" },
+            Record::DiscoveryRemoval {
+                id: 3,
+                topic: "homeassistant/device/lamp/config",
+                config: b"{\"cmps\":{\"power\":{\"p\":\"switch\"}}}",
+            },
+            Record::DiscoveryRemovalDone { id: 3 },
         ] {
             encode(&mut out, &rec);
         }
@@ -689,7 +723,7 @@ mod tests {
         let data = samples();
         let (recs, end) = all(&data);
         assert_eq!(end, Frame::End);
-        assert_eq!(recs.len(), 13);
+        assert_eq!(recs.len(), 15);
         match &recs[5] {
             Record::Hold {
                 msg,
@@ -727,6 +761,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            recs[13],
+            Record::DiscoveryRemoval {
+                id: 3,
+                topic: "homeassistant/device/lamp/config",
+                config: b"{\"cmps\":{\"power\":{\"p\":\"switch\"}}}",
+            }
+        );
+        assert_eq!(recs[14], Record::DiscoveryRemovalDone { id: 3 });
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
@@ -768,7 +811,7 @@ mod tests {
     fn a_damaged_frame_costs_that_frame_only() {
         let data = samples();
         let frames = bounds(&data);
-        assert_eq!(frames.len(), 13);
+        assert_eq!(frames.len(), 15);
         let mut d = data.clone();
         for i in 0..d.len() {
             for bit in [0x01, 0x10, 0x80] {
@@ -797,13 +840,13 @@ mod tests {
         z[from..to].fill(0);
         let mut kept = 0;
         let s = scan(&z, |_| kept += 1);
-        assert_eq!((kept, s.damaged), (13 - 4, 1));
+        assert_eq!((kept, s.damaged), (15 - 4, 1));
         assert_eq!(s.skipped, frames[6].1 - frames[3].0);
         // A torn tail is not damage.
         let s = scan(&data[..data.len() - 3], |_| {});
         assert_eq!(
             (s.records, s.damaged, s.torn),
-            (12, 0, frames[12].1 - frames[12].0 - 3)
+            (14, 0, frames[14].1 - frames[14].0 - 3)
         );
     }
 }

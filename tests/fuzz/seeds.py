@@ -136,7 +136,39 @@ mqttsn = {
     + dg(1, b"\x05\xfe\x00\x12\x34" + sn(0x16)),
 }
 
-for target, seeds in (("decode", decode), ("broker", broker), ("mqttsn", mqttsn)):
+def body(kind, *fields):
+    """One record body for the restore target, as its (length byte, body) pair."""
+    data = bytes([kind]) + b"".join(fields)
+    assert len(data) < 256
+    return bytes([len(data)]) + data
+
+
+def rs(x):
+    """A record's string (u16 LE length); `rb`: its byte string (u32 LE length)."""
+    x = x.encode() if isinstance(x, str) else x
+    return struct.pack("<H", len(x)) + x
+
+
+def rb(x):
+    return struct.pack("<I", len(x)) + x
+
+
+def removal(id, topic, config):
+    return body(14, struct.pack("<Q", id), rs(topic), rb(config))
+
+
+restore = {
+    # Home Assistant discovery removals: kept, the same again, one dropped, one retained
+    # config beside them.
+    "removals": removal(1, "homeassistant/device/gone/config", b'{"cmps":{"power":{"p":"switch"}}}')
+    + removal(2, "homeassistant/device/lamp/config", b'{"cmps":{"label":{"p":"text"}}}')
+    + removal(3, "homeassistant/device/gone/config", b'{"cmps":{"power":{"p":"switch"}}}')
+    + body(15, struct.pack("<Q", 2))
+    + body(1, rs("devices/lamp/power"), b"\x01\x01", struct.pack("<Q", 0), rb(b""), rb(b"ON")),
+}
+
+for target, seeds in (("decode", decode), ("broker", broker), ("mqttsn", mqttsn),
+                      ("restore", restore)):
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
     for name, data in seeds.items():

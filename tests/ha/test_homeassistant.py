@@ -2,8 +2,8 @@
 discovery: the entities it announces appear with their states, HA's service calls are executed
 by gatemq's device executor (one command where HA sends one message) and HA follows the
 status, readings follow their files, every command's result (a refusal too) is the device's
-"command result" event, removals reach HA (at a reload, while HA was down, while gatemq was
-stopped), an older gatemq's single-component entities are migrated, and a stopped gatemq makes
+"command result" event, removals reach HA (at a reload, while HA was down and gatemq
+restarted, while gatemq was stopped), an older gatemq's single-component entities are migrated, and a stopped gatemq makes
 the entities unavailable. One Home Assistant serves every test (its start is the cost).
 
 Run by ./tests/run.sh (which makes the Home Assistant venv and sets HA_VENV)."""
@@ -352,14 +352,22 @@ def test_a_device_removed_at_reload_is_gone_from_home_assistant(setup):
 
 def test_a_device_removed_while_home_assistant_was_down_goes_when_it_starts(setup):
     """HA only acts on a clear it gets while connected, for what it discovered since its own
-    start. The plug is removed while HA is stopped; when HA is back, its birth message makes
-    gatemq announce the old config again and clear it, and the plug leaves HA's registry."""
+    start. The plug is removed at a reload while HA is stopped, and gatemq is then killed
+    with -9 and started again (the removal is in its store); when HA is back, its birth
+    message makes gatemq announce the old config again and clear it, and the plug leaves
+    HA's entity and device registries."""
     broker, ha, root = setup
     ha.wait_for("switch.plug_power", lambda: ha.state("switch.plug_power"), timeout=60)
     ha.stop()
+    watch = watching(broker.port, "homeassistant/device/plug/config")
+    assert watch.get().payload, "the plug's config, retained"
     toml = root / "devices.toml"
     toml.write_text(toml.read_text().split("[plug]")[0])
     broker.proc.send_signal(signal.SIGHUP)
+    assert watch.get().payload == b"", "the plug's config cleared"
+    watch.disconnect()
+    broker.stop(sig=signal.SIGKILL)
+    broker.start()
     ha.start()
     ha.wait_for("the lamp back", lambda: (s := ha.state("switch.lamp_power")) and
                 s["state"] != "unavailable", timeout=60)

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from clients import RawClient, publish_packet
 from conftest import ROOT, free_port
 
 HOST = "127.0.0.1"
@@ -990,6 +991,46 @@ def test_a_device_removed_while_gatemq_was_stopped_is_cleared_at_start(dev_broke
     assert got[-1] == ("homeassistant/device/gone/config", b"")
 
 
+@pytest.mark.parametrize("persistence", ["false", "true"])
+@pytest.mark.parametrize("made_at", ["reload", "start"])
+def test_removals_survive_kill_9_until_home_assistant_is_back(dev_broker, clients, made_at,
+                                                              persistence):
+    """The removals Home Assistant may not have seen are kept in the store (the devices store,
+    or the journal with persistence): a device and a command removed (at a reload, or at a
+    start, of a file edited while gatemq was stopped) while no HA listens, then gatemq killed
+    with -9 and started again before HA's birth: HA's birth still gets the old configs again
+    (not retained), then the clears."""
+    toml = LAMP + '\n[gone]\ncommands.power = { type = "bool", initial = "ON" }\n'
+    less = LAMP.replace("commands.label", "#commands.label")
+    ha = ["homeassistant_discovery true", f"persistence {persistence}"]
+    b = dev_broker(toml, ha)
+    before = ha_config(b.port, "gone")
+    if made_at == "reload":
+        (b.tmp / "devices.toml").write_text(less)
+        b.proc.send_signal(signal.SIGHUP)
+    else:
+        b.stop()
+        b = dev_broker(less, ha)
+    wait_for("the clear", lambda: retained(b.port, "homeassistant/device/gone/config") is None)
+    b.stop(sig=signal.SIGKILL)
+    b2 = dev_broker(less, ha)
+    assert retained(b2.port, "homeassistant/device/gone/config") is None
+    c = clients(b2.port, "ha")
+    c.sub("homeassistant/#")
+    c.pub("homeassistant/status", "online")
+    got = [(t, p, r) for t, p, r in c.sync() if t != "homeassistant/status"]
+    gone = [(p, r) for t, p, r in got if t == "homeassistant/device/gone/config"]
+    assert len(gone) == 2, got
+    assert json.loads(gone[0][0]) == before and gone[0][1] is False
+    assert gone[1] == (b"", False) and got[-1][0] == "homeassistant/device/gone/config"
+    lamp = [json.loads(p) for t, p, _ in got if t == "homeassistant/device/lamp/config"]
+    assert [sorted(c["cmps"]) for c in lamp] == [
+        ["brightness", "colour", "command_result", "identify", "label", "level", "power", "temp"],
+        ["label"],
+        ["brightness", "colour", "command_result", "identify", "level", "power", "temp"]]
+    assert retained(b2.port, "homeassistant/device/gone/config") is None
+
+
 def test_a_devices_own_topics_under_the_prefix_are_not_cleared_at_start(dev_broker, clients,
                                                                       tmp_path):
     """A device may report on topics under the devices prefix (its LWT, a state topic, the
@@ -1105,6 +1146,24 @@ def test_a_device_reports_its_own_availability(dev_broker, clients, tmp_path):
     p.pub("tele/plug1/LWT", "Offline", retain=True)
     _, (_, v, _) = w.until("devices/plug/availability")
     assert v == b"offline"
+
+
+def test_a_devices_last_will_is_its_availability(dev_broker, clients):
+    """Tasmota's LWT is a last will: when the plug's connection dies, the broker publishes
+    `Offline` for it, and the executor takes that like any report."""
+    b = dev_broker(AVAILABILITY)
+    w = clients(b.port, "w")
+    w.sub("devices/plug/availability")
+    plug = RawClient(b.port)
+    plug.connect(client_id="plug1", will={"topic": "tele/plug1/LWT", "payload": b"Offline",
+                                          "qos": 1, "retain": True})
+    plug.send(publish_packet("tele/plug1/LWT", b"Online", retain=True))
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"online"
+    plug.close()  # no DISCONNECT: the will goes out
+    _, (_, v, _) = w.until("devices/plug/availability")
+    assert v == b"offline"
+    assert retained(b.port, "devices/plug/availability") == "offline"
 
 
 def config_error(tmp_path, toml):

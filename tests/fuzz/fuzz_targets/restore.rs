@@ -21,6 +21,10 @@ fn replay(frames: &[u8]) {
     let mut b2 = Broker::new(BrokerConfig::default(), now);
     b2.enable_journal();
     b2.restore(&out, now);
+    // Home Assistant's removals stay bounded whatever the records say, and all come back.
+    let kept = b.discovery_removals().len();
+    assert!(kept <= gatemq::devices::removals::KEPT);
+    assert_eq!(b2.discovery_removals().len(), kept);
     b.handle_timeout(now + std::time::Duration::from_secs(3600));
 }
 

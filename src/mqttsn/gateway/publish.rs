@@ -231,19 +231,8 @@ impl Gateway {
         code: u8,
         now: Instant,
     ) {
-        let c = &mut self.clients[idx];
         match code {
-            rc::ACCEPTED => {
-                if c.inflight == Some(msg_id) {
-                    c.inflight = None;
-                    self.settle(idx, now);
-                }
-                if self.clients[idx].state == State::Awake {
-                    // Maybe the last thing it was woken for: PINGRESP follows.
-                    b.mark_writable(conn);
-                }
-                ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBACK, msg_id, now);
-            }
+            rc::ACCEPTED => self.delivered(b, idx, conn, mqtt::kind::PUBACK, msg_id, now),
             rc::INVALID_TOPIC_ID => {
                 // It does not know the id (its registration was lost): forget it, so the
                 // message sent again registers it first (within the retries).
@@ -269,12 +258,8 @@ impl Gateway {
         msg_id: u16,
         now: Instant,
     ) {
-        let c = &mut self.clients[idx];
-        if c.inflight == Some(msg_id) {
-            // The PUBREL the broker answers with is the next thing in flight.
-            c.inflight = None;
-            self.settle(idx, now);
-        }
+        // The PUBREL the broker answers with is the next thing in flight.
+        self.acknowledged(idx, msg_id, now);
         ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBREC, msg_id, now);
     }
 
@@ -287,15 +272,26 @@ impl Gateway {
         msg_id: u16,
         now: Instant,
     ) {
-        let c = &mut self.clients[idx];
-        if c.inflight == Some(msg_id) {
-            c.inflight = None;
-            self.settle(idx, now);
-        }
+        self.delivered(b, idx, conn, mqtt::kind::PUBCOMP, msg_id, now);
+    }
+
+    /// The client has a message of ours for good (PUBACK, or PUBCOMP): its wait is over, and
+    /// a woken sleeper's connection is looked at again, as it may have been the last thing
+    /// it was woken for (PINGRESP follows: see `output.rs`).
+    fn delivered(
+        &mut self,
+        b: &mut Broker,
+        idx: usize,
+        conn: ConnId,
+        kind: u8,
+        msg_id: u16,
+        now: Instant,
+    ) {
+        self.acknowledged(idx, msg_id, now);
         if self.clients[idx].state == State::Awake {
             b.mark_writable(conn);
         }
-        ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBCOMP, msg_id, now);
+        ack_to_broker(b, &mut self.frame, conn, kind, msg_id, now);
     }
 }
 

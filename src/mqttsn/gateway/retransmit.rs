@@ -152,6 +152,15 @@ impl Gateway {
         self.register_again(host, idx);
     }
 
+    /// Client `idx` acknowledged `msg_id`: if that is what it had in flight, that wait is over.
+    pub(super) fn acknowledged(&mut self, idx: usize, msg_id: u16, now: Instant) {
+        let c = &mut self.clients[idx];
+        if c.inflight == Some(msg_id) {
+            c.inflight = None;
+            self.settle(idx, now);
+        }
+    }
+
     /// One of the things client `idx` waits on was acknowledged: its timer stays for what
     /// still waits (a REGISTER and a PUBLISH can be out at once), or stops.
     pub(super) fn settle(&mut self, idx: usize, now: Instant) {

@@ -174,7 +174,6 @@ impl Gateway {
                     let Some(id) = c.topics.add(name, Reg::Sent, self.opts.max_topic_bytes) else {
                         return self.undeliverable(p);
                     };
-                    c.topics.set(id, Reg::Sent);
                     let msg_id = c.msg_id();
                     c.register = Some((id, msg_id));
                     c.tries = 1;

@@ -35,14 +35,13 @@ impl Gateway {
                 // A name without wildcards gets its topic id now: the SUBACK tells it, and
                 // PUBLISHes on it need no REGISTER.
                 Ok(f) if !f.contains(['+', '#']) && topic::valid_name(f) => {
-                    let id = self.clients[idx]
-                        .topics
-                        .add(f, Reg::Known, self.opts.max_topic_bytes)
-                        .unwrap_or(0);
-                    if id != 0 {
-                        self.clients[idx].topics.set(id, Reg::Known);
-                    }
-                    Some(id)
+                    let budget = self.opts.max_topic_bytes;
+                    Some(
+                        self.clients[idx]
+                            .topics
+                            .add(f, Reg::Known, budget)
+                            .unwrap_or(0),
+                    )
                 }
                 Ok(_) => Some(0),
                 Err(_) => None,

@@ -63,10 +63,12 @@ impl Topics {
         let e = self.ids.get((id as usize).checked_sub(1)?)?;
         (e.len > 0).then(|| (name_of(&self.names, &self.ids, id), e.reg))
     }
-    /// The id of `name`, registered now if new: `None` when the client has its most ids
-    /// ([`MAX_TOPICS_PER_CLIENT`]) or its names would pass `budget` bytes.
+    /// The id of `name`, registered now if new, with what the client now knows of it (`reg`):
+    /// `None` when the client has its most ids ([`MAX_TOPICS_PER_CLIENT`]) or its names would
+    /// pass `budget` bytes.
     pub(super) fn add(&mut self, name: &str, reg: Reg, budget: usize) -> Option<u16> {
         if let Some(id) = self.id(name) {
+            self.set(id, reg);
             return Some(id);
         }
         let n = name.len();
@@ -160,10 +162,7 @@ impl Gateway {
                 .topics
                 .add(n, Reg::Known, self.opts.max_topic_bytes)
             {
-                Some(id) => {
-                    self.clients[idx].topics.set(id, Reg::Known);
-                    (id, rc::ACCEPTED)
-                }
+                Some(id) => (id, rc::ACCEPTED),
                 None => (0, rc::CONGESTION),
             },
         };
@@ -256,6 +255,12 @@ mod tests {
         }
         assert_eq!(t.add(&name(10), Reg::Known, 1000), None);
         assert_eq!(t.add(&name(3), Reg::Known, 1000), Some(4), "known: its id");
+        assert_eq!(t.add(&name(3), Reg::Sent, 1000), Some(4));
+        assert_eq!(
+            t.get(4).map(|(_, r)| r),
+            Some(Reg::Sent),
+            "and what it knows of it now"
+        );
         // Never more capacity than the budget, however it grew.
         assert_eq!(t.bytes(), (1000, 1000));
         // Forgotten: id 4 stays a slot that matches nothing; its bytes are reused.

@@ -61,7 +61,7 @@ impl Gateway {
             return self.arm(idx, now);
         }
         if c.tries > self.opts.retry_count {
-            return self.give_up(b, host, idx, now);
+            return self.give_up(b, idx, now);
         }
         c.tries += 1;
         self.stats.retransmissions += 1;
@@ -92,13 +92,7 @@ impl Gateway {
 
     /// No acknowledgement after `retry_count` retransmissions: the client is lost (spec
     /// 6.13); its will is published. A will dialogue that stalls is dropped.
-    pub(super) fn give_up<H: Host>(
-        &mut self,
-        b: &mut Broker,
-        host: &mut H,
-        idx: usize,
-        now: Instant,
-    ) {
+    pub(super) fn give_up(&mut self, b: &mut Broker, idx: usize, now: Instant) {
         let c = &self.clients[idx];
         self.stats.lost += 1;
         log::info!(
@@ -108,10 +102,7 @@ impl Gateway {
         );
         match (c.state, c.conn) {
             (State::WillTopic | State::WillMsg, _) => self.forget(idx),
-            (_, Some(conn)) => {
-                let _ = host;
-                b.end(conn, "no acknowledgement after retransmissions", true, now);
-            }
+            (_, Some(conn)) => b.end(conn, "no acknowledgement after retransmissions", true, now),
             _ => {}
         }
     }

@@ -1196,3 +1196,64 @@ fn keep_alive_0_clients_make_room_after_idle_evict_and_never_with_0() {
     );
     assert_eq!(r.stats().evicted_idle, 0);
 }
+
+#[test]
+fn an_in_flight_message_given_up_stops_its_retransmission_timer() {
+    // A QoS 1 PUBLISH in flight whose topic the client forgets (INVALID_TOPIC_ID for another
+    // message): sent again, it needs a REGISTER, which the client answers CONGESTION until
+    // the gateway gives that message up. Nothing waits any more: nothing more is sent or
+    // counted as a retransmission, and the client is not lost.
+    let mut r = Rig::new();
+    r.connect(5050, "forgetful", true);
+    r.send(
+        5050,
+        Message::Subscribe {
+            flags: Flags::new(1, false, false, topic_type::NORMAL),
+            msg_id: 1,
+            topic: TopicRef::Name(b"f/a"),
+        },
+    );
+    r.recv(5050);
+    r.mqtt_subscriber("none");
+    r.mqtt_publish("f/a", b"1", 1);
+    let got = r.recv(5050);
+    let Message::Publish {
+        topic_id, msg_id, ..
+    } = msgs(&got)[0]
+    else {
+        panic!("{:?}", msgs(&got))
+    };
+    r.send(
+        5050,
+        Message::PubAck {
+            topic_id,
+            msg_id: msg_id.wrapping_add(100),
+            rc: rc::INVALID_TOPIC_ID,
+        },
+    );
+    for _ in 0..3 {
+        r.advance(10);
+        let got = r.recv(5050);
+        let Message::Register {
+            topic_id, msg_id, ..
+        } = msgs(&got)[0]
+        else {
+            panic!("{:?}", msgs(&got))
+        };
+        r.send(
+            5050,
+            Message::RegAck {
+                topic_id,
+                msg_id,
+                rc: rc::CONGESTION,
+            },
+        );
+    }
+    assert_eq!(r.stats().register_congestion, 1);
+    let before = r.stats().retransmissions;
+    r.advance(10);
+    r.advance(10);
+    assert!(r.recv(5050).is_empty());
+    let s = r.stats();
+    assert_eq!((s.retransmissions, s.lost), (before, 0));
+}

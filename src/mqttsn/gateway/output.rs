@@ -67,11 +67,9 @@ impl Gateway {
                 if qos == 2 {
                     ack_to_broker(b, &mut self.frame, conn, mqtt::kind::PUBCOMP, id, now);
                 }
-                if let Some(c) = self.clients.get_mut(idx) {
-                    if c.inflight == Some(id) {
-                        c.inflight = None;
-                    }
-                }
+                // Were it in flight (sent, then given up), that wait is over as for an
+                // acknowledgement: the timer stays only for what still waits.
+                self.acknowledged(idx, id, now);
                 continue;
             }
             if stalled || used == 0 {

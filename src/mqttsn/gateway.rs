@@ -272,16 +272,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(opts: Options, listener: u16, now: Instant) -> Gateway {
-        let predefined = opts
-            .topics
-            .iter()
-            .map(|(id, n)| (*id, n.as_str().into()))
-            .collect();
-        let predefined_ids = opts
-            .topics
-            .iter()
-            .map(|(id, n)| (n.as_str().into(), *id))
-            .collect();
+        let (predefined, predefined_ids) = predefined_maps(&opts);
         let next_advertise = opts.advertise.map(|_| now);
         Gateway {
             opts,
@@ -308,16 +299,7 @@ impl Gateway {
 
     /// A reload: new options (predefined topics, intervals, limits) for the clients kept.
     pub fn reconfigure(&mut self, opts: Options, listener: u16, now: Instant) {
-        self.predefined = opts
-            .topics
-            .iter()
-            .map(|(id, n)| (*id, n.as_str().into()))
-            .collect();
-        self.predefined_ids = opts
-            .topics
-            .iter()
-            .map(|(id, n)| (n.as_str().into(), *id))
-            .collect();
+        (self.predefined, self.predefined_ids) = predefined_maps(&opts);
         if opts.advertise != self.opts.advertise {
             self.next_advertise = opts.advertise.map(|_| now);
         }
@@ -813,6 +795,15 @@ impl Gateway {
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }
+}
+
+/// The predefined topics (`mqttsn_topic`) both ways: name by id, id by name.
+type Predefined = (FxHashMap<u16, Box<str>>, FxHashMap<Box<str>, u16>);
+
+fn predefined_maps(opts: &Options) -> Predefined {
+    let by_id = opts.topics.iter().map(|(id, n)| (*id, n.as_str().into()));
+    let by_name = opts.topics.iter().map(|(id, n)| (n.as_str().into(), *id));
+    (by_id.collect(), by_name.collect())
 }
 
 /// Whether clients send this type (a gateway answers those from unknown sources).

@@ -275,12 +275,7 @@ def test_unacknowledged_publish_is_sent_again_with_dup_then_the_client_is_lost(s
     watch = connected(sn.port)
     watch.subscribe("wills/#", 1)
     c = sn_clients(sn.sn_port)
-    c.connect("sn-deaf", will=True)
-    c.expect(SN.WILLTOPICREQ)
-    c.send(SN.WILLTOPIC, bytes([sn_flags(qos=1)]) + b"wills/sn-deaf")
-    c.expect(SN.WILLMSGREQ)
-    c.send(SN.WILLMSG, b"deaf")
-    c.expect(SN.CONNACK)
+    assert will_dialogue(c, "sn-deaf", b"wills/sn-deaf", b"deaf") == SN.ACCEPTED
     c.subscribe(int.from_bytes(b"zz", "big"), qos=1, topic_type=SN.SHORT)
     mosquitto_pub(sn.port, "-t", "zz", "-m", "hello", "-q", "1")
     first = c.expect(SN.PUBLISH)
@@ -431,10 +426,7 @@ def test_flood_limits_searchgw_and_unknown_sources(sn_broker, sn_clients):
     assert gw.body == b"\x01"
     assert re.search(r'gatemq_mqttsn_dropped_total\{reason="not_connected"\} 1', metrics(b))
     # The clients are listed beside the MQTT ones.
-    port = int(HTTP_RE.search(b.log()).group(1))
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/clients", timeout=5) as r:
-        listed = r.read().decode()
-    assert listed.count('"protocol":"MQTT-SN 1.2"') == 4
+    assert api_clients(b).count('"protocol":"MQTT-SN 1.2"') == 4
 
 
 def test_advertise_goes_only_to_the_named_address(sn_broker):
@@ -586,16 +578,6 @@ def test_messages_of_256_bytes_and_more_use_the_long_length_form(sn, sn_clients)
     assert (p.kind, p.body[5:]) == (SN.PUBLISH, b"y" * 1000)
 
 
-def will_connect(c, client_id, topic, msg, duration=0):
-    """CONNECT with a will (QoS 1): the whole dialogue."""
-    c.connect(client_id, duration=duration, will=True)
-    c.expect(SN.WILLTOPICREQ)
-    c.send(SN.WILLTOPIC, bytes([sn_flags(qos=1)]) + topic.encode())
-    c.expect(SN.WILLMSGREQ)
-    c.send(SN.WILLMSG, msg)
-    assert c.expect(SN.CONNACK).body[0] == SN.ACCEPTED
-
-
 def test_a_full_source_evicts_its_longest_silent_client_with_keep_alive_0(sn_broker, sn_clients):
     """Keep-alive 0 over UDP: nothing would ever end such a client (no TCP keepalive), so a
     sensor that lost its power kept its place for ever. A CONNECT that finds the table full
@@ -618,7 +600,7 @@ def test_a_full_source_evicts_its_longest_silent_client_with_keep_alive_0(sn_bro
     assert busy.expect(SN.PUBLISH).qos == 1
     # Keep-alive 0, nothing in flight: the oldest silence goes first.
     old = sn_clients(b.sn_port)
-    will_connect(old, "idle-old", "wills/idle-old", b"gone")
+    assert will_dialogue(old, "idle-old", b"wills/idle-old", b"gone", duration=0) == SN.ACCEPTED
     newer = sn_clients(b.sn_port)
     newer.connect("idle-newer", duration=0)
     # Full, and nobody silent for 2 s yet: CONGESTION, as before.

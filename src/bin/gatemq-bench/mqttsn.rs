@@ -193,6 +193,9 @@ fn sensor(s: UdpSocket, i: usize, topic: u16, qos: i8, load: Load, sh: &Shared) 
                     last_seen = seen;
                     stalled = Instant::now();
                 }
+                // Readings counted lost may arrive after all (without this, sent - seen -
+                // lost wrapped and the sensor stood still for 200 ms).
+                lost = lost.min(sent - seen);
                 if sent - seen - lost < WINDOW {
                     break;
                 }

@@ -118,6 +118,13 @@ struct Will {
     retain: bool,
 }
 
+impl Will {
+    /// As the broker takes a will: (topic, message, QoS, retain).
+    fn parts(&self) -> (&str, &[u8], u8, bool) {
+        (&self.topic, &self.msg, self.qos, self.retain)
+    }
+}
+
 /// A small ring of (message id, value) pairs: the last few of a kind.
 #[derive(Debug, Clone, Copy, Default)]
 struct Recent<T: Copy + Default> {

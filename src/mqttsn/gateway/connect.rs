@@ -149,10 +149,7 @@ impl Gateway {
         let c = &self.clients[idx];
         b.open_gateway_client(conn, Some(c.peer.addr), self.listener as usize, now);
         self.frame.clear();
-        let will = c
-            .will
-            .as_ref()
-            .map(|w| (&*w.topic, &*w.msg, w.qos, w.retain));
+        let will = c.will.as_ref().map(Will::parts);
         encode_connect(
             &mut self.frame,
             &ConnectOut {
@@ -183,11 +180,7 @@ impl Gateway {
         c.retry_at = None;
         if c.waking {
             if let Some(conn) = c.conn {
-                let will = c
-                    .will
-                    .as_ref()
-                    .map(|w| (&*w.topic, &*w.msg, w.qos, w.retain));
-                b.set_will(conn, will);
+                b.set_will(conn, c.will.as_ref().map(Will::parts));
             }
             return self.activate(b, host, idx, now);
         }
@@ -308,7 +301,7 @@ impl Gateway {
                         qos: flags.qos().clamp(0, 2) as u8,
                         retain: flags.retain(),
                     };
-                    if b.set_will(conn, Some((&w.topic, &w.msg, w.qos, w.retain))) {
+                    if b.set_will(conn, Some(w.parts())) {
                         c.will = Some(w);
                         rc::ACCEPTED
                     } else {

@@ -153,9 +153,7 @@ fn publish_will(b: &mut Broker, w: super::message::MsgId) {
     // A will is a message like any other for the executor: a device's LWT (Tasmota's
     // `Offline`) is its availability, Home Assistant's (`offline`) says it went away.
     if super::devices::observed(b, &topic) != crate::devices::Observed::No {
-        let payload = b.pool.get(w).payload().to_vec();
-        let now = b.now;
-        super::devices::on_publish(b, &topic, &payload, now, None, None);
+        super::devices::on_will(b, &topic, w);
     }
     b.topic_scratch = topic;
     b.pool.release(w);

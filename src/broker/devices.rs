@@ -1,6 +1,7 @@
 //! What happens when a PUBLISH lands on a device topic: the executor (`crate::devices`) is
 //! told, and what it publishes back (status, state, responses, adapter commands) is routed.
 
+use super::message::MsgId;
 use super::{publish, Broker, ConnId};
 use crate::devices::{Executor, Observed};
 use std::time::Instant;
@@ -114,6 +115,21 @@ pub(super) fn on_publish(
     if let Some(ex) = b.devices.as_mut() {
         ex.on_publish(topic, payload, now, &mut b.device_out, reply);
         flush(b, from);
+    }
+}
+
+/// A will on an executor topic, its payload read in place from the pool (the caller still
+/// holds it): as [`on_publish`] from no connection.
+pub(super) fn on_will(b: &mut Broker, topic: &str, w: MsgId) {
+    if let Some(ex) = b.devices.as_mut() {
+        ex.on_publish(
+            topic,
+            b.pool.get(w).payload(),
+            b.now,
+            &mut b.device_out,
+            None,
+        );
+        flush(b, None);
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::session::NEVER_EXPIRES;
 use super::{publish, subscribe, Broker, ConnId, SessionId};
+use crate::devices::Observed;
 use crate::wire::properties::id;
 use crate::wire::{DecodeError, Disconnect};
 use std::cmp::Reverse;
@@ -149,13 +150,15 @@ fn publish_will(b: &mut Broker, w: super::message::MsgId) {
     topic.clear();
     topic.push_str(b.pool.get(w).topic_str());
     log::debug!("Publishing a will on {topic}");
-    publish::route_stored(b, &topic, w, None);
     // A will is a message like any other for the executor: a device's LWT (Tasmota's
-    // `Offline`) is its availability, Home Assistant's (`offline`) says it went away.
-    if super::devices::observed(b, &topic) != crate::devices::Observed::No {
-        let payload = b.pool.get(w).payload().to_vec();
-        let now = b.now;
-        super::devices::on_publish(b, &topic, &payload, now, None, None);
+    // `Offline`) is its availability, Home Assistant's (`offline`) says it went away; one on a
+    // command topic is a command, routed only as `devices_route_commands` says.
+    let observed = super::devices::observed(b, &topic);
+    if observed != Observed::Command || super::devices::route_commands(b) {
+        publish::route_stored(b, &topic, w, None);
+    }
+    if observed != Observed::No {
+        super::devices::on_will(b, &topic, w);
     }
     b.topic_scratch = topic;
     b.pool.release(w);

@@ -162,7 +162,7 @@ pub(super) fn announce(opts: &Options, dev: &Device, retain: bool, out: &mut Out
             Part::Entity(Entity::Fan) => fan(&mut j, opts, dev),
             Part::Entity(Entity::Cover) => cover(&mut j, opts, dev),
             Part::Event => event(&mut j, opts, dev),
-            Part::Reading(r) => reading(&mut j, opts, dev, r),
+            Part::Reading(r) => reading(&mut j, opts, dev, r, c.platform),
         }
         b.push(b'}');
     }
@@ -454,13 +454,9 @@ fn event(j: &mut Json<'_>, opts: &Options, dev: &Device) {
     j.strs("event_types", ["ok", "refused"]);
 }
 
-/// A reading: a `sensor`, or a `binary_sensor` for a bool.
-fn reading(j: &mut Json<'_>, opts: &Options, dev: &Device, r: &Reading) {
+/// A reading: a `sensor`, or a `binary_sensor` for a bool (`platform`, as [`parts`] says).
+fn reading(j: &mut Json<'_>, opts: &Options, dev: &Device, r: &Reading, platform: &str) {
     let (id, name) = (&*dev.id, &*r.name);
-    let platform = match r.kind {
-        ReadingKind::Bool => "binary_sensor",
-        _ => "sensor",
-    };
     j.ids(platform, id, Some(name), name);
     j.str("state_topic", &format!("{}/{id}/{name}", opts.prefix));
     j.availability(opts, id);

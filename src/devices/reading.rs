@@ -523,13 +523,34 @@ impl Executor {
                     continue;
                 };
                 let r = &mut d.readings[i];
+                // What gatemq published is in its normal form; anything else (a client's
+                // retained `NaN` or `+5`) is normalised or refused, as it goes into the
+                // state JSON as written.
+                v.clear();
                 let number = match decl.kind {
-                    ReadingKind::Float | ReadingKind::Int => text.parse::<f64>().ok(),
-                    ReadingKind::Bool => matches!(&*text, "ON" | "OFF").then_some(0.0),
-                    ReadingKind::Str => Some(0.0),
+                    ReadingKind::Float => text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .and_then(|x| float_text(decl, x, &mut v)),
+                    ReadingKind::Int => text
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| {
+                            !text.starts_with('+') && n.unsigned_abs() < 9_000_000_000_000_000
+                        })
+                        .map(|n| {
+                            let _ = write!(v, "{n}");
+                            n as f64
+                        }),
+                    ReadingKind::Bool => matches!(&*text, "ON" | "OFF").then(|| {
+                        v.push_str(&text);
+                        0.0
+                    }),
+                    // Cut to Home Assistant's limit, as a read is.
+                    ReadingKind::Str => value(decl, &text, &mut v),
                 };
                 if let Some(n) = number {
-                    v.clone_from(&text);
                     r.value.clone_from(&v);
                     r.number = n;
                     r.known = true;
@@ -625,6 +646,26 @@ fn first_line(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Float reading `r`'s number `x` (scaled) rounded, in its normal form into `out` (empty);
+/// on failure, `out` holds why.
+fn float_text(r: &Reading, x: f64, out: &mut String) -> Option<f64> {
+    // Without `round`, 9 decimals: enough, and no binary noise (45312 * 0.001).
+    let decimals = r.round.unwrap_or(9) as i32;
+    let p = 10f64.powi(decimals);
+    let x = (x * p).round() / p + 0.0;
+    // A finite number scaled (or rounded) past f64's range.
+    if !x.is_finite() {
+        out.push_str("out of range");
+        return None;
+    }
+    match r.round {
+        Some(n) => write!(out, "{x:.*}", n as usize),
+        None => write!(out, "{x}"),
+    }
+    .ok()?;
+    Some(x)
+}
+
 /// The value of reading `r` from the text read into `out` (its normal form), and its number
 /// (for the deadband); on failure, `out` holds why.
 fn value(r: &Reading, text: &str, out: &mut String) -> Option<f64> {
@@ -635,22 +676,7 @@ fn value(r: &Reading, text: &str, out: &mut String) -> Option<f64> {
                 out.push_str("not a number");
                 return None;
             };
-            let x = x * r.scale;
-            // Without `round`, 9 decimals: enough, and no binary noise (45312 * 0.001).
-            let decimals = r.round.unwrap_or(9) as i32;
-            let p = 10f64.powi(decimals);
-            let x = (x * p).round() / p + 0.0;
-            // A finite number scaled (or rounded) past f64's range.
-            if !x.is_finite() {
-                out.push_str("out of range");
-                return None;
-            }
-            match r.round {
-                Some(n) => write!(out, "{x:.*}", n as usize),
-                None => write!(out, "{x}"),
-            }
-            .ok()?;
-            Some(x)
+            float_text(r, x * r.scale, out)
         }
         ReadingKind::Int => {
             let x = match (text.parse::<i64>(), r.scale == 1.0) {
@@ -770,6 +796,58 @@ mod tests {
         // Past f64's range once scaled (or rounded): a failed read, not "inf".
         assert_eq!(read(&plain, "1e306"), Err("out of range".to_string()));
         assert_eq!(read(&big, "1e300"), Err("out of range".to_string()));
+    }
+
+    /// What an executor takes up as reading `spec`'s value from a retained `text` (a restart
+    /// or reload), and the state JSON it then announces.
+    fn adopted(spec: &str, text: &str) -> (Option<String>, String) {
+        let toml = format!("[d]\nreadings.r = {{ {spec} }}\n");
+        let decl = Devices::parse(&toml, "d.toml", std::path::Path::new("/")).unwrap();
+        let mut ex = Executor::new(decl, crate::devices::Options::default());
+        ex.adopt_values(|_, _| Some(text.to_string()));
+        let r = &ex.devices[0].readings[0];
+        let value = r.known.then(|| r.value.clone());
+        let mut out = Outbox::default();
+        ex.start(&mut out);
+        let state = out
+            .iter()
+            .find(|(t, ..)| *t == "devices/d/state")
+            .map_or(String::new(), |(_, p, ..)| {
+                String::from_utf8_lossy(p).into_owned()
+            });
+        (value, state)
+    }
+
+    #[test]
+    fn an_adopted_value_is_a_value_of_its_type_in_its_normal_form() {
+        let float = "type = \"float\", path = \"t\", round = 1";
+        assert_eq!(adopted(float, "45.3").0.as_deref(), Some("45.3"));
+        assert_eq!(adopted(float, "45.3").1, r#"{"r":45.3}"#);
+        assert_eq!(
+            adopted("type = \"float\", path = \"t\"", "45.312")
+                .0
+                .as_deref(),
+            Some("45.312")
+        );
+        // Not JSON numbers as written: in the state JSON they would make it invalid.
+        assert_eq!(adopted(float, "+5").0.as_deref(), Some("5.0"));
+        assert_eq!(adopted(float, ".5").0.as_deref(), Some("0.5"));
+        for bad in ["NaN", "inf", "-infinity", "hot"] {
+            assert_eq!(adopted(float, bad), (None, String::new()), "{bad}");
+        }
+        let int = "type = \"int\", path = \"t\"";
+        assert_eq!(adopted(int, "-12").0.as_deref(), Some("-12"));
+        for bad in ["NaN", "4.5", "+7", "1e3"] {
+            assert_eq!(adopted(int, bad).0, None, "{bad}");
+        }
+        let flag = "type = \"bool\", path = \"t\", payload_on = \"1\", payload_off = \"0\"";
+        assert_eq!(adopted(flag, "ON").0.as_deref(), Some("ON"));
+        assert_eq!(adopted(flag, "1").0, None);
+        let s = "type = \"string\", path = \"t\"";
+        assert_eq!(
+            adopted(s, &"é".repeat(300)).0.unwrap().chars().count(),
+            STRING_MAX
+        );
     }
 
     #[test]

@@ -1432,6 +1432,34 @@ def test_route_commands_option(dev_broker, clients, route):
         assert raw == [] and exact_raw == []
 
 
+@pytest.mark.parametrize("route", [False, True])
+def test_a_will_on_a_command_topic_is_a_command(dev_broker, clients, route):
+    """A will is a message like any other: on a command topic it is run, and it reaches
+    ordinary subscribers only as `devices_route_commands` says (as a command published is)."""
+    lines = [] if route else ["devices_route_commands false"]
+    b = dev_broker(LAMP, lines)
+    d = Dev(b.port, clients)
+    exact = clients(b.port, "exact")
+    exact.sub("devices/lamp/power/set")
+    dying = RawClient(b.port)
+    dying.connect(client_id="dying", will={"topic": "devices/lamp/power/set", "payload": b"ON",
+                                           "qos": 1, "retain": True})
+    dying.close()  # no DISCONNECT: the will goes out
+    before, (_, res, _) = d.w.until("devices/lamp/power/result")
+    assert json.loads(res) == {"ok": True, "value": "ON"}
+    assert ("devices/lamp/power", b"ON", False) in before
+    assert retained(b.port, "devices/lamp/power") == "ON"
+    raw = [(t, p) for t, p, _ in before + d.w.sync() if t.endswith("/set")]
+    exact_raw = [(t, p) for t, p, _ in exact.sync()]
+    if route:
+        assert raw == [("devices/lamp/power/set", b"ON")]
+        assert exact_raw == [("devices/lamp/power/set", b"ON")]
+        assert retained(b.port, "devices/lamp/power/set") == "ON"
+    else:
+        assert raw == [] and exact_raw == []
+        assert retained(b.port, "devices/lamp/power/set") is None
+
+
 DISCOVERY = """
 [lamp]
 name = "Living room lamp"

@@ -624,3 +624,76 @@ fn discovery_removals_survive_restarts_until_home_assistant_had_them() {
     h.b.handle_timeout(h.now);
     assert!(h.b.discovery_removals().is_empty());
 }
+
+/// With the devices' journal only (`persistence false`), the retained messages kept are the
+/// devices' own topics and the discovery configs gatemq itself announced: not another
+/// integration's config under the same discovery prefix, nor any other retained message,
+/// in the journal as in a snapshot. The clear of a config under the prefix is kept whoever
+/// made it (a restart must not bring back gatemq's config someone cleared).
+#[test]
+fn the_devices_journal_keeps_our_discovery_configs_not_anyone_elses() {
+    use crate::devices::{decl::Devices, Executor, Options};
+    use crate::store::record::{self, Frame, Record};
+    let retained = |records: &[u8]| {
+        let mut rest = records;
+        let mut v = Vec::new();
+        while let Frame::Record(r, n) = record::decode(rest) {
+            match r {
+                Record::Retain(m) => v.push((m.topic.to_string(), true)),
+                Record::Unretain { topic } => v.push((topic.to_string(), false)),
+                _ => {}
+            }
+            rest = &rest[n..];
+        }
+        v
+    };
+    let mut h = Harness::new(BrokerConfig::default());
+    h.b.enable_device_journal("devices", Some("homeassistant"));
+    let d = Devices::parse(
+        "[lamp]\ncommands.power = { type = \"bool\", initial = \"OFF\" }\n",
+        "d.toml",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    let opts = Options {
+        discovery: true,
+        ..Options::default()
+    };
+    h.b.set_devices(Executor::new(d, opts));
+    h.connect(1, "z2m", true);
+    let theirs = br#"{"dev":{"ids":["z2m_bulb"]},"o":{"name":"Zigbee2MQTT"},"cmps":{}}"#;
+    for (topic, payload) in [
+        ("homeassistant/device/bulb/config", &theirs[..]),
+        ("homeassistant/light/bulb/light/config", b"{\"name\":null}"),
+        ("zigbee2mqtt/bulb", b"{\"state\":\"ON\"}"),
+    ] {
+        h.send(1, &publish(topic, payload, 0, true, false, 0));
+    }
+    let mut journal = Vec::new();
+    h.b.take_journal(&mut journal);
+    let lamp = "homeassistant/device/lamp/config".to_string();
+    let kept = retained(&journal);
+    assert!(kept.contains(&(lamp.clone(), true)), "{kept:?}");
+    assert!(
+        kept.contains(&("devices/lamp/power".into(), true)),
+        "{kept:?}"
+    );
+    assert!(
+        kept.iter()
+            .all(|(t, _)| t.starts_with("devices/lamp/") || *t == lamp),
+        "{kept:?}"
+    );
+    let mut snapshot = Vec::new();
+    h.b.snapshot(&mut snapshot);
+    let mut in_snapshot = retained(&snapshot);
+    in_snapshot.sort();
+    in_snapshot.dedup();
+    let mut in_journal = kept;
+    in_journal.sort();
+    in_journal.dedup();
+    assert_eq!(in_snapshot, in_journal);
+    h.send(1, &publish(&lamp, b"", 0, true, false, 0));
+    journal.clear();
+    h.b.take_journal(&mut journal);
+    assert_eq!(retained(&journal), [(lamp, false)]);
+}

@@ -232,23 +232,17 @@ fn devices(b: &Broker) -> Vec<u8> {
         return out;
     };
     push_str(&mut out, &ex.options().prefix);
-    out.extend_from_slice(b",\"devices\":[");
-    for (i, d) in ex.declared().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    out.extend_from_slice(b",\"devices\":");
+    array(&mut out, ex.declared(), |out, d| {
         out.extend_from_slice(b"{\"id\":");
-        push_str(&mut out, &d.id);
+        push_str(out, &d.id);
         out.extend_from_slice(b",\"name\":");
-        push_str(&mut out, &d.name);
-        out.extend_from_slice(b",\"commands\":[");
-        for (j, c) in d.commands.iter().enumerate() {
-            if j > 0 {
-                out.push(b',');
-            }
+        push_str(out, &d.name);
+        out.extend_from_slice(b",\"commands\":");
+        array(out, &d.commands, |out, c| {
             out.extend_from_slice(b"{\"name\":");
-            push_str(&mut out, &c.name);
-            let o = &mut Bytes(&mut out);
+            push_str(out, &c.name);
+            let o = &mut Bytes(out);
             let _ = match &c.kind {
                 Kind::Bool => write!(o, ",\"type\":\"bool\""),
                 Kind::Int { min, max } => {
@@ -262,28 +256,20 @@ fn devices(b: &Broker) -> Vec<u8> {
                 Kind::Str { max_len } => write!(o, ",\"type\":\"string\",\"max_length\":{max_len}"),
                 Kind::Trigger => write!(o, ",\"type\":\"trigger\""),
                 Kind::Enum { values } => {
-                    let _ = write!(o, ",\"type\":\"enum\",\"values\":[");
-                    for (k, v) in values.iter().enumerate() {
-                        if k > 0 {
-                            o.0.push(b',');
-                        }
-                        push_str(o.0, v);
-                    }
-                    write!(o, "]")
+                    out.extend_from_slice(b",\"type\":\"enum\",\"values\":");
+                    array(out, values, |out, v| push_str(out, v));
+                    Ok(())
                 }
             };
             out.push(b'}');
-        }
-        out.extend_from_slice(b"],\"readings\":[");
-        for (j, r) in d.readings.iter().enumerate() {
-            if j > 0 {
-                out.push(b',');
-            }
+        });
+        out.extend_from_slice(b",\"readings\":");
+        array(out, &d.readings, |out, r| {
             out.extend_from_slice(b"{\"name\":");
-            push_str(&mut out, &r.name);
+            push_str(out, &r.name);
             out.extend_from_slice(b",\"type\":");
             push_str(
-                &mut out,
+                out,
                 match r.kind {
                     ReadingKind::Float => "float",
                     ReadingKind::Int => "int",
@@ -293,15 +279,31 @@ fn devices(b: &Broker) -> Vec<u8> {
             );
             if let Some((_, unit)) = r.ha.iter().find(|(k, _)| *k == "unit_of_measurement") {
                 out.extend_from_slice(b",\"unit\":");
-                push_str(&mut out, unit);
+                push_str(out, unit);
             }
-            let _ = write!(Bytes(&mut out), ",\"every_s\":{}", r.every.as_secs_f64());
+            let _ = write!(Bytes(out), ",\"every_s\":{}", r.every.as_secs_f64());
             out.push(b'}');
-        }
-        out.extend_from_slice(b"]}");
-    }
-    out.extend_from_slice(b"]}");
+        });
+        out.push(b'}');
+    });
+    out.push(b'}');
     out
+}
+
+/// A JSON array of `items`, each written by `f`, comma-separated.
+fn array<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut f: impl FnMut(&mut Vec<u8>, T),
+) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        f(out, item);
+    }
+    out.push(b']');
 }
 
 /// `fmt::Write` into a byte buffer.

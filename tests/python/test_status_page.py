@@ -151,6 +151,9 @@ def test_the_json_the_page_lists(make_broker, tmp_path):
     assert (lamp["id"], lamp["name"]) == ("lamp", "Living room lamp")
     assert lamp["commands"][1] == {"name": "brightness", "type": "int", "min": 0, "max": 255}
     assert devices["devices"][1]["commands"][1] == {"name": "boost", "type": "trigger"}
+    assert devices["devices"][1]["commands"][0] == {
+        "name": "speed", "type": "enum", "values": ["off", "low", "high"]}
+    assert lamp["readings"] == [] and devices["devices"][2]["commands"] == []
     assert devices["devices"][2]["readings"] == [
         {"name": "cpu_temp", "type": "float", "unit": "°C", "every_s": 0.2}]
     page = get(url + "/")[2].decode()

@@ -122,6 +122,23 @@ impl Rig {
         self.turn();
     }
 
+    /// SUBSCRIBE from the client at `port`, the topic type following `topic`.
+    fn subscribe(&mut self, port: u16, qos: i8, msg_id: u16, topic: TopicRef<'_>) {
+        let kind = match topic {
+            TopicRef::Name(_) => topic_type::NORMAL,
+            TopicRef::Predefined(_) => topic_type::PREDEFINED,
+            TopicRef::Short(_) => topic_type::SHORT,
+        };
+        self.send(
+            port,
+            Message::Subscribe {
+                flags: Flags::new(qos, false, false, kind),
+                msg_id,
+                topic,
+            },
+        );
+    }
+
     /// Datagrams sent to `port` since the last call.
     fn recv(&mut self, port: u16) -> Vec<Vec<u8>> {
         let (mine, rest) = std::mem::take(&mut self.host.sent)
@@ -317,14 +334,7 @@ fn qos_minus_one_without_connecting_on_predefined_and_short_topics() {
 fn subscribe_by_name_wildcard_register_and_predefined() {
     let mut r = Rig::new();
     r.connect(5002, "sub", true);
-    r.send(
-        5002,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::NORMAL),
-            msg_id: 1,
-            topic: TopicRef::Name(b"home/temp"),
-        },
-    );
+    r.subscribe(5002, 1, 1, TopicRef::Name(b"home/temp"));
     let got = r.recv(5002);
     let Message::SubAck {
         topic_id,
@@ -359,14 +369,7 @@ fn subscribe_by_name_wildcard_register_and_predefined() {
         },
     );
     // A wildcard: the gateway registers each new topic before its first PUBLISH.
-    r.send(
-        5002,
-        Message::Subscribe {
-            flags: Flags::new(0, false, false, topic_type::NORMAL),
-            msg_id: 2,
-            topic: TopicRef::Name(b"garden/#"),
-        },
-    );
+    r.subscribe(5002, 0, 2, TopicRef::Name(b"garden/#"));
     assert!(matches!(
         msgs(&r.recv(5002))[0],
         Message::SubAck {
@@ -407,22 +410,8 @@ fn subscribe_by_name_wildcard_register_and_predefined() {
         ]
     );
     // Predefined and short topics need no registration.
-    r.send(
-        5002,
-        Message::Subscribe {
-            flags: Flags::new(0, false, false, topic_type::PREDEFINED),
-            msg_id: 3,
-            topic: TopicRef::Predefined(2),
-        },
-    );
-    r.send(
-        5002,
-        Message::Subscribe {
-            flags: Flags::new(0, false, false, topic_type::SHORT),
-            msg_id: 4,
-            topic: TopicRef::Short(*b"xy"),
-        },
-    );
+    r.subscribe(5002, 0, 3, TopicRef::Predefined(2));
+    r.subscribe(5002, 0, 4, TopicRef::Short(*b"xy"));
     r.recv(5002);
     r.mqtt_publish("devices/lamp/power/set", b"ON", 0);
     r.mqtt_publish("xy", b"short", 0);
@@ -445,14 +434,7 @@ fn subscribe_by_name_wildcard_register_and_predefined() {
 fn sleeping_client_gets_kept_messages_on_pingreq_then_pingresp() {
     let mut r = Rig::new();
     r.connect(5003, "sleepy", true);
-    r.send(
-        5003,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::PREDEFINED),
-            msg_id: 1,
-            topic: TopicRef::Predefined(2),
-        },
-    );
+    r.subscribe(5003, 1, 1, TopicRef::Predefined(2));
     r.recv(5003);
     r.send(
         5003,
@@ -545,14 +527,7 @@ fn will_dialogue_and_will_of_a_lost_sleeper() {
 fn unacknowledged_publish_is_sent_again_with_dup_then_the_client_is_lost() {
     let mut r = Rig::new();
     r.connect(5005, "deaf", true);
-    r.send(
-        5005,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::SHORT),
-            msg_id: 1,
-            topic: TopicRef::Short(*b"zz"),
-        },
-    );
+    r.subscribe(5005, 1, 1, TopicRef::Short(*b"zz"));
     r.recv(5005);
     r.mqtt_subscriber("none");
     r.mqtt_publish("zz", b"1", 1);
@@ -679,14 +654,7 @@ fn clean_session_0_keeps_subscriptions_and_topic_ids_across_reconnect() {
     let Message::RegAck { topic_id, .. } = msgs(&got)[0] else {
         panic!()
     };
-    r.send(
-        5008,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::NORMAL),
-            msg_id: 2,
-            topic: TopicRef::Name(b"k/a"),
-        },
-    );
+    r.subscribe(5008, 1, 2, TopicRef::Name(b"k/a"));
     r.recv(5008);
     r.send(5008, Message::Disconnect { duration: None });
     r.recv(5008);
@@ -786,14 +754,7 @@ fn a_paused_publisher_has_its_publishes_dropped_but_its_acknowledgements_read() 
 fn a_register_unanswered_at_sleep_goes_again_at_wake() {
     let mut r = Rig::new();
     r.connect(5012, "napper", true);
-    r.send(
-        5012,
-        Message::Subscribe {
-            flags: Flags::new(0, false, false, topic_type::NORMAL),
-            msg_id: 1,
-            topic: TopicRef::Name(b"n/#"),
-        },
-    );
+    r.subscribe(5012, 0, 1, TopicRef::Name(b"n/#"));
     r.recv(5012);
     r.mqtt_subscriber("none");
     r.mqtt_publish("n/a", b"1", 0);
@@ -909,14 +870,7 @@ fn a_sleeper_waking_from_another_address_is_identified_by_its_client_id() {
         },
     );
     r.send(5020, Message::WillMsg { msg: b"dead" });
-    r.send(
-        5020,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::PREDEFINED),
-            msg_id: 1,
-            topic: TopicRef::Predefined(2),
-        },
-    );
+    r.subscribe(5020, 1, 1, TopicRef::Predefined(2));
     r.send(
         5020,
         Message::Disconnect {
@@ -1047,14 +1001,7 @@ fn a_sleepers_queue_is_bounded_by_max_queued_messages() {
     };
     let mut r = Rig::with(opts(), cfg);
     r.connect(5030, "dozer", true);
-    r.send(
-        5030,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::PREDEFINED),
-            msg_id: 1,
-            topic: TopicRef::Predefined(2),
-        },
-    );
+    r.subscribe(5030, 1, 1, TopicRef::Predefined(2));
     r.send(
         5030,
         Message::Disconnect {
@@ -1102,14 +1049,7 @@ fn a_sleepers_queue_is_bounded_by_max_queued_messages() {
 fn a_topic_too_long_for_a_register_datagram_is_not_sent_and_does_not_stall() {
     let mut r = Rig::new();
     r.connect(5040, "wide", true);
-    r.send(
-        5040,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::NORMAL),
-            msg_id: 1,
-            topic: TopicRef::Name(b"big/#"),
-        },
-    );
+    r.subscribe(5040, 1, 1, TopicRef::Name(b"big/#"));
     r.recv(5040);
     r.mqtt_subscriber("none");
     // A valid MQTT topic name whose REGISTER would not fit in one UDP datagram.
@@ -1204,14 +1144,7 @@ fn an_in_flight_message_given_up_stops_its_retransmission_timer() {
     // counted as a retransmission, and the client is not lost.
     let mut r = Rig::new();
     r.connect(5050, "forgetful", true);
-    r.send(
-        5050,
-        Message::Subscribe {
-            flags: Flags::new(1, false, false, topic_type::NORMAL),
-            msg_id: 1,
-            topic: TopicRef::Name(b"f/a"),
-        },
-    );
+    r.subscribe(5050, 1, 1, TopicRef::Name(b"f/a"));
     r.recv(5050);
     r.mqtt_subscriber("none");
     r.mqtt_publish("f/a", b"1", 1);
